@@ -1,0 +1,330 @@
+"""Read a manifest's bytes (CSV, TSV, JSONL or YAML) into located records.
+
+Every problem becomes a `Diagnostic` naming the file and line; nothing here
+raises on bad input. Typing the values is left to `jobs.manifest`, which
+knows each endpoint's schema.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+import yaml
+
+from jobs.diagnostics import Diagnostic
+
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
+YAML_KEYS = ("endpoint", "defaults", "matrix", "jobs", "name", "description")
+#: CSV column suffix that makes a cell JSON, for fields the schema cannot type (pass-through).
+JSON_SUFFIX = ":json"
+_MAX_CELL_CHARS = 256 * 1024 * 1024
+
+
+@dataclass
+class Layer:
+    """Field values from one place (a row, `defaults`, `matrix`), with the line of each."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    key_lines: dict[str, int] = field(default_factory=dict)
+    #: Keys whose values are raw CSV cell text, still to be typed by the schema.
+    text_keys: frozenset[str] = frozenset()
+    line: int | None = None
+
+
+@dataclass
+class Record:
+    """One row, line or `jobs` item: its 1-based number and its fields."""
+
+    row: int
+    layer: Layer
+    #: Already reported as unreadable; counted, never turned into a job.
+    broken: bool = False
+
+
+@dataclass
+class ManifestFile:
+    """A manifest as read: file-level settings, records and the problems found."""
+
+    file: str
+    records: list[Record] = field(default_factory=list)
+    endpoint: str | None = None
+    endpoint_line: int | None = None
+    defaults: Layer = field(default_factory=Layer)
+    matrix: Layer = field(default_factory=Layer)
+    has_jobs_list: bool = True
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, line: int | None, field_name: str | None, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.file, line, field_name, message))
+
+
+def read_manifest(file: str, data: bytes) -> ManifestFile:
+    """Parse `data`, named `file` in messages, by the format its suffix names."""
+    out = ManifestFile(file)
+    kind = SUFFIXES.get(PurePath(file).suffix.lower())
+    if kind is None:
+        out.error(None, None, f"unknown manifest format; use one of {', '.join(SUFFIXES)}")
+        return out
+    text = _decode(out, data)
+    if text is None:
+        return out
+    if not text.strip():
+        out.error(None, None, "empty manifest: no jobs")
+        return out
+    if kind in ("csv", "tsv"):
+        _read_csv(out, text, "," if kind == "csv" else "\t")
+    elif kind == "jsonl":
+        _read_jsonl(out, text)
+    else:
+        _read_yaml(out, text)
+    return out
+
+
+def _decode(out: ManifestFile, data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = data[exc.start]
+        out.error(line, None, f"not UTF-8 (byte 0x{byte:02x} at column {column}); save the file as UTF-8")
+        return None
+
+
+# --- CSV / TSV ---------------------------------------------------------------
+
+
+def _read_csv(out: ManifestFile, text: str, delimiter: str) -> None:
+    csv.field_size_limit(_MAX_CELL_CHARS)  # data URIs in cells outgrow the 128 KiB default
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    header: list[str] | None = None
+    line = 1
+    try:
+        for cells in reader:
+            start, line = line, reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue
+            if header is None:
+                header = _read_header(out, start, cells)
+                if header is None:
+                    return
+                continue
+            _add_csv_record(out, start, header, cells)
+    except csv.Error as exc:
+        out.error(reader.line_num or 1, None, f"malformed CSV: {exc}")
+        return
+    if header is not None and not out.records and not out.diagnostics:
+        out.error(1, None, "no rows under the header")
+
+
+def _read_header(out: ManifestFile, line: int, cells: list[str]) -> list[str] | None:
+    names = [cell.strip() for cell in cells]
+    ok = True
+    for position, name in enumerate(names, 1):
+        if not name:
+            out.error(line, None, f"header column {position} has no name")
+            ok = False
+        elif names.index(name) != position - 1:
+            out.error(line, name, "column appears twice in the header")
+            ok = False
+    return names if ok else None
+
+
+def _add_csv_record(out: ManifestFile, line: int, header: list[str], cells: list[str]) -> None:
+    row = len(out.records) + 1
+    if len(cells) != len(header):
+        out.error(line, None, f"row has {len(cells)} fields, the header has {len(header)}")
+        out.records.append(Record(row, Layer(line=line), broken=True))  # keeps row numbers true
+        return
+    layer = Layer(line=line)
+    text_keys = set()
+    for name, cell in zip(header, cells, strict=True):
+        if not cell.strip():
+            continue  # an empty cell leaves the field unset, so defaults apply
+        if name.endswith(JSON_SUFFIX):
+            key = name[: -len(JSON_SUFFIX)]
+            try:
+                layer.values[key] = json.loads(cell)
+            except json.JSONDecodeError as exc:
+                out.error(line, key, f"invalid JSON in a {JSON_SUFFIX} column: {exc.msg}")
+        else:
+            layer.values[name] = cell
+            text_keys.add(name)
+    layer.text_keys = frozenset(text_keys)
+    out.records.append(Record(row, layer))
+
+
+# --- JSONL -------------------------------------------------------------------
+
+
+def _read_jsonl(out: ManifestFile, text: str) -> None:
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends.
+    for number, raw in enumerate(text.split("\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        except json.JSONDecodeError as exc:
+            out.error(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except _DuplicateKeyError as exc:
+            out.error(number, exc.key, "key appears twice in this object")
+            continue
+        if not isinstance(value, dict):
+            out.error(number, None, f"expected a JSON object, got {type(value).__name__}")
+            continue
+        out.records.append(Record(len(out.records) + 1, Layer(values=value, line=number)))
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+# --- YAML --------------------------------------------------------------------
+
+
+class _LocatedDict(dict[str, Any]):
+    """A YAML mapping that remembers its line, its keys' lines and repeated keys."""
+
+    line: int
+    key_lines: dict[str, int]
+    repeated: list[tuple[str, int]]
+
+
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _ManifestLoader(_BaseLoader):  # type: ignore[misc]
+    pass
+
+
+def _construct_located_map(loader: Any, node: yaml.MappingNode) -> Iterator[_LocatedDict]:
+    data = _LocatedDict()
+    data.line, data.key_lines, data.repeated = node.start_mark.line + 1, {}, []
+    yield data
+    data.update(loader.construct_mapping(node))
+    for key_node, _ in node.value:
+        key, key_line = str(key_node.value), key_node.start_mark.line + 1
+        if key in data.key_lines:
+            data.repeated.append((key, key_line))
+        data.key_lines.setdefault(key, key_line)
+
+
+_ManifestLoader.add_constructor("tag:yaml.org,2002:map", _construct_located_map)
+
+
+def _read_yaml(out: ManifestFile, text: str) -> None:
+    try:
+        doc = yaml.load(text, Loader=_ManifestLoader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        out.error(*_yaml_error_place(exc))
+        return
+    except (ValueError, TypeError) as exc:  # e.g. an unhashable key, a bad timestamp
+        out.error(None, None, f"YAML error: {exc}")
+        return
+    if isinstance(doc, list):
+        doc = _LocatedDict(jobs=doc)
+        doc.line, doc.key_lines, doc.repeated = 1, {"jobs": 1}, []
+    if not isinstance(doc, _LocatedDict):
+        out.error(1, None, "expected a mapping with `endpoint`, `defaults`, `matrix` and `jobs`")
+        return
+    _report_repeats(out, doc)
+    for key in doc:
+        if key not in YAML_KEYS:
+            out.error(doc.key_lines.get(key), key, _unknown_key_message(key))
+    _read_yaml_endpoint(out, doc)
+    out.defaults = _read_yaml_layer(out, doc, "defaults")
+    out.matrix = _read_yaml_layer(out, doc, "matrix")
+    _check_matrix(out)
+    _read_yaml_jobs(out, doc)
+
+
+def _yaml_error_place(exc: yaml.YAMLError) -> tuple[int | None, None, str]:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    return (mark.line + 1 if mark is not None else None), None, message
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, YAML_KEYS, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"expected one of {', '.join(YAML_KEYS)}"
+    return f"unknown top-level key; {hint}"
+
+
+def _report_repeats(out: ManifestFile, mapping: _LocatedDict) -> None:
+    for key, line in mapping.repeated:
+        out.error(line, key, f"key appears twice in this mapping (first at line {mapping.key_lines[key]})")
+
+
+def _read_yaml_endpoint(out: ManifestFile, doc: _LocatedDict) -> None:
+    if "endpoint" not in doc:
+        return
+    out.endpoint_line = doc.key_lines["endpoint"]
+    if isinstance(doc["endpoint"], str):
+        out.endpoint = doc["endpoint"]
+    else:
+        out.error(out.endpoint_line, "endpoint", "must be a string such as fal-ai/wan-25-preview/image-to-image")
+
+
+def _read_yaml_layer(out: ManifestFile, doc: _LocatedDict, key: str) -> Layer:
+    value = doc.get(key)
+    if value is None:
+        return Layer()
+    if not isinstance(value, _LocatedDict):
+        out.error(doc.key_lines[key], key, "must be a mapping of field names to values")
+        return Layer()
+    _report_repeats(out, value)
+    for reserved in ("id",):
+        if reserved in value:
+            out.error(value.key_lines[reserved], f"{key}.{reserved}", f"`{reserved}` belongs to a job, not to {key}")
+    values = {k: v for k, v in value.items() if k != "id"}
+    return Layer(values=values, key_lines=value.key_lines, line=value.line)
+
+
+def _check_matrix(out: ManifestFile) -> None:
+    for key, values in list(out.matrix.values.items()):
+        if not isinstance(values, list) or not values:
+            out.error(out.matrix.key_lines.get(key), f"matrix.{key}", "must be a non-empty list of values")
+            del out.matrix.values[key]
+
+
+def _read_yaml_jobs(out: ManifestFile, doc: _LocatedDict) -> None:
+    jobs = doc.get("jobs")
+    if jobs is None:
+        out.has_jobs_list = False
+        if not out.matrix.values and not out.diagnostics:
+            out.error(doc.line, "jobs", "no jobs: give a `jobs` list, a `matrix`, or both")
+        return
+    line = doc.key_lines.get("jobs", doc.line)
+    if not isinstance(jobs, list):
+        out.error(line, "jobs", "must be a list of jobs")
+        return
+    if not jobs and not out.matrix.values:
+        out.error(line, "jobs", "no jobs: the list is empty")
+    for number, item in enumerate(jobs, 1):
+        if not isinstance(item, _LocatedDict):
+            out.error(line, f"jobs[{number - 1}]", "each job must be a mapping of field names to values")
+            out.records.append(Record(number, Layer(line=line), broken=True))
+            continue
+        _report_repeats(out, item)
+        out.records.append(Record(number, Layer(values=dict(item), key_lines=item.key_lines, line=item.line)))

@@ -1,0 +1,270 @@
+"""Turn a manifest into a validated batch of jobs.
+
+`parse_manifest` reads the bytes, expands `matrix` over `defaults` (a row's
+own values win), types CSV cells by the endpoint's schema, validates every
+job and gives each a stable id. It reports every problem at once and never
+raises on bad input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.diagnostics import Diagnostic, Severity, dedupe
+from jobs.endpoints import Endpoint, FieldKind, resolve_endpoint
+from jobs.formats import Layer, ManifestFile, Record, read_manifest
+from jobs.images import classify_image_ref
+from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id
+
+#: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.
+LIST_SEPARATOR = "|"
+RESERVED = ("id", "endpoint")
+META_PREFIX = "_"
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    #: Endpoint of rows that name none (`--endpoint`).
+    default_endpoint: str | None = None
+    #: A matrix that would make more jobs than this is refused, not expanded.
+    max_jobs: int = 1_000_000
+
+
+@dataclass
+class Batch:
+    """The jobs of a manifest, the number of records read, and every problem found."""
+
+    file: str
+    jobs: list[Job]
+    records: int
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity is Severity.WARNING]
+
+    def matrix_expansion(self) -> tuple[int, int]:
+        """(rows the matrix expanded, jobs it made of them); a matrix-only YAML counts as one row."""
+        expanded = Counter(job.row for job in self.jobs)
+        rows = [row for row, count in expanded.items() if count > 1]
+        return len(rows), sum(expanded[row] for row in rows)
+
+    def jobs_per_endpoint(self) -> dict[str, int]:
+        return dict(sorted(Counter(job.endpoint for job in self.jobs).items()))
+
+
+def parse_manifest(file: str, data: bytes, options: ManifestOptions | None = None) -> Batch:
+    """Read, expand and validate a manifest; `file` names it in every diagnostic."""
+    options = options or ManifestOptions()
+    manifest = read_manifest(file, data)
+    builder = _BatchBuilder(manifest, options)
+    jobs = builder.build()
+    records = len(manifest.records) if manifest.has_jobs_list else 1  # the matrix alone is one row
+    found = dedupe(manifest.diagnostics + builder.diagnostics)
+    found.sort(key=lambda d: d.line or 0)
+    return Batch(file, jobs, records, found)
+
+
+class _BatchBuilder:
+    def __init__(self, manifest: ManifestFile, options: ManifestOptions) -> None:
+        self.manifest = manifest
+        self.options = options
+        self.diagnostics: list[Diagnostic] = []
+        self._endpoints: dict[str, Endpoint | None] = {}
+        self._user_ids: dict[str, tuple[int, int | None]] = {}
+
+    def build(self) -> list[Job]:
+        records = self.manifest.records
+        if not self.manifest.has_jobs_list:
+            records = [Record(1, Layer(line=self.manifest.matrix.line))]
+        if not self._check_size(records):
+            return []
+        jobs = [job for record in records if not record.broken for job in self._expand(record)]
+        return self._settle_ids(jobs)
+
+    def _check_size(self, records: list[Record]) -> bool:
+        total = sum(self._variant_count(record) for record in records)
+        if total <= self.options.max_jobs:
+            return True
+        self._error(self.manifest.matrix.line, "matrix", f"expands to {total:,} jobs, more than {self.options.max_jobs:,}")
+        return False
+
+    def _matrix_keys(self, record: Record) -> list[str]:
+        return [key for key in self.manifest.matrix.values if key not in record.layer.values]
+
+    def _variant_count(self, record: Record) -> int:
+        count = 1
+        for key in self._matrix_keys(record):
+            count *= len(self.manifest.matrix.values[key])
+        return count
+
+    def _expand(self, record: Record) -> list[Job]:
+        keys = self._matrix_keys(record)
+        combos = itertools.product(*(self.manifest.matrix.values[key] for key in keys))
+        variants = [dict(zip(keys, combo, strict=True)) for combo in combos]
+        jobs = []
+        for number, combo in enumerate(variants, 1):
+            job = self._make_job(record, combo, number, several=len(variants) > 1)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def _make_job(self, record: Record, combo: dict[str, Any], variant: int, several: bool) -> Job | None:
+        merged = _Merged(self.manifest, record, combo)
+        endpoint = self._endpoint_of(merged)
+        if endpoint is None:
+            return None
+        before = len(self.diagnostics)
+        raw, meta = self._inputs(merged, endpoint)
+        result = endpoint.validate_input(raw)
+        for name, message in result.errors:
+            self._error(merged.line_of(name), name, message)
+        for name, message in result.warnings:
+            self._warn(merged.line_of(name), name, message)
+        self._check_images(merged, endpoint, result.body)
+        try:
+            canonical = canonical_json(result.body)
+        except (TypeError, ValueError) as exc:
+            self._error(merged.line, None, f"input is not plain JSON data: {exc}")
+            return None
+        user_id = self._user_id(merged, record.row)
+        if any(d.severity is Severity.ERROR for d in self.diagnostics[before:]):
+            return None
+        digest = fingerprint(endpoint.id, canonical)
+        if user_id is None:
+            job_id = auto_job_id(digest)
+        else:
+            job_id = variant_job_id(user_id, digest) if several else user_id
+        return Job(
+            id=job_id, endpoint=endpoint.id, input=result.body, fingerprint=digest,
+            file=self.manifest.file, line=merged.line, row=record.row, variant=variant, meta=meta,
+        )  # fmt: skip
+
+    def _endpoint_of(self, merged: _Merged) -> Endpoint | None:
+        name = merged.get("endpoint") or self.manifest.endpoint or self.options.default_endpoint
+        if name is None:
+            self._error(merged.line, "endpoint", "no endpoint: add an `endpoint` column/key or pass --endpoint")
+            return None
+        if not isinstance(name, str):
+            self._error(merged.line_of("endpoint"), "endpoint", "must be a string")
+            return None
+        if name not in self._endpoints:
+            try:
+                self._endpoints[name] = resolve_endpoint(name)
+            except ValueError as exc:
+                self._endpoints[name] = None
+                self._error(merged.line_of("endpoint"), "endpoint", str(exc))
+        return self._endpoints[name]
+
+    def _inputs(self, merged: _Merged, endpoint: Endpoint) -> tuple[dict[str, Any], dict[str, str]]:
+        """Split merged values into the model input and `_meta` columns; type CSV text."""
+        raw: dict[str, Any] = {}
+        meta: dict[str, str] = {}
+        for key, value in merged.values.items():
+            if key in RESERVED:
+                continue
+            if key.startswith(META_PREFIX):
+                meta[key] = value if isinstance(value, str) else json.dumps(value)
+                continue
+            kind = endpoint.field_kinds.get(key, FieldKind.SCALAR)
+            if key in merged.text_keys:
+                value = self._type_cell(merged, key, value, kind)
+            elif kind is FieldKind.LIST and not isinstance(value, list):
+                value = [value]
+            raw[key] = value
+        return raw, meta
+
+    def _type_cell(self, merged: _Merged, key: str, text: str, kind: FieldKind) -> Any:
+        if kind is FieldKind.LIST:
+            return [part.strip() for part in text.split(LIST_SEPARATOR) if part.strip()]
+        if kind is FieldKind.OBJECT and text.lstrip().startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                self._error(merged.line_of(key), key, f"invalid JSON object: {exc.msg}")
+        return text
+
+    def _check_images(self, merged: _Merged, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        for name in endpoint.image_fields:
+            value = body.get(name)
+            refs = value if isinstance(value, list) else [value]
+            for index, ref in enumerate(refs):
+                if not isinstance(ref, str):
+                    continue
+                try:
+                    classify_image_ref(ref)
+                except ValueError as exc:
+                    label = f"{name}[{index}]" if isinstance(value, list) else name
+                    self._error(merged.line_of(name), label, str(exc))
+
+    def _user_id(self, merged: _Merged, row: int) -> str | None:
+        if merged.get("id") is None:
+            return None
+        try:
+            user_id = check_user_id(merged.get("id"))
+        except ValueError as exc:
+            self._error(merged.line_of("id"), "id", str(exc))
+            return None
+        first_row, first_line = self._user_ids.setdefault(user_id, (row, merged.line))
+        if first_row != row:
+            self._error(merged.line_of("id"), "id", f"duplicate id {user_id!r} (first at line {first_line})")
+        return user_id
+
+    def _settle_ids(self, jobs: list[Job]) -> list[Job]:
+        """Number the repeats of an identical input (`<id>-2`, ...) and warn of each."""
+        first: dict[str, Job] = {}
+        seen: Counter[str] = Counter()
+        settled = []
+        for job in jobs:
+            seen[job.id] += 1
+            earlier = first.setdefault(job.id, job)
+            if earlier is job:
+                settled.append(job)
+                continue
+            new_id = f"{job.id}-{seen[job.id]}"
+            self._warn(job.line, None, f"same input as line {earlier.line}; runs again as job {new_id!r}")
+            settled.append(_with_id(job, new_id))
+        return settled
+
+    def _error(self, line: int | None, name: str | None, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.manifest.file, line, name, message))
+
+    def _warn(self, line: int | None, name: str | None, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.manifest.file, line, name, message, Severity.WARNING))
+
+
+def _with_id(job: Job, new_id: str) -> Job:
+    data = job.to_dict()
+    data["id"] = new_id
+    return Job.from_dict(data)
+
+
+class _Merged:
+    """A job's values: `defaults`, then its matrix combination, then the row; with lines."""
+
+    def __init__(self, manifest: ManifestFile, record: Record, combo: dict[str, Any]) -> None:
+        row, defaults, matrix = record.layer, manifest.defaults, manifest.matrix
+        self.values = {**defaults.values, **combo, **row.values}
+        self.text_keys = row.text_keys
+        self.line = row.line
+        self._lines = {
+            **{key: defaults.key_lines.get(key) for key in defaults.values},
+            **{key: matrix.key_lines.get(key) for key in combo},
+            **{key: row.key_lines.get(key, row.line) for key in row.values},
+        }
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def line_of(self, path: str) -> int | None:
+        """The line of the value a field path (`image_size.width`) came from."""
+        top = path.split(".")[0].split("[")[0]
+        return self._lines.get(top) or self.line

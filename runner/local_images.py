@@ -1,0 +1,106 @@
+"""Local image files named in a manifest: checked at validation, inlined at submit time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from jobs.diagnostics import Diagnostic
+from jobs.endpoints import resolve_endpoint
+from jobs.errors import WanBatchError
+from jobs.images import (
+    ImageRefKind,
+    classify_image_ref,
+    data_uri_size_bytes,
+    encode_data_uri,
+    image_ref_values,
+)
+from jobs.job import Job
+from jobs.manifest import Batch
+
+
+class LocalImageError(WanBatchError):
+    """A local image that cannot be sent: missing, not an image, or too large."""
+
+
+@dataclass(frozen=True)
+class _Probe:
+    mime: str | None
+    size_bytes: int
+    problem: str | None
+
+
+def check_batch_images(batch: Batch, base_dir: Path, max_bytes: int) -> list[Diagnostic]:
+    """Located errors for every local file or data URI in `batch` that cannot be sent."""
+    found: list[Diagnostic] = []
+    probe = lru_cache(maxsize=4096)(_probe_file)
+    for job in batch.jobs:
+        for name, index, ref in _job_refs(job):
+            problem = _ref_problem(ref, base_dir, max_bytes, probe)
+            if problem:
+                label = name if index is None else f"{name}[{index}]"
+                found.append(Diagnostic(job.file, job.line, label, problem))
+    return found
+
+
+def inline_local_images(job: Job, base_dir: Path, max_bytes: int) -> dict[str, Any]:
+    """The job's input with each local image path replaced by a data URI.
+
+    Raises LocalImageError naming the file when one cannot be read or is over `max_bytes`.
+    """
+    body = dict(job.input)
+    for name, index, ref in _job_refs(job):
+        if classify_image_ref(ref).kind is not ImageRefKind.LOCAL_PATH:
+            continue
+        path = base_dir / ref
+        probe = _probe_file(path, max_bytes)
+        if probe.problem or probe.mime is None:
+            raise LocalImageError(f"{job.id}: {name}: {probe.problem}")
+        uri = encode_data_uri(path.read_bytes(), probe.mime)
+        if index is None:
+            body[name] = uri
+        else:
+            body[name] = [*body[name][:index], uri, *body[name][index + 1 :]]
+    return body
+
+
+def _job_refs(job: Job) -> list[tuple[str, int | None, str]]:
+    fields = resolve_endpoint(job.endpoint).image_fields
+    return [(name, index, ref) for name in fields for index, ref in image_ref_values(job.input.get(name))]
+
+
+def _ref_problem(ref: str, base_dir: Path, max_bytes: int, probe: Any) -> str | None:
+    kind = classify_image_ref(ref).kind
+    if kind is ImageRefKind.DATA_URI and data_uri_size_bytes(ref) > max_bytes:
+        return f"data URI holds {data_uri_size_bytes(ref):,} bytes, more than the cap of {max_bytes:,}"
+    if kind is ImageRefKind.LOCAL_PATH:
+        result: _Probe = probe(base_dir / ref, max_bytes)
+        return result.problem
+    return None
+
+
+def _probe_file(path: Path, max_bytes: int) -> _Probe:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return _Probe(None, 0, f"no such file: {path}")
+    except OSError as exc:
+        return _Probe(None, 0, f"cannot read {path}: {exc.strerror}")
+    if not path.is_file():
+        return _Probe(None, size, f"not a file: {path}")
+    if size > max_bytes:
+        return _Probe(None, size, f"{path} is {size:,} bytes, more than the cap of {max_bytes:,} (--max-image-mb)")
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return _Probe(None, size, f"not a readable image: {path} ({exc.__class__.__name__})")
+    mime = Image.MIME.get(image_format or "")
+    if mime is None:
+        return _Probe(None, size, f"image format {image_format} has no MIME type: {path}")
+    return _Probe(mime, size, None)
