@@ -31,7 +31,7 @@ WAN22_I2I = "fal-ai/wan/v2.2-a14b/image-to-image"
 WAN25_I2I = "fal-ai/wan-25-preview/image-to-image"
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(/[\w.-]+)*$")
-_SIZE_SHORTHAND = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+_SIZE_SHORTHAND = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
 
 
 class _Input(BaseModel):
@@ -160,19 +160,23 @@ class Endpoint:
             loc = [str(part) for part in err["loc"]]
             name = _field_path(loc)
             if err["type"] == "extra_forbidden":
-                errors.append((name, self._unknown_field_message(loc[0])))
+                errors.append((name, self._unknown_field_message(name)))
             elif err["type"] == "missing":
                 errors.append((name, "required field is missing"))
             else:
                 errors.append((name, _value_message(err)))
         return errors
 
-    def _unknown_field_message(self, name: str) -> str:
+    def _unknown_field_message(self, path: str) -> str:
+        *parents, name = path.split(".")
+        known = self.field_names()
+        if parents and self.input_model is not None:
+            known = _model_fields_in(self.input_model.model_fields[parents[0]].annotation)
         message = f"unknown field for {self.id}"
-        close = difflib.get_close_matches(name, self.field_names(), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         if close:
             return f"{message}; did you mean '{close[0]}'?"
-        return f"{message}; known fields: {', '.join(self.field_names())}"
+        return f"{message}; known fields: {', '.join(known)}"
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,13 @@ def _value_message(err: Any) -> str:
     if "input" in err and not isinstance(err["input"], dict):
         message += f" (got {shorten(err['input'])})"
     return message
+
+
+def _model_fields_in(annotation: Any) -> list[str]:
+    """Field names of the pydantic models inside an annotation (e.g. ImageSize in a union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return [name for arg in typing.get_args(annotation) for name in _model_fields_in(arg)]
 
 
 def _kind_of(annotation: Any) -> FieldKind:

@@ -118,9 +118,12 @@ def _read_csv(out: ManifestFile, text: str, delimiter: str) -> None:
                 continue
             _add_csv_record(out, start, header, cells)
     except csv.Error as exc:
-        out.error(reader.line_num or 1, None, f"malformed CSV: {exc}")
+        hint = " (a quoted cell is never closed)" if "end of data" in str(exc) else ""
+        out.error(reader.line_num or 1, None, f"malformed CSV: {exc}{hint}")
         return
-    if header is not None and not out.records and not out.diagnostics:
+    if header is None:
+        out.error(1, None, "no header row: every cell is empty")
+    elif not out.records and not out.diagnostics:
         out.error(1, None, "no rows under the header")
 
 
@@ -233,12 +236,15 @@ _ManifestLoader.add_constructor("tag:yaml.org,2002:map", _construct_located_map)
 
 def _read_yaml(out: ManifestFile, text: str) -> None:
     try:
-        doc = yaml.load(text, Loader=_ManifestLoader)  # noqa: S506 - a safe loader
+        doc = yaml.load(text, Loader=_ManifestLoader)
     except yaml.YAMLError as exc:
         out.error(*_yaml_error_place(exc))
         return
     except (ValueError, TypeError) as exc:  # e.g. an unhashable key, a bad timestamp
         out.error(None, None, f"YAML error: {exc}")
+        return
+    if doc is None:
+        out.error(None, None, "empty manifest: no jobs")
         return
     if isinstance(doc, list):
         doc = _LocatedDict(jobs=doc)
@@ -298,7 +304,7 @@ def _read_yaml_layer(out: ManifestFile, doc: _LocatedDict, key: str) -> Layer:
         if reserved in value:
             out.error(value.key_lines[reserved], f"{key}.{reserved}", f"`{reserved}` belongs to a job, not to {key}")
     values = {k: v for k, v in value.items() if k != "id"}
-    return Layer(values=values, key_lines=value.key_lines, line=value.line)
+    return Layer(values=values, key_lines=value.key_lines, line=doc.key_lines[key])
 
 
 def _check_matrix(out: ManifestFile) -> None:

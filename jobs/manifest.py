@@ -17,7 +17,7 @@ from typing import Any
 from jobs.diagnostics import Diagnostic, Severity, dedupe
 from jobs.endpoints import Endpoint, FieldKind, resolve_endpoint
 from jobs.formats import Layer, ManifestFile, Record, read_manifest
-from jobs.images import classify_image_ref
+from jobs.images import ImageRefKind, classify_image_ref, image_ref_values
 from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id
 
 #: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.
@@ -34,6 +34,16 @@ class ManifestOptions:
     max_jobs: int = 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class ImageSite:
+    """An image reference in the manifest, for checks that need I/O (files beside it)."""
+
+    line: int | None
+    field: str
+    value: str
+    kind: ImageRefKind
+
+
 @dataclass
 class Batch:
     """The jobs of a manifest, the number of records read, and every problem found."""
@@ -42,6 +52,8 @@ class Batch:
     jobs: list[Job]
     records: int
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    #: Local paths and data URIs of every row, valid or not, so that all are checked at once.
+    image_sites: list[ImageSite] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -70,7 +82,8 @@ def parse_manifest(file: str, data: bytes, options: ManifestOptions | None = Non
     records = len(manifest.records) if manifest.has_jobs_list else 1  # the matrix alone is one row
     found = dedupe(manifest.diagnostics + builder.diagnostics)
     found.sort(key=lambda d: d.line or 0)
-    return Batch(file, jobs, records, found)
+    sites = list(dict.fromkeys(builder.image_sites))
+    return Batch(file, jobs, records, found, sites)
 
 
 class _BatchBuilder:
@@ -80,6 +93,7 @@ class _BatchBuilder:
         self.diagnostics: list[Diagnostic] = []
         self._endpoints: dict[str, Endpoint | None] = {}
         self._user_ids: dict[str, tuple[int, int | None]] = {}
+        self.image_sites: list[ImageSite] = []
 
     def build(self) -> list[Job]:
         records = self.manifest.records
@@ -94,7 +108,8 @@ class _BatchBuilder:
         total = sum(self._variant_count(record) for record in records)
         if total <= self.options.max_jobs:
             return True
-        self._error(self.manifest.matrix.line, "matrix", f"expands to {total:,} jobs, more than {self.options.max_jobs:,}")
+        limit = self.options.max_jobs
+        self._error(self.manifest.matrix.line, "matrix", f"expands to {total:,} jobs, more than {limit:,}")
         return False
 
     def _matrix_keys(self, record: Record) -> list[str]:
@@ -129,7 +144,7 @@ class _BatchBuilder:
             self._error(merged.line_of(name), name, message)
         for name, message in result.warnings:
             self._warn(merged.line_of(name), name, message)
-        self._check_images(merged, endpoint, result.body)
+        self._check_images(merged, endpoint, raw)
         try:
             canonical = canonical_json(result.body)
         except (TypeError, ValueError) as exc:
@@ -192,18 +207,18 @@ class _BatchBuilder:
                 self._error(merged.line_of(key), key, f"invalid JSON object: {exc.msg}")
         return text
 
-    def _check_images(self, merged: _Merged, endpoint: Endpoint, body: dict[str, Any]) -> None:
+    def _check_images(self, merged: _Merged, endpoint: Endpoint, raw: dict[str, Any]) -> None:
         for name in endpoint.image_fields:
-            value = body.get(name)
-            refs = value if isinstance(value, list) else [value]
-            for index, ref in enumerate(refs):
-                if not isinstance(ref, str):
-                    continue
+            value = raw.get(name)
+            for index, ref in image_ref_values(value):
+                label = name if index is None else f"{name}[{index}]"
                 try:
-                    classify_image_ref(ref)
+                    kind = classify_image_ref(ref).kind
                 except ValueError as exc:
-                    label = f"{name}[{index}]" if isinstance(value, list) else name
                     self._error(merged.line_of(name), label, str(exc))
+                    continue
+                if kind is not ImageRefKind.URL:
+                    self.image_sites.append(ImageSite(merged.line_of(name), label, ref, kind))
 
     def _user_id(self, merged: _Merged, row: int) -> str | None:
         if merged.get("id") is None:

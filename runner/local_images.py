@@ -38,12 +38,10 @@ def check_batch_images(batch: Batch, base_dir: Path, max_bytes: int) -> list[Dia
     """Located errors for every local file or data URI in `batch` that cannot be sent."""
     found: list[Diagnostic] = []
     probe = lru_cache(maxsize=4096)(_probe_file)
-    for job in batch.jobs:
-        for name, index, ref in _job_refs(job):
-            problem = _ref_problem(ref, base_dir, max_bytes, probe)
-            if problem:
-                label = name if index is None else f"{name}[{index}]"
-                found.append(Diagnostic(job.file, job.line, label, problem))
+    for site in batch.image_sites:
+        problem = _ref_problem(site.value, site.kind, base_dir, max_bytes, probe)
+        if problem:
+            found.append(Diagnostic(batch.file, site.line, site.field, problem))
     return found
 
 
@@ -73,8 +71,7 @@ def _job_refs(job: Job) -> list[tuple[str, int | None, str]]:
     return [(name, index, ref) for name in fields for index, ref in image_ref_values(job.input.get(name))]
 
 
-def _ref_problem(ref: str, base_dir: Path, max_bytes: int, probe: Any) -> str | None:
-    kind = classify_image_ref(ref).kind
+def _ref_problem(ref: str, kind: ImageRefKind, base_dir: Path, max_bytes: int, probe: Any) -> str | None:
     if kind is ImageRefKind.DATA_URI and data_uri_size_bytes(ref) > max_bytes:
         return f"data URI holds {data_uri_size_bytes(ref):,} bytes, more than the cap of {max_bytes:,}"
     if kind is ImageRefKind.LOCAL_PATH:

@@ -1,0 +1,284 @@
+"""Expansion, typing, validation and ids of whole manifests, plus property tests."""
+
+import csv
+import io
+import json
+import string
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobs.endpoints import WAN22_I2I, WAN25_I2I
+from jobs.manifest import Batch, ManifestOptions, parse_manifest
+
+URL = "https://x.test/a.png"
+
+
+def parse(name: str, text: str, endpoint: str | None = None) -> Batch:
+    return parse_manifest(name, text.encode(), ManifestOptions(default_endpoint=endpoint))
+
+
+def messages(batch: Batch) -> list[str]:
+    return [str(d) for d in batch.diagnostics]
+
+
+def test_matrix_is_a_cross_product_over_defaults() -> None:
+    batch = parse("m.yaml", f"""
+endpoint: {WAN25_I2I}
+defaults: {{negative_prompt: blurry, num_images: 2}}
+matrix:
+  prompt: [a, b]
+  image_urls: [{URL}, [{URL}, {URL}]]
+  seed: [1, 2, 3]
+""")
+    assert messages(batch) == []
+    assert len(batch.jobs) == 12
+    assert {(j.input["prompt"], len(j.input["image_urls"]), j.input["seed"]) for j in batch.jobs} == {
+        (p, n, s) for p in "ab" for n in (1, 2) for s in (1, 2, 3)
+    }
+    assert all(j.input["negative_prompt"] == "blurry" and j.input["num_images"] == 2 for j in batch.jobs)
+    assert batch.matrix_expansion() == (1, 12)
+
+
+def test_a_rows_own_values_win_over_matrix_and_defaults() -> None:
+    batch = parse("m.yaml", f"""
+endpoint: {WAN25_I2I}
+defaults: {{image_size: square, seed: 9}}
+matrix: {{seed: [1, 2]}}
+jobs:
+  - {{prompt: crossed, image_urls: {URL}}}
+  - {{prompt: own seed, image_urls: {URL}, seed: 5, image_size: square_hd}}
+""")
+    assert messages(batch) == []
+    summary = [(j.input["prompt"], j.input["seed"], j.input["image_size"], j.row, j.variant) for j in batch.jobs]
+    assert summary == [
+        ("crossed", 1, "square", 1, 1),
+        ("crossed", 2, "square", 1, 2),
+        ("own seed", 5, "square_hd", 2, 1),
+    ]
+    assert batch.records == 2
+    assert batch.matrix_expansion() == (1, 2)
+
+
+def test_the_same_job_gets_the_same_id_from_every_format() -> None:
+    """CSV text is typed by the schema, so "0.50" in a CSV is 0.5 in YAML."""
+    csv_batch = parse("m.csv", f"prompt,image_url,strength,enable_safety_checker\ncity,{URL},0.50,TRUE\n", WAN22_I2I)
+    jsonl_batch = parse("m.jsonl", json.dumps({"endpoint": WAN22_I2I, "prompt": "city", "image_url": URL,
+                                               "strength": 0.5, "enable_safety_checker": True}))  # fmt: skip
+    yaml_batch = parse("m.yaml", f"endpoint: {WAN22_I2I}\njobs:\n- {{prompt: city, image_url: '{URL}', "
+                                 "strength: 0.5, enable_safety_checker: yes}\n")  # fmt: skip
+    ids = {b.jobs[0].id for b in (csv_batch, jsonl_batch, yaml_batch)}
+    inputs = [b.jobs[0].input for b in (csv_batch, jsonl_batch, yaml_batch)]
+    assert len(ids) == 1
+    assert inputs[0] == inputs[1] == inputs[2] == {
+        "image_url": URL, "prompt": "city", "strength": 0.5, "enable_safety_checker": True,
+    }  # fmt: skip
+
+
+def test_csv_list_and_object_cells() -> None:
+    text = (
+        "prompt,image_urls,image_size,seed\n"
+        f'a,{URL}| {URL}b ,"{{""width"": 800, ""height"": 600}}",7\n'
+        f"b,{URL},1024x768,\n"
+    )
+    batch = parse("m.csv", text, WAN25_I2I)
+    assert messages(batch) == []
+    assert batch.jobs[0].input == {"prompt": "a", "image_urls": [URL, URL + "b"],
+                                   "image_size": {"width": 800, "height": 600}, "seed": 7}  # fmt: skip
+    assert batch.jobs[1].input == {"prompt": "b", "image_urls": [URL], "image_size": {"width": 1024, "height": 768}}
+
+
+def test_every_error_at_once_with_line_and_field() -> None:
+    text = (
+        "id,prompt,image_url,strength,acceleraton\n"
+        f"a,city,{URL},0.5,\n"
+        f"b,,{URL},2,\n"
+        "c,city,ftp://x/y.png,0.5,fast\n"
+        f"a,city 2,{URL},0.5,\n"
+    )
+    batch = parse("rows.csv", text, WAN22_I2I)
+    assert messages(batch) == [
+        "rows.csv:3: prompt: required field is missing",
+        "rows.csv:3: strength: Input should be less than or equal to 1 (got '2')",
+        f"rows.csv:4: acceleraton: unknown field for {WAN22_I2I}; did you mean 'acceleration'?",
+        "rows.csv:4: image_url: unsupported scheme 'ftp': use http(s), a data: URI or a file path",
+        "rows.csv:5: id: duplicate id 'a' (first at line 2)",
+    ]
+    assert [job.id for job in batch.jobs] == ["a"], "only valid rows become jobs (for --skip-invalid)"
+
+
+def test_errors_from_defaults_and_matrix_point_at_their_own_line_once() -> None:
+    batch = parse("m.yaml", f"""endpoint: {WAN25_I2I}
+defaults:
+  num_images: 9
+matrix:
+  seed: [1, -2]
+jobs:
+  - {{prompt: a, image_urls: {URL}}}
+  - {{prompt: b, image_urls: {URL}}}
+""")
+    assert messages(batch) == [
+        "m.yaml:3: num_images: Input should be less than or equal to 4 (got 9)",
+        "m.yaml:5: seed: Input should be greater than or equal to 0 (got -2)",
+    ]
+    assert batch.jobs == []
+
+
+@pytest.mark.parametrize(
+    ("text", "endpoint", "expected"),
+    [
+        ("prompt\nx\n", None, "m.csv:2: endpoint: no endpoint: add an `endpoint` column/key or pass --endpoint"),
+        ("endpoint,prompt\nnot an id,x\n", None, "m.csv:2: endpoint: not a fal endpoint id (owner/app[/path]): 'not an id'"),
+        ("id,prompt\nbad id,x\n", "a/b", "m.csv:2: id: 'bad id' is not a valid id"),
+    ],
+)  # fmt: skip
+def test_row_level_errors(text: str, endpoint: str | None, expected: str) -> None:
+    assert any(m.startswith(expected) for m in messages(parse("m.csv", text, endpoint)))
+
+
+def test_endpoint_column_wins_over_the_option() -> None:
+    text = f"endpoint,prompt,image_url,image_urls\n{WAN22_I2I},a,{URL},\n,b,,{URL}\n"
+    batch = parse("m.csv", text, WAN25_I2I)
+    assert messages(batch) == []
+    assert [job.endpoint for job in batch.jobs] == [WAN22_I2I, WAN25_I2I]
+    assert batch.jobs_per_endpoint() == {WAN22_I2I: 1, WAN25_I2I: 1}
+
+
+def test_pass_through_endpoint_sends_inputs_as_given() -> None:
+    batch = parse("m.csv", 'prompt,steps:json,loras:json\nx,28,"[{""path"": ""a""}]"\n', "fal-ai/flux/dev")
+    assert messages(batch) == []
+    assert batch.jobs[0].input == {"prompt": "x", "steps": 28, "loras": [{"path": "a"}]}
+
+
+def test_meta_columns_travel_but_are_never_sent() -> None:
+    batch = parse("m.csv", f"prompt,image_url,_source,_n\nx,{URL},cat-17,3\n", WAN22_I2I)
+    assert batch.jobs[0].meta == {"_source": "cat-17", "_n": "3"}
+    assert "_source" not in batch.jobs[0].input
+
+
+def test_user_ids_are_kept_and_matrix_variants_get_stable_suffixes() -> None:
+    text = f"endpoint: {WAN25_I2I}\nmatrix: {{seed: [1, 2]}}\njobs:\n- {{id: cat, prompt: a, image_urls: {URL}}}\n"
+    first, again = parse("m.yaml", text), parse("m.yaml", text)
+    ids = [job.id for job in first.jobs]
+    assert ids == [job.id for job in again.jobs]
+    assert len(set(ids)) == 2 and all(i.startswith("cat-") and len(i) == 12 for i in ids)
+    single = parse("m.yaml", text.replace("seed: [1, 2]", "seed: [1]"))
+    assert [job.id for job in single.jobs] == ["cat"]
+
+
+def test_identical_rows_run_twice_with_numbered_ids_and_a_warning() -> None:
+    batch = parse("m.csv", f"prompt,image_url\nx,{URL}\ny,{URL}\nx,{URL}\n", WAN22_I2I)
+    first = batch.jobs[0].id
+    assert [job.id for job in batch.jobs] == [first, batch.jobs[1].id, f"{first}-2"]
+    assert messages(batch) == [f"m.csv:4: warning: same input as line 2; runs again as job '{first}-2'"]
+    assert batch.errors == []
+
+
+def test_auto_ids_do_not_depend_on_row_order() -> None:
+    rows = [f"a,{URL}", f"b,{URL}", f"c,{URL}"]
+    forward = parse("m.csv", "prompt,image_url\n" + "\n".join(rows), WAN22_I2I)
+    backward = parse("m.csv", "prompt,image_url\n" + "\n".join(reversed(rows)), WAN22_I2I)
+    assert {j.input["prompt"]: j.id for j in forward.jobs} == {j.input["prompt"]: j.id for j in backward.jobs}
+
+
+def test_a_matrix_too_large_is_refused_not_expanded() -> None:
+    text = f"endpoint: {WAN25_I2I}\nmatrix:\n  prompt: [a, b, c]\n  seed: [1, 2, 3]\n  image_urls: [{URL}]\n"
+    batch = parse_manifest("m.yaml", text.encode(), ManifestOptions(max_jobs=8))
+    assert messages(batch) == ["m.yaml:2: matrix: expands to 9 jobs, more than 8"]
+    assert batch.jobs == []
+
+
+def test_warnings_do_not_stop_a_batch() -> None:
+    batch = parse("m.jsonl", json.dumps({"prompt": "x", "image_urls": [URL, URL + "2", URL + "3"]}), WAN25_I2I)
+    assert batch.errors == []
+    assert messages(batch) == ["m.jsonl:1: warning: image_urls: 3 images given; the model uses only the first 2"]
+    assert len(batch.jobs) == 1
+
+
+# --- properties --------------------------------------------------------------
+
+NAMES = st.sampled_from(["m.csv", "m.tsv", "m.jsonl", "m.yaml", "m.yml"])
+
+
+def assert_located_or_valid(batch: Batch, name: str, data: bytes) -> None:
+    """A batch is either runnable, or each of its errors names this file and a real line."""
+    # Every line break YAML knows (it counts U+2028 and NEL too), so a superset of editors'.
+    total_lines = len(data.decode("utf-8", "replace").splitlines()) + 1
+    for diagnostic in batch.diagnostics:
+        assert diagnostic.file == name
+        assert diagnostic.line is None or 1 <= diagnostic.line <= total_lines
+        assert diagnostic.message
+    if not batch.errors:
+        assert batch.jobs, "a batch without errors has jobs"
+        assert len({job.id for job in batch.jobs}) == len(batch.jobs)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(name=NAMES, data=st.binary(max_size=400))
+def test_random_bytes_give_located_errors_or_a_batch(name: str, data: bytes) -> None:
+    batch = parse_manifest(name, data, ManifestOptions(default_endpoint="fal-ai/echo"))
+    assert_located_or_valid(batch, name, data)
+
+
+TEXTISH = st.text(alphabet=string.printable + "é|{}\"',:;\u2028", max_size=30)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=NAMES,
+    rows=st.lists(
+        st.dictionaries(
+            st.sampled_from(["id", "prompt", "image_url", "image_urls", "strength", "seed", "num_images",
+                             "image_size", "endpoint", "promt", "_note"]),
+            st.one_of(TEXTISH, st.integers(-5, 5000), st.floats(allow_nan=True), st.booleans(), st.none(),
+                      st.lists(TEXTISH, max_size=3)),
+        ),
+        max_size=6,
+    ),
+    endpoint=st.sampled_from([WAN22_I2I, WAN25_I2I, "fal-ai/other/app"]),
+)  # fmt: skip
+def test_random_rows_give_located_errors_or_a_batch(name: str, rows: list[dict[str, Any]], endpoint: str) -> None:
+    data = write_rows(name, rows)
+    batch = parse_manifest(name, data, ManifestOptions(default_endpoint=endpoint))
+    assert_located_or_valid(batch, name, data)
+
+
+def write_rows(name: str, rows: list[dict[str, Any]]) -> bytes:
+    if name.endswith((".yaml", ".yml")):
+        return yaml.safe_dump({"jobs": rows}, allow_unicode=True).encode()
+    if name.endswith(".jsonl"):
+        return "\n".join(json.dumps(row) for row in rows).encode()
+    columns = sorted({key for row in rows for key in row})
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter="\t" if name.endswith(".tsv") else ",")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    return out.getvalue().encode()
+
+
+VALID_WAN25 = st.fixed_dictionaries(
+    {"prompt": st.text(alphabet=string.ascii_letters + " ,.é", min_size=1, max_size=40).filter(str.strip),
+     "image_urls": st.lists(st.sampled_from([URL, URL + "?v=2", "images/cat.png"]), min_size=1, max_size=2)},
+    optional={"seed": st.integers(0, 2**31), "num_images": st.integers(1, 4),
+              "image_size": st.sampled_from(["square", "landscape_16_9"])},
+)  # fmt: skip
+
+
+@settings(max_examples=100)
+@given(rows=st.lists(VALID_WAN25, min_size=1, max_size=5, unique_by=lambda r: json.dumps(r, sort_keys=True)))
+def test_valid_rows_give_the_same_jobs_in_every_format(rows: list[dict[str, Any]]) -> None:
+    csv_rows = [{**row, "image_urls": "|".join(row["image_urls"])} for row in rows]
+    batches = [
+        parse_manifest(name, write_rows(name, csv_rows if name.endswith(("csv", "tsv")) else rows),
+                       ManifestOptions(default_endpoint=WAN25_I2I))
+        for name in ("m.csv", "m.tsv", "m.jsonl", "m.yaml")
+    ]  # fmt: skip
+    assert all(b.errors == [] for b in batches), [messages(b) for b in batches]
+    expected = [(job.id, job.input) for job in batches[0].jobs]
+    assert len(expected) == len(rows)
+    for batch in batches[1:]:
+        assert [(job.id, job.input) for job in batch.jobs] == expected
