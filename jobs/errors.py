@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jobs.diagnostics import Diagnostic
 
 
@@ -15,3 +17,69 @@ class ManifestError(WanBatchError):
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = diagnostics
         super().__init__("\n".join(str(d) for d in diagnostics))
+
+
+class QueueAPIError(WanBatchError):
+    """A call to the fal queue failed.
+
+    `retryable` says whether repeating the same call may succeed;
+    `job_retryable` is fal's `X-Fal-Retryable` hint (whether resubmitting the
+    job may succeed), None when fal gave none. The message never holds the
+    credential.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        detail: Any = None,
+        retry_after_s: float | None = None,
+        fal_request_id: str | None = None,
+        job_retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        self.fal_request_id = fal_request_id
+        self.job_retryable = job_retryable
+
+
+class TransientQueueError(QueueAPIError):
+    """A failure a backoff cures: transport errors, 408/409/429, a proxy's 502/503/504."""
+
+    retryable = True
+
+
+class PermanentQueueError(QueueAPIError):
+    """A failure that repeating the same call will not cure (a model error, 404, 422...)."""
+
+
+class AuthError(PermanentQueueError):
+    """The credential was refused (401/403)."""
+
+
+class SubmitUnconfirmedError(QueueAPIError):
+    """A submit whose answer was lost after the request was sent.
+
+    fal may have queued it; fal has no idempotency key, so submitting again
+    may run and bill the job twice. Not retried automatically.
+    """
+
+
+class ResultNotReadyError(QueueAPIError):
+    """The result was asked for before the request completed; poll its status first."""
+
+
+class DownloadError(WanBatchError):
+    """An output file that could not be fetched, or is not the image it claims to be."""
+
+    def __init__(self, message: str, *, retryable: bool, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status_code = status_code

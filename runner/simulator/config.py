@@ -1,0 +1,109 @@
+"""Settings of the fal queue simulator, and the run-time distributions it draws from."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class FaultRates(BaseModel):
+    """How often each fault is injected: a probability per eligible call, 0..1."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A 502/503/504 with an nginx HTML body and no `x-fal-request-id`, on queue calls.
+    proxy_5xx: Rate = 0.0
+    #: A 429 with `Retry-After`, on queue calls.
+    rate_limit_429: Rate = 0.0
+    #: The socket is closed without a response, before the call does anything.
+    drop_connection: Rate = 0.0
+    #: The inference fails: the result answers 500 `runner_server_error`.
+    model_error: Rate = 0.0
+    #: A download sends fewer bytes than its Content-Length says, then closes.
+    truncated_download: Rate = 0.0
+    #: A download dribbles its bytes with pauses.
+    slow_download: Rate = 0.0
+    #: A finished result answers 404 as if it had expired, from then on.
+    expired_result: Rate = 0.0
+    #: A submit creates the request, then the connection drops without a response.
+    lost_submit_response: Rate = 0.0
+
+
+class SimConfig(BaseModel):
+    """Everything the simulator needs; `port=0` picks a free port."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    #: Requests IN_PROGRESS at once; the rest wait IN_QUEUE.
+    concurrency: Annotated[int, Field(ge=1)] = 2
+    #: `fixed:S`, `uniform:A,B` or `lognormal:MEAN,SIGMA`, in seconds.
+    run_time: str = "uniform:0.5,1.5"
+    seed: int = 0
+    #: A result answers 404 this long after its request completed.
+    retention_s: Annotated[float, Field(gt=0)] = 3600.0
+    #: When set, only `Authorization: Key <key>` is accepted (or the token below).
+    key: SecretStr | None = None
+    #: When set, only `Authorization: Bearer <token>` is accepted (or the key above).
+    token: SecretStr | None = None
+    faults: FaultRates = Field(default_factory=FaultRates)
+    #: Each fault kind stops after this many injections; None = no limit.
+    fault_limit: Annotated[int, Field(ge=0)] | None = None
+    #: The `Retry-After` a 429 carries.
+    retry_after_s: Annotated[float, Field(ge=0)] = 1.0
+    #: Total pause a slow download spreads over its chunks.
+    slow_download_s: Annotated[float, Field(ge=0)] = 0.5
+    #: Generated output files kept in memory; evicted ones are regenerated on demand.
+    file_cache_mb: Annotated[float, Field(gt=0)] = 128.0
+
+    @field_validator("run_time")
+    @classmethod
+    def _check_run_time(cls, value: str) -> str:
+        parse_run_time(value)
+        return value
+
+
+@dataclass(frozen=True)
+class RunTime:
+    """A distribution of run times, in seconds."""
+
+    kind: Literal["fixed", "uniform", "lognormal"]
+    a: float
+    b: float = 0.0
+
+    def draw_s(self, rng: random.Random) -> float:
+        """One run time; `lognormal` has mean `a` and log-space sigma `b`."""
+        if self.kind == "fixed":
+            return self.a
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        mu = math.log(self.a) - self.b**2 / 2
+        return rng.lognormvariate(mu, self.b)
+
+
+def parse_run_time(spec: str) -> RunTime:
+    """`fixed:S`, `uniform:A,B` or `lognormal:MEAN,SIGMA` as a RunTime.
+
+    Raises ValueError for another form, a negative time, or A > B.
+    """
+    kind, _, args = spec.partition(":")
+    try:
+        numbers = [float(part) for part in args.split(",")] if args else []
+    except ValueError:
+        raise ValueError(f"run time {spec!r}: arguments must be numbers") from None
+    if any(not math.isfinite(n) or n < 0 for n in numbers):
+        raise ValueError(f"run time {spec!r}: arguments must be finite and >= 0")
+    if kind == "fixed" and len(numbers) == 1:
+        return RunTime("fixed", numbers[0])
+    if kind == "uniform" and len(numbers) == 2 and numbers[0] <= numbers[1]:
+        return RunTime("uniform", numbers[0], numbers[1])
+    if kind == "lognormal" and len(numbers) == 2 and numbers[0] > 0:
+        return RunTime("lognormal", numbers[0], numbers[1])
+    raise ValueError(f"run time {spec!r}: use fixed:S, uniform:A,B (A <= B) or lognormal:MEAN,SIGMA (MEAN > 0)")

@@ -1,0 +1,275 @@
+"""The simulated fal queue as calls in, replies out: routing, auth, faults and the queue."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from jobs.endpoints import KNOWN_ENDPOINTS
+from runner.settings import MIB
+from runner.simulator.config import SimConfig, parse_run_time
+from runner.simulator.faults import FaultInjector, FaultKind, nginx_error_page
+from runner.simulator.outputs import Outputs, serves
+from runner.simulator.responses import (
+    Delivery,
+    Reply,
+    failure_reply,
+    json_reply,
+    queue_urls,
+    request_logs,
+    status_body,
+)
+from runner.simulator.state import CancelResult, Outcome, Phase, RequestStore, SimRequest, Submission
+from runner.simulator.stats import Counter, Stats
+
+_CANCEL_STATUS_CODES = {
+    CancelResult.CANCELLATION_REQUESTED: 202,
+    CancelResult.ALREADY_COMPLETED: 400,
+    CancelResult.NOT_FOUND: 404,
+}
+_NOT_FOUND = {"detail": "Request not found"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP call as the service sees it; `headers` keys are lower-case."""
+
+    method: str
+    path: str
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]
+    body: bytes
+    #: `http://host:port` as the client addressed the simulator.
+    base_url: str
+
+    @property
+    def parts(self) -> list[str]:
+        """The path's segments: `/fal-ai/wan/requests/ID` -> `["fal-ai", "wan", "requests", "ID"]`."""
+        return [part for part in self.path.split("/") if part]
+
+    def query_value(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+class Service:
+    """Answers calls; thread-safe (each part guards its own state)."""
+
+    def __init__(self, config: SimConfig, clock: Callable[[], float]) -> None:
+        self._config = config
+        self._run_time = parse_run_time(config.run_time)
+        self._run_rng = random.Random(f"{config.seed}:run_time")
+        self._seed_rng = random.Random(f"{config.seed}:seeds")
+        self._faults = FaultInjector(config.faults, config.seed, config.fault_limit)
+        self._stats = Stats()
+        self._store = RequestStore(config.concurrency, config.retention_s, self._start, clock)
+        self._outputs = Outputs(self._store, int(config.file_cache_mb * MIB), clock)
+
+    def handle(self, call: Call) -> Reply:
+        """The reply to `call`; /_stats and /files are never faulted nor authenticated."""
+        if call.parts[:1] == ["_stats"]:
+            return self._stats_call(call)
+        if call.parts[:1] == ["files"] and call.method == "GET":
+            return self._download(call)
+        fault = self._queue_fault()
+        if fault is not None:
+            return fault
+        problem = _auth_problem(call.headers.get("authorization"), self._config.key, self._config.token)
+        if problem is not None:
+            return json_reply(401, {"detail": problem})
+        return self._route(call)
+
+    def stats(self) -> dict[str, Any]:
+        """The /_stats body: call and fault counts, queue counters, per-request timings."""
+        return {**self._stats.snapshot(), **self._store.snapshot()}
+
+    def _stats_call(self, call: Call) -> Reply:
+        if call.method == "POST" and call.parts == ["_stats", "reset"]:
+            self._stats.reset()
+            self._store.reset_stats()
+            return json_reply(200, self.stats())
+        if call.method == "GET" and call.parts == ["_stats"]:
+            return json_reply(200, self.stats())
+        return json_reply(404, {"detail": "Not Found"})
+
+    def _queue_fault(self) -> Reply | None:
+        if self._strikes(FaultKind.DROP_CONNECTION):
+            return Reply(0, delivery=Delivery.DROP)
+        if self._strikes(FaultKind.PROXY_5XX):
+            status = self._faults.proxy_status()
+            return Reply(status, nginx_error_page(status), {"Content-Type": "text/html"})
+        if self._strikes(FaultKind.RATE_LIMIT_429):
+            headers = {"Content-Type": "application/json", "Retry-After": f"{self._config.retry_after_s:g}"}
+            return Reply(429, json.dumps({"detail": "Too Many Requests"}).encode(), headers)
+        return None
+
+    def _strikes(self, kind: FaultKind) -> bool:
+        struck = self._faults.strikes(kind)
+        if struck:
+            self._stats.count_fault(kind)
+        return struck
+
+    def _route(self, call: Call) -> Reply:
+        parts = call.parts
+        if call.method == "POST" and len(parts) >= 2:
+            return self._submit(call)
+        if len(parts) < 4 or parts[2] != "requests":
+            return json_reply(404, {"detail": "Not Found"})
+        app, request_id, rest = "/".join(parts[:2]), parts[3], parts[4:]
+        if call.method == "GET" and rest == ["status"]:
+            return self._status(call, app, request_id)
+        if call.method == "GET" and not rest:
+            return self._result(call, app, request_id)
+        if call.method == "PUT" and rest == ["cancel"]:
+            return self._cancel(app, request_id)
+        if rest in ([], ["status"], ["cancel"]):
+            return json_reply(405, {"detail": "Method Not Allowed"})
+        return json_reply(404, {"detail": "Not Found"})
+
+    # --- the four queue calls -------------------------------------------
+
+    def _submit(self, call: Call) -> Reply:
+        endpoint = "/".join(call.parts)
+        app = "/".join(call.parts[:2])
+        if not serves(endpoint):
+            return json_reply(404, {"detail": f"Application {endpoint!r} not found"})
+        try:
+            body = json.loads(call.body or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            detail = "The request body must be a JSON object"
+            return json_reply(400, {"detail": detail, "error_type": "bad_request"}, None,
+                              {"X-Fal-Error-Type": "bad_request"})  # fmt: skip
+        request_id = str(uuid.uuid4())
+        view = self._store.submit(request_id, _submission(call, endpoint, app, body), self._draw)
+        self._stats.count_submit(endpoint, body)
+        if self._strikes(FaultKind.LOST_SUBMIT_RESPONSE):
+            return Reply(0, delivery=Delivery.DROP)
+        payload: dict[str, Any] = {
+            "status": "IN_QUEUE",
+            "request_id": request_id,
+            **queue_urls(call.base_url, app, request_id),
+            "logs": None,
+            "metrics": {},
+            "queue_position": view.queue_position or 0,
+        }
+        return json_reply(200, payload, request_id)
+
+    def _status(self, call: Call, app: str, request_id: str) -> Reply:
+        self._stats.count(Counter.STATUS_POLLS)
+        view = self._store.view(request_id, app)
+        if view is None:
+            return json_reply(404, _NOT_FOUND, request_id)
+        logs = None
+        if call.query_value("logs") in ("1", "true", "True"):
+            logs = request_logs(view.request, view.now, self._store.wall_time)
+        body = status_body(view, queue_urls(call.base_url, app, request_id), logs)
+        return json_reply(200 if view.phase is Phase.COMPLETED else 202, body, request_id)
+
+    def _result(self, call: Call, app: str, request_id: str) -> Reply:
+        self._stats.count(Counter.RESULT_FETCHES)
+        view = self._store.view(request_id, app)
+        if view is None:
+            return json_reply(404, _NOT_FOUND, request_id)
+        request = view.request
+        if view.phase is not Phase.COMPLETED:
+            body = status_body(view, queue_urls(call.base_url, app, request_id), None)
+            return json_reply(202, body, request_id)
+        if self._strikes(FaultKind.EXPIRED_RESULT):
+            self._store.expire(request_id)
+            return json_reply(404, _NOT_FOUND, request_id)
+        if request.outcome is not Outcome.OK:
+            return failure_reply(request)
+        return json_reply(200, self._outputs.result(request, call.base_url), request_id)
+
+    def _cancel(self, app: str, request_id: str) -> Reply:
+        self._stats.count(Counter.CANCELS)
+        result = self._store.cancel(request_id, app)
+        return json_reply(_CANCEL_STATUS_CODES[result], {"status": result.value}, request_id)
+
+    def _download(self, call: Call) -> Reply:
+        _, request_id, name = [*call.parts, "", ""][:3]
+        index, _, _ = name.partition(".")
+        found = None
+        if index.isdigit() and len(call.parts) == 3:
+            found = self._outputs.file(request_id, int(index))
+        if found is None:
+            return json_reply(404, {"detail": "File not found"})
+        self._stats.count(Counter.DOWNLOADS)
+        delivery = Delivery.SEND
+        if self._strikes(FaultKind.TRUNCATED_DOWNLOAD):
+            delivery = Delivery.TRUNCATE
+        elif self._strikes(FaultKind.SLOW_DOWNLOAD):
+            delivery = Delivery.SLOW
+        return Reply(200, found.data, {"Content-Type": found.content_type}, delivery)
+
+    # --- the model ------------------------------------------------------
+
+    def _draw(self) -> tuple[float, int]:
+        """A new request's run time and seed; called under the store's lock, so in submit order."""
+        return self._run_time.draw_s(self._run_rng), self._seed_rng.randrange(2**31)
+
+    def _start(self, request: SimRequest) -> Outcome:
+        """Decide how a starting request ends: its input is checked as the model would."""
+        endpoint = KNOWN_ENDPOINTS.get(request.submission.endpoint)
+        if endpoint is not None:
+            checked = endpoint.validate_input(request.submission.body)
+            if checked.errors:
+                request.input_errors = checked.errors
+                return Outcome.INVALID_INPUT
+        return Outcome.MODEL_ERROR if self._strikes(FaultKind.MODEL_ERROR) else Outcome.OK
+
+
+def _submission(call: Call, endpoint: str, app: str, body: dict[str, Any]) -> Submission:
+    """A submit's options, read from its headers and query; malformed ones are ignored."""
+    priority = call.headers.get("x-fal-queue-priority", "").strip().lower()
+    return Submission(
+        endpoint=endpoint,
+        app=app,
+        body=body,
+        low_priority=priority == "low",
+        start_timeout_s=_positive_float(call.headers.get("x-fal-request-timeout")),
+        files_ttl_s=_lifecycle_ttl_s(call.headers.get("x-fal-object-lifecycle-preference")),
+        webhook_url=call.query_value("fal_webhook"),
+    )
+
+
+def _positive_float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value > 0 else None
+
+
+def _lifecycle_ttl_s(text: str | None) -> float | None:
+    try:
+        preference = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+    value = preference.get("expiration_duration_seconds") if isinstance(preference, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value)
+
+
+def _auth_problem(header: str | None, key: SecretStr | None, token: SecretStr | None) -> str | None:
+    """Why `Authorization` is refused, or None; the message never repeats the credential."""
+    scheme, _, credential = (header or "").strip().partition(" ")
+    credential = credential.strip()
+    if not scheme or scheme.lower() not in ("key", "bearer") or not credential:
+        return "Missing or malformed Authorization header: use 'Key <key>' or 'Bearer <token>'"
+    if key is None and token is None:
+        return None
+    expected = key if scheme.lower() == "key" else token
+    if expected is None or not hmac.compare_digest(credential.encode(), expected.get_secret_value().encode()):
+        return "Invalid credentials"
+    return None

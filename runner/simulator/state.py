@@ -1,0 +1,304 @@
+"""The simulator's requests and their scheduling.
+
+Transitions are computed from timestamps, not from polls: every call first
+replays, in time order, the events due by now (a run ends, a slot frees and
+the next queued request starts at that instant, a start deadline passes).
+So a request starts at max(its submit time, the time a slot freed), whatever
+the clients' polling, and `max_in_progress` and the timings are exact.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Phase(str, Enum):
+    """Where a request is, as the status call names it."""
+
+    #: Waiting for a free slot; `queue_position` 0 is next.
+    IN_QUEUE = "IN_QUEUE"
+    #: Holding one of the `concurrency` slots.
+    IN_PROGRESS = "IN_PROGRESS"
+    #: Done, whatever the outcome (fal has no FAILED status).
+    COMPLETED = "COMPLETED"
+
+
+class Outcome(str, Enum):
+    """How a completed request ended."""
+
+    #: The model produced its output.
+    OK = "ok"
+    #: The model rejected its input (result 422).
+    INVALID_INPUT = "invalid_input"
+    #: The model failed (result 500), an injected fault.
+    MODEL_ERROR = "model_error"
+    #: Cancelled while queued or running (result 499).
+    CANCELLED = "cancelled"
+    #: Not started within its `X-Fal-Request-Timeout` (result 504).
+    TIMED_OUT = "timed_out"
+
+
+class CancelResult(str, Enum):
+    #: Was queued or running; it ends COMPLETED, cancelled.
+    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"
+    #: Had already completed; nothing changes.
+    ALREADY_COMPLETED = "ALREADY_COMPLETED"
+    #: Unknown, expired, or of another app.
+    NOT_FOUND = "NOT_FOUND"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a submit call asks for, read from its URL, headers and body."""
+
+    endpoint: str
+    app: str
+    body: dict[str, Any]
+    low_priority: bool = False
+    start_timeout_s: float | None = None
+    files_ttl_s: float | None = None
+    webhook_url: str | None = None
+
+
+@dataclass
+class SimRequest:
+    """One submitted request; mutated only by the RequestStore, under its lock."""
+
+    id: str
+    seq: int
+    submission: Submission
+    submitted_at: float
+    #: The run time drawn at submit; an invalid input ends as soon as it starts.
+    run_s: float
+    #: The first output's seed when the input names none.
+    drawn_seed: int
+    started_at: float | None = None
+    completed_at: float | None = None
+    outcome: Outcome | None = None
+    #: (field path, message) of an invalid input, set when the request starts.
+    input_errors: list[tuple[str, str]] = field(default_factory=list)
+    #: Set by the expired_result fault: answers 404 from then on.
+    expired: bool = False
+
+    @property
+    def phase(self) -> Phase:
+        if self.completed_at is not None:
+            return Phase.COMPLETED
+        return Phase.IN_PROGRESS if self.started_at is not None else Phase.IN_QUEUE
+
+    @property
+    def end_at(self) -> float:
+        assert self.started_at is not None
+        return self.started_at + self.run_s
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A request as seen at one instant (monotonic `now`)."""
+
+    request: SimRequest
+    phase: Phase
+    queue_position: int | None
+    now: float
+
+
+#: Called when a request starts: decides its outcome, may record input errors.
+StartHook = Callable[[SimRequest], Outcome]
+
+
+class RequestStore:
+    """Requests by id, the queue, the running slots and the counters they imply."""
+
+    def __init__(self, concurrency: int, retention_s: float, on_start: StartHook,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self._concurrency = concurrency
+        self._retention_s = retention_s
+        self._on_start = on_start
+        self._clock = clock
+        self._wall_offset = time.time() - clock()
+        self._lock = threading.Lock()
+        self._requests: dict[str, SimRequest] = {}
+        self._queue_keys: list[tuple[int, int]] = []
+        self._queued: dict[tuple[int, int], SimRequest] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._running: dict[str, SimRequest] = {}
+        self._seq = 0
+        self._stats_from_seq = 0
+        self._max_in_progress = 0
+
+    def submit(self, request_id: str, submission: Submission, draw: Callable[[], tuple[float, int]]) -> RequestView:
+        """Queue a new request; `draw` gives its (run time, seed), called under the lock."""
+        with self._lock:
+            now = self._advance()
+            run_s, seed = draw()
+            request = SimRequest(request_id, self._seq, submission, now, run_s, seed)
+            self._seq += 1
+            self._requests[request_id] = request
+            key = self._queue_key(request)
+            bisect.insort(self._queue_keys, key)
+            self._queued[key] = request
+            if submission.start_timeout_s is not None:
+                deadline = now + submission.start_timeout_s
+                heapq.heappush(self._deadlines, (deadline, request.seq, request_id))
+            self._fill_slots(now)
+            return self._view(request, now)
+
+    def view(self, request_id: str, app: str) -> RequestView | None:
+        """The request now, or None if unknown, expired or of another app."""
+        with self._lock:
+            now = self._advance()
+            request = self._live(request_id, app, now)
+            return None if request is None else self._view(request, now)
+
+    def cancel(self, request_id: str, app: str) -> CancelResult:
+        """Cancel a queued or running request; it completes at once, cancelled."""
+        with self._lock:
+            now = self._advance()
+            request = self._live(request_id, app, now)
+            if request is None:
+                return CancelResult.NOT_FOUND
+            if request.phase is Phase.COMPLETED:
+                return CancelResult.ALREADY_COMPLETED
+            if request.phase is Phase.IN_QUEUE:
+                self._dequeue(request)
+            else:
+                del self._running[request.id]
+                request.run_s = now - self._started(request)
+            self._complete(request, now, Outcome.CANCELLED)
+            self._fill_slots(now)
+            return CancelResult.CANCELLATION_REQUESTED
+
+    def expire(self, request_id: str) -> None:
+        """Make a request answer 404 from now on (the expired_result fault)."""
+        with self._lock:
+            if request_id in self._requests:
+                self._requests[request_id].expired = True
+
+    def find(self, request_id: str) -> SimRequest | None:
+        """Any request ever submitted, expired or not (output files outlive results)."""
+        with self._lock:
+            return self._requests.get(request_id)
+
+    def wall_time(self, monotonic_s: float) -> float:
+        """A monotonic instant of this store as Unix time."""
+        return monotonic_s + self._wall_offset
+
+    def snapshot(self) -> dict[str, Any]:
+        """Queue counters and per-request timings (since the last reset) for /_stats."""
+        with self._lock:
+            self._advance()
+            timings = {
+                request.id: self._timing(request)
+                for request in self._requests.values()
+                if request.seq >= self._stats_from_seq
+            }
+            return {
+                "max_in_progress": self._max_in_progress,
+                "queued": len(self._queued),
+                "in_progress": len(self._running),
+                "requests": timings,
+            }
+
+    def reset_stats(self) -> None:
+        """Forget timings of earlier requests; max_in_progress restarts from now."""
+        with self._lock:
+            self._advance()
+            self._stats_from_seq = self._seq
+            self._max_in_progress = len(self._running)
+
+    # --- the replay of events ---------------------------------------------
+
+    def _advance(self) -> float:
+        """Apply every event due by now, in time order; return now."""
+        now = self._clock()
+        while True:
+            ending = min(self._running.values(), key=lambda r: r.end_at, default=None)
+            deadline = self._next_deadline()
+            end_at = ending.end_at if ending is not None else None
+            if end_at is not None and end_at <= now and (deadline is None or end_at <= deadline[0]):
+                assert ending is not None
+                del self._running[ending.id]
+                self._complete(ending, end_at, ending.outcome or Outcome.OK)
+                self._fill_slots(end_at)
+            elif deadline is not None and deadline[0] <= now:
+                heapq.heappop(self._deadlines)
+                request = deadline[1]
+                self._dequeue(request)
+                self._complete(request, deadline[0], Outcome.TIMED_OUT)
+            else:
+                return now
+
+    def _next_deadline(self) -> tuple[float, SimRequest] | None:
+        """The earliest start deadline of a request still queued (stale entries dropped)."""
+        while self._deadlines:
+            deadline, _, request_id = self._deadlines[0]
+            request = self._requests[request_id]
+            if request.phase is Phase.IN_QUEUE:
+                return deadline, request
+            heapq.heappop(self._deadlines)
+        return None
+
+    def _fill_slots(self, at: float) -> None:
+        while self._queue_keys and len(self._running) < self._concurrency:
+            request = self._queued.pop(self._queue_keys.pop(0))
+            request.started_at = at
+            request.outcome = self._on_start(request)
+            if request.outcome is not Outcome.OK and request.outcome is not Outcome.MODEL_ERROR:
+                request.run_s = 0.0  # the model rejects a bad input at once
+            self._running[request.id] = request
+            self._max_in_progress = max(self._max_in_progress, len(self._running))
+
+    @staticmethod
+    def _complete(request: SimRequest, at: float, outcome: Outcome) -> None:
+        request.completed_at = at
+        request.outcome = outcome
+
+    @staticmethod
+    def _started(request: SimRequest) -> float:
+        assert request.started_at is not None
+        return request.started_at
+
+    def _dequeue(self, request: SimRequest) -> None:
+        key = self._queue_key(request)
+        del self._queue_keys[bisect.bisect_left(self._queue_keys, key)]
+        del self._queued[key]
+
+    # --- reading ----------------------------------------------------------
+
+    def _live(self, request_id: str, app: str, now: float) -> SimRequest | None:
+        request = self._requests.get(request_id)
+        if request is None or request.submission.app != app or request.expired:
+            return None
+        if request.completed_at is not None and now > request.completed_at + self._retention_s:
+            return None
+        return request
+
+    def _view(self, request: SimRequest, now: float) -> RequestView:
+        position = None
+        if request.phase is Phase.IN_QUEUE:
+            position = bisect.bisect_left(self._queue_keys, self._queue_key(request))
+        return RequestView(request, request.phase, position, now)
+
+    def _timing(self, request: SimRequest) -> dict[str, Any]:
+        started, completed = request.started_at, request.completed_at
+        waited_until = started if started is not None else completed
+        return {
+            "endpoint": request.submission.endpoint,
+            "submitted_at": self.wall_time(request.submitted_at),
+            "started_at": None if started is None else self.wall_time(started),
+            "completed_at": None if completed is None else self.wall_time(completed),
+            "queue_s": None if waited_until is None else waited_until - request.submitted_at,
+            "run_s": request.run_s if started is not None and completed is not None else None,
+            "outcome": None if completed is None else (request.outcome or Outcome.OK).value,
+        }
+
+    @staticmethod
+    def _queue_key(request: SimRequest) -> tuple[int, int]:
+        return (1 if request.submission.low_priority else 0, request.seq)

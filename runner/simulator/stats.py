@@ -1,0 +1,73 @@
+"""Counts of the calls the simulator answered and the faults it injected, for /_stats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from enum import Enum
+from typing import Any
+
+from runner.simulator.faults import FaultKind
+
+
+class Counter(str, Enum):
+    """A call counted in /_stats; a call lost to an injected fault is not counted here."""
+
+    #: Requests created (a lost_submit_response submit counts: it was created).
+    SUBMITS = "submits"
+    #: Status calls answered.
+    STATUS_POLLS = "status_polls"
+    #: Result calls answered (any status code).
+    RESULT_FETCHES = "result_fetches"
+    #: Output file downloads started (truncated and slow ones too).
+    DOWNLOADS = "downloads"
+    #: Cancel calls answered.
+    CANCELS = "cancels"
+
+
+def input_key(endpoint: str, body: Any) -> str:
+    """sha256 of the canonical JSON of {"endpoint", "input"}: the same job submitted twice."""
+    canonical = json.dumps({"endpoint": endpoint, "input": body}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)  # fmt: skip
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Stats:
+    """Thread-safe counters; `reset` zeroes them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(Counter, 0)
+        self._per_input: dict[str, int] = {}
+        self._faults = dict.fromkeys(FaultKind, 0)
+
+    def count(self, counter: Counter) -> None:
+        with self._lock:
+            self._counts[counter] += 1
+
+    def count_submit(self, endpoint: str, body: Any) -> None:
+        key = input_key(endpoint, body)
+        with self._lock:
+            self._counts[Counter.SUBMITS] += 1
+            self._per_input[key] = self._per_input.get(key, 0) + 1
+
+    def count_fault(self, kind: FaultKind) -> None:
+        with self._lock:
+            self._faults[kind] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            counts = {counter.value: value for counter, value in self._counts.items()}
+            return {
+                **counts,
+                "submits_per_input": dict(self._per_input),
+                "duplicate_submits": sum(n - 1 for n in self._per_input.values()),
+                "faults": {kind.value: value for kind, value in self._faults.items()},
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = dict.fromkeys(Counter, 0)
+            self._per_input = {}
+            self._faults = dict.fromkeys(FaultKind, 0)
