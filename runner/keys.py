@@ -1,0 +1,50 @@
+"""Every Redis key the runner uses, built here and nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "wb"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix, so several deployments can share a Redis."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def batches(self) -> str:
+        """Sorted set of batch ids, scored by creation time."""
+        return f"{self.prefix}:batches"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash: the batch's settings and state."""
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def counts(self, batch_id: str) -> str:
+        """Hash: jobs per status, kept by every transition, so progress is one read."""
+        return f"{self.prefix}:batch:{batch_id}:counts"
+
+    def job_order(self, batch_id: str) -> str:
+        """List: job ids in manifest order."""
+        return f"{self.prefix}:batch:{batch_id}:jobs"
+
+    def waiting(self, batch_id: str) -> str:
+        """List: ids of jobs waiting for a slot, oldest first."""
+        return f"{self.prefix}:batch:{batch_id}:waiting"
+
+    def in_flight(self, batch_id: str) -> str:
+        """Set: ids of jobs holding a slot of the in-flight window."""
+        return f"{self.prefix}:batch:{batch_id}:inflight"
+
+    def run_times(self, batch_id: str) -> str:
+        """List: the latest run times (seconds) seen, newest first; feeds the poll delay."""
+        return f"{self.prefix}:batch:{batch_id}:runtimes"
+
+    def job_prefix(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:job:"
+
+    def job(self, batch_id: str, job_id: str) -> str:
+        """Hash: one job's record."""
+        return f"{self.job_prefix(batch_id)}{job_id}"

@@ -1,0 +1,69 @@
+"""The live progress bar of a batch, and its closing summary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from jobs.record import JobRecord
+from jobs.status import JobStatus
+
+S = JobStatus
+
+
+class ProgressBar:
+    """done / failed / in flight / queued at fal / waiting, with an ETA; silent when `enabled` is False."""
+
+    def __init__(self, total: int, enabled: bool, console: Console | None = None) -> None:
+        self._enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task("jobs", total=total, detail="")
+
+    def __enter__(self) -> ProgressBar:
+        if self._enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._enabled:
+            self._progress.stop()
+
+    def update(self, counts: dict[JobStatus, int], in_flight: int) -> None:
+        if not self._enabled:
+            return
+        done = counts[S.SUCCEEDED] + counts[S.FAILED] + counts[S.CANCELLED]
+        detail = (
+            f"[green]{counts[S.SUCCEEDED]} done[/] [red]{counts[S.FAILED]} failed[/] "
+            f"{in_flight} in flight ({counts[S.QUEUED]} queued at fal, {counts[S.RUNNING]} running) "
+            f"{counts[S.WAITING]} waiting"
+        )
+        self._progress.update(self._task, completed=done, total=sum(counts.values()), detail=detail)
+
+
+def failure_lines(records: Iterable[JobRecord], per_type: int = 3) -> list[str]:
+    """Failed jobs grouped by error type: a count, then a few job ids with their message."""
+    groups: dict[str, list[JobRecord]] = {}
+    for record in records:
+        if record.status is S.FAILED:
+            groups.setdefault(record.error_type or "unknown", []).append(record)
+    lines = []
+    for error_type, failed in sorted(groups.items(), key=lambda item: -len(item[1])):
+        lines.append(f"  {error_type}: {len(failed)} job(s)")
+        for record in failed[:per_type]:
+            lines.append(f"    {record.job.id} (row {record.job.row}): {(record.error_message or '')[:200]}")
+        if len(failed) > per_type:
+            lines.append(f"    ... and {len(failed) - per_type} more (see report.csv)")
+    return lines

@@ -1,0 +1,79 @@
+"""Files of a batch: images, per-job sidecars and reports, each written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jobs.record import JobRecord
+from jobs.report import COLUMNS, report_rows, summarize
+
+
+class BatchFolder:
+    """`OUT/<batch>/`: `images/<job-id>_<n>.<ext>`, `jobs/<job-id>.json`, `report.csv`, `report.json`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def images(self) -> Path:
+        return self.path / "images"
+
+    @property
+    def sidecars(self) -> Path:
+        return self.path / "jobs"
+
+    def image_path(self, job_id: str, index: int, extension: str) -> Path:
+        return self.images / f"{job_id}_{index}{extension}"
+
+    def sidecar_path(self, job_id: str) -> Path:
+        return self.sidecars / f"{job_id}.json"
+
+    def prepare(self) -> None:
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.sidecars.mkdir(parents=True, exist_ok=True)
+
+    def write_sidecar(self, record: JobRecord) -> Path:
+        """The job's input, endpoint, request, seeds, timings, attempts, outputs and error."""
+        data = record.to_dict()
+        data["seeds"] = [o.seed for o in record.outputs]
+        data.update(queue_wait_s=record.queue_wait_s, run_s=record.run_s, latency_s=record.latency_s)
+        path = self.sidecar_path(record.job.id)
+        write_atomically(path, json.dumps(data, indent=2, default=str).encode())
+        return path
+
+    def write_reports(self, records: Sequence[JobRecord], extra: dict[str, Any]) -> tuple[Path, Path, dict[str, Any]]:
+        """`report.csv` (a row per image or failed job) and `report.json` (rows and summary)."""
+        rows = report_rows(records)
+        columns = list(COLUMNS) + sorted({key for row in rows for key in row} - set(COLUMNS))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        csv_path, json_path = self.path / "report.csv", self.path / "report.json"
+        write_atomically(csv_path, text.getvalue().encode())
+        summary = summarize(records, extra.get("wall_s"))
+        report = {**extra, "summary": summary, "rows": rows}
+        write_atomically(json_path, json.dumps(report, indent=2, default=str).encode())
+        return csv_path, json_path, summary
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file and a rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with temp.open("xb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,142 @@
+"""The Celery app: three thin tasks that run a pipeline step and schedule what it returns.
+
+`create_app` builds an app; nothing connects until a worker starts or a task
+is sent. The module-level `app` reads `REDIS_URL` when first configured, so
+`celery -A runner.tasks worker` and `wan-batch worker` run the same tasks.
+Polls are tasks sent with a countdown: no worker ever sleeps waiting for fal.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+import redis
+from celery import Celery
+
+from jobs.errors import AuthError
+from runner import pipeline
+from runner.ledger import BatchInfo, Ledger
+from runner.pipeline import Context, FollowUp
+from runner.providers import Provider
+from runner.queue_api import QueueClient, QueueOptions
+from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
+
+QUEUE = "wan-batch"
+TASKS = {"submit": "wan_batch.submit", "poll": "wan_batch.poll", "collect": "wan_batch.collect"}
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: Redis redelivers an unacknowledged message after this long; every poll delay is far shorter.
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def create_app(broker_url: str | None = None, context_factory: Callable[[], Context] | None = None) -> Celery:
+    """A Celery app with the runner's tasks.
+
+    `context_factory` builds what the steps need, once per process; by
+    default from the environment (`REDIS_URL`, `FAL_KEY` or
+    `WAN_BATCH_GATEWAY_TOKEN`).
+    """
+    app = Celery("wan_batch", set_as_current=False)
+    app.add_defaults(lambda: _config(broker_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL))
+    contexts = _ContextCache(context_factory or (lambda: context_from_env(app.conf.broker_url)))
+
+    def submit(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
+        schedule(app, batch_id, pipeline.submit_job(contexts.get(), batch_id, job_id, tries))
+
+    def poll(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
+        schedule(app, batch_id, pipeline.poll_job(contexts.get(), batch_id, job_id, token, tries))
+
+    def collect(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
+        schedule(app, batch_id, pipeline.collect_job(contexts.get(), batch_id, job_id, token, tries))
+
+    for kind, step in (("submit", submit), ("poll", poll), ("collect", collect)):
+        app.task(name=TASKS[kind], ignore_result=True, shared=False)(step)
+    return app
+
+
+def schedule(app: Celery, batch_id: str, follow_ups: Iterable[FollowUp]) -> None:
+    """Send each follow-up as its task, after its delay."""
+    for follow in follow_ups:
+        app.send_task(
+            TASKS[follow.task],
+            args=[batch_id, follow.job_id],
+            kwargs={"token": follow.token, "tries": follow.tries},
+            countdown=follow.delay_s or None,
+            queue=QUEUE,
+        )
+
+
+def context_from_env(redis_url: str, settings: WorkerSettings | None = None) -> Context:
+    """A worker's context from its environment: the ledger's Redis and its own credentials."""
+    ledger = Ledger(redis.Redis.from_url(_redis_py_url(redis_url)))
+    http = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
+    return Context(ledger, http, queue_clients(http, credential_from_env), settings or WorkerSettings())
+
+
+def queue_clients(http: httpx.Client, credential: Callable[[Any], str | None]) -> Callable[[BatchInfo], QueueClient]:
+    """A cached QueueClient per provider and options; the credential comes from this side."""
+    cache: dict[tuple[Any, ...], QueueClient] = {}
+    lock = threading.Lock()
+
+    def client_for(batch: BatchInfo) -> QueueClient:
+        key = (batch.provider_url, batch.auth_scheme, batch.priority, batch.start_timeout_s)
+        with lock:
+            if key not in cache:
+                secret = credential(batch.auth_scheme)
+                if secret is None:
+                    raise AuthError(f"this worker has no {CREDENTIAL_ENV[batch.auth_scheme]} in its environment")
+                provider = Provider(base_url=batch.provider_url, auth_scheme=batch.auth_scheme, credential=secret)
+                options = QueueOptions(priority=batch.priority, start_timeout_s=batch.start_timeout_s)
+                cache[key] = QueueClient(http, provider, options)
+            return cache[key]
+
+    return client_for
+
+
+class _ContextCache:
+    """Builds the context on first use in each process (after a worker forks, not before)."""
+
+    def __init__(self, factory: Callable[[], Context]) -> None:
+        self._factory = factory
+        self._context: Context | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Context:
+        with self._lock:
+            if self._context is None:
+                self._context = self._factory()
+                self._context.rng = random.Random()
+            return self._context
+
+
+def _config(broker_url: str) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_default_queue": QUEUE,
+        # A task that dies with its worker is delivered again; every step is safe to repeat.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+
+
+def _redis_py_url(broker_url: str) -> str:
+    """kombu's `redis+socket:///path` as redis-py's `unix:///path`."""
+    if broker_url.startswith("redis+socket://"):
+        return "unix://" + broker_url.removeprefix("redis+socket://")
+    return broker_url
+
+
+#: For `celery -A runner.tasks worker`: configured from REDIS_URL when a worker starts.
+app = create_app()
