@@ -118,7 +118,8 @@ def _check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) ->
 @click.option("--seed", type=int, default=_SIM_DEFAULTS.seed, show_default=True)
 @click.option("--retention-s", type=click.FloatRange(min=0, min_open=True), default=_SIM_DEFAULTS.retention_s,
               show_default=True, help="A result answers 404 this long after completion.")
-@click.option("--key", envvar="FAL_KEY", help="Accept only 'Key <KEY>' (also read from FAL_KEY). Default: any key.")
+@click.option("--key", envvar="WAN_BATCH_SIM_KEY",
+              help="Accept only 'Key <KEY>' (also read from WAN_BATCH_SIM_KEY; FAL_KEY is ignored). Default: any key.")
 @click.option("--token", envvar="WAN_BATCH_SIM_TOKEN",
               help="Accept only 'Bearer <TOKEN>' (also read from WAN_BATCH_SIM_TOKEN).")
 @_fault_options

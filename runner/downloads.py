@@ -6,6 +6,7 @@ import base64
 import binascii
 import os
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +34,8 @@ _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png
 #: Headers a shared client might carry that must never reach a CDN.
 _PRIVATE_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
 _CHUNK_BYTES = 64 * 1024
+#: Largest image accepted, in pixels: a small file can claim dimensions that take gigabytes to decode.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +60,21 @@ def extension_for_content_type(content_type: str | None) -> str:
 
 
 def download_file(
-    http: httpx.Client, url: str, dest: Path, max_bytes: int, expected_content_type: str | None = None
+    http: httpx.Client,
+    url: str,
+    dest: Path,
+    max_bytes: int,
+    expected_content_type: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DownloadedFile:
     """Save the image at `url` (http, https or data) as `dest`, all or nothing.
 
     No credential is sent, whatever `http` carries. The bytes go to a temp
     file beside `dest`, which replaces `dest` only once the byte count matches
-    Content-Length, the total is within `max_bytes`, and Pillow decodes it as
-    the image type the server and `expected_content_type` claim. On any
-    failure the temp file is removed and `dest` is left as it was.
+    Content-Length, the total is within `max_bytes`, the width times height
+    its header declares is within `max_pixels` (checked before decoding), and
+    Pillow decodes it as the image type the server and `expected_content_type`
+    claim. On any failure the temp file is removed and `dest` is left as it was.
 
     Raises DownloadError (`retryable` for a cut-short transfer, a 5xx or 429,
     a transport error); OSError for a local file problem.
@@ -85,7 +94,7 @@ def download_file(
                 claimed = _save_http(http, url, out, max_bytes)
             out.flush()
             os.fsync(out.fileno())
-        content_type, width, height = _check_image(temp, url, [claimed, expected_content_type])
+        content_type, width, height = _check_image(temp, url, [claimed, expected_content_type], max_pixels)
         size_bytes = temp.stat().st_size
         os.replace(temp, dest)
     except BaseException:
@@ -155,16 +164,22 @@ def _check_response(response: httpx.Response, url: str, max_bytes: int) -> int |
     return declared_bytes
 
 
-def _check_image(path: Path, url: str, claims: list[str | None]) -> tuple[str, int, int]:
+def _check_image(path: Path, url: str, claims: list[str | None], max_pixels: int) -> tuple[str, int, int]:
     """(MIME type, width, height) of the image at `path`; raises DownloadError if it is not one."""
     try:
-        with Image.open(path, formats=_IMAGE_FORMATS) as image:
-            image.verify()
-        with Image.open(path, formats=_IMAGE_FORMATS) as image:
-            image.load()
-            actual = image.get_format_mimetype() or ""
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning fires at a fixed 89 MP; `max_pixels` is the cap here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=_IMAGE_FORMATS) as image:
+                _check_pixels(image.size, url, max_pixels)
+                image.verify()
+            with Image.open(path, formats=_IMAGE_FORMATS) as image:
+                image.load()
+                actual = image.get_format_mimetype() or ""
+                width, height = image.size
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, refused on open
+        raise DownloadError(f"download {_shown(url)} has too many pixels ({exc})", retryable=False) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DownloadError(
             f"download {_shown(url)} is not a readable image ({type(exc).__name__}: {exc})", retryable=False
         ) from None
@@ -174,6 +189,16 @@ def _check_image(path: Path, url: str, claims: list[str | None]) -> tuple[str, i
         if claimed.startswith("image/") and claimed != normalize_content_type(actual):
             raise DownloadError(f"download {_shown(url)} claims {claimed} but holds {actual}", retryable=False)
     return normalize_content_type(actual), width, height
+
+
+def _check_pixels(size: tuple[int, int], url: str, max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise DownloadError(
+            f"download {_shown(url)} is {width}x{height}, {width * height:,} pixels,"
+            f" more than the cap of {max_pixels:,}",
+            retryable=False,
+        )
 
 
 def _over_cap(url: str, size_bytes: int, max_bytes: int, how: str = "holds") -> str:

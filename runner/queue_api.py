@@ -131,6 +131,10 @@ class QueueClient:
         self._provider = provider
         self._options = options or QueueOptions()
 
+    def __repr__(self) -> str:
+        """Where and how it authenticates; never the credential."""
+        return f"QueueClient(base_url={self._provider.base_url!r}, auth_scheme={self._provider.auth_scheme!r})"
+
     def submit(self, endpoint_id: str, body: dict[str, Any], webhook_url: str | None = None) -> Submission:
         """Queue one request. Not idempotent: each successful call is a billed request.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -261,4 +262,59 @@ def test_unreachable_host_is_retryable(http: httpx.Client, tmp_path: Path) -> No
     with pytest.raises(DownloadError, match="ConnectError") as caught:
         download_file(http, "http://127.0.0.1:9/none.png", tmp_path / "f.png", max_bytes=1_000_000)
     assert caught.value.retryable is True
+    assert leftovers(tmp_path) == []
+
+
+def test_body_shorter_than_its_content_length_is_retryable(tmp_path: Path) -> None:
+    # A mock, not the CDN above: over a real socket h11 raises RemoteProtocolError on a short
+    # body before download_file can compare the count itself; a mock stream has no such check.
+    half = len(PNG) // 2
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Type": "image/png", "Content-Length": str(len(PNG))}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(PNG[:half]))
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http, pytest.raises(DownloadError) as caught:
+        download_file(http, "https://cdn.example/f.png", tmp_path / "f.png", max_bytes=1_000_000)
+    assert caught.value.retryable is True
+    assert f"cut short: {half:,} of {len(PNG):,} bytes" in str(caught.value)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("size", "max_pixels"), [((40, 30), 1199), ((2000, 1500), 2_999_999)])
+def test_image_over_the_pixel_cap_is_refused(
+    cdn: CDN, http: httpx.Client, tmp_path: Path, size: tuple[int, int], max_pixels: int
+) -> None:
+    cdn.routes["/f"] = Route(image_bytes("PNG", size))
+    with pytest.raises(DownloadError, match=f"more than the cap of {max_pixels:,}") as caught:
+        download_file(http, cdn.url("/f"), tmp_path / "f.png", max_bytes=10_000_000, max_pixels=max_pixels)
+    assert caught.value.retryable is False
+    assert leftovers(tmp_path) == []
+
+
+def test_image_at_the_pixel_cap_is_accepted(cdn: CDN, http: httpx.Client, tmp_path: Path) -> None:
+    cdn.routes["/f"] = Route(PNG)
+    got = download_file(http, cdn.url("/f"), tmp_path / "f.png", max_bytes=1_000_000, max_pixels=40 * 30)
+    assert (got.width, got.height) == (40, 30)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (12_000, 9_000, "12000x9000, 108,000,000 pixels, more than the cap of 100,000,000"),
+        (30_000, 30_000, "too many pixels"),  # Pillow itself refuses it on open
+    ],
+)
+def test_pixel_cap_is_checked_before_decoding(
+    tmp_path: Path, http: httpx.Client, width: int, height: int, message: str
+) -> None:
+    """A tiny PNG whose header claims a huge size: refused from the header alone, with the default cap."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")  # IHDR width and height
+    png[29:33] = zlib.crc32(png[12:29]).to_bytes(4, "big")  # and the IHDR CRC over type and data
+    with pytest.raises(DownloadError, match=message) as caught:
+        download_file(http, data_uri(bytes(png)), tmp_path / "f.png", max_bytes=1_000_000)
+    assert caught.value.retryable is False
     assert leftovers(tmp_path) == []

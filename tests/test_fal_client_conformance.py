@@ -19,7 +19,7 @@ from PIL import Image
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.outputs import ModelOutput
-from runner.simulator import FaultRates, RunningSimulator, SimConfig, run_simulator
+from runner.simulator import FaultRates, ManualClock, RunningSimulator, SimConfig, run_simulator
 
 KEY = "conformance-id:conformance-secret"
 
@@ -46,9 +46,11 @@ def _forget_cached_client() -> None:
 
 
 @contextmanager
-def fal_against_simulator(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Iterator[RunningSimulator]:
+def fal_against_simulator(monkeypatch: pytest.MonkeyPatch, clock: ManualClock | None = None,
+                          **overrides: Any) -> Iterator[RunningSimulator]:  # fmt: skip
+    """fal_client pointed at a simulator; on `clock`, runs end only when the test advances it."""
     settings: dict[str, Any] = {"run_time": "fixed:0.15", "concurrency": 2, "seed": 2, "key": KEY, **overrides}
-    with run_simulator(SimConfig(**settings)) as sim:
+    with run_simulator(SimConfig(**settings), clock) as sim:
         monkeypatch.setenv("FAL_KEY", KEY)
         monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", sim.base_url + "/")
         _forget_cached_client()
@@ -60,10 +62,12 @@ def fal_against_simulator(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> 
 
 @pytest.mark.parametrize("endpoint", [WAN22_I2I, WAN25_I2I])
 def test_submit_status_and_get(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    with fal_against_simulator(monkeypatch) as sim:
+    clock = ManualClock()
+    with fal_against_simulator(monkeypatch, clock) as sim:
         handle = fal_client.submit(endpoint, INPUTS[endpoint], webhook_url="https://example.com/hook")
         status = handle.status(with_logs=True)
-        assert isinstance(status, fal_client.Queued | fal_client.InProgress)
+        assert isinstance(status, fal_client.InProgress)
+        clock.advance(0.15)
         output = ModelOutput.model_validate(handle.get())
         assert output.images and all(image.url.startswith(sim.base_url) for image in output.images)
         completed = handle.status(with_logs=True)
@@ -78,7 +82,8 @@ def test_submit_status_and_get(monkeypatch: pytest.MonkeyPatch, endpoint: str) -
 
 @pytest.mark.parametrize("endpoint", [WAN22_I2I, WAN25_I2I])
 def test_module_level_status_result_and_cancel(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    with fal_against_simulator(monkeypatch, concurrency=1, run_time="fixed:0.2"):
+    clock = ManualClock()
+    with fal_against_simulator(monkeypatch, clock, concurrency=1, run_time="fixed:0.2"):
         first = fal_client.submit(endpoint, INPUTS[endpoint])
         second = fal_client.submit(endpoint, INPUTS[endpoint], priority="low")
         queued = fal_client.status(endpoint, second.request_id, with_logs=True)
@@ -89,6 +94,7 @@ def test_module_level_status_result_and_cancel(monkeypatch: pytest.MonkeyPatch, 
         with pytest.raises(fal_client.client.FalClientHTTPError) as raised:
             fal_client.result(endpoint, second.request_id)
         assert (raised.value.status_code, raised.value.error_type) == (499, "client_cancelled")
+        clock.advance(0.2)
         assert fal_client.result(endpoint, first.request_id) == first.get()
         with pytest.raises(fal_client.client.FalClientHTTPError) as late:
             fal_client.cancel(endpoint, first.request_id)
@@ -127,9 +133,12 @@ def test_failed_results_raise_the_clients_http_error(monkeypatch: pytest.MonkeyP
 
 
 def test_start_timeout_is_a_user_timeout_the_client_does_not_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    with fal_against_simulator(monkeypatch, concurrency=1, run_time="fixed:1.6") as sim:
+    clock = ManualClock()
+    with fal_against_simulator(monkeypatch, clock, concurrency=1, run_time="fixed:30") as sim:
         fal_client.submit(WAN25_I2I, INPUTS[WAN25_I2I])
         late = fal_client.submit(WAN25_I2I, INPUTS[WAN25_I2I], start_timeout=1.1)
+        assert isinstance(late.status(), fal_client.Queued)
+        clock.advance(1.2)
         with pytest.raises(fal_client.client.FalClientHTTPError) as raised:
             late.get()
         assert (raised.value.status_code, raised.value.error_type) == (504, "request_timeout")

@@ -34,7 +34,7 @@ from runner.downloads import download_file
 from runner.providers import Provider
 from runner.queue_api import QueueClient, QueueOptions, QueueStatus, Submission, call_with_retries, user_agent
 from runner.retry import RetryPolicy
-from runner.simulator import FaultRates, RunningSimulator, SimConfig, run_simulator
+from runner.simulator import FaultRates, ManualClock, RunningSimulator, SimConfig, run_simulator
 
 KEY = "fal-key-id:SECRETkey0123456789"
 TOKEN = "gw-TOKEN-abcdef0123456789"
@@ -91,8 +91,8 @@ def start_sim() -> Iterator[Callable[..., RunningSimulator]]:
     """Start a simulator of its own for a test, stopped when the test ends."""
     running: list[AbstractContextManager[RunningSimulator]] = []
 
-    def start(**overrides: Any) -> RunningSimulator:
-        manager = run_simulator(sim_config(**overrides))
+    def start(clock: ManualClock | None = None, **overrides: Any) -> RunningSimulator:
+        manager = run_simulator(sim_config(**overrides), clock)
         running.append(manager)
         return manager.__enter__()
 
@@ -200,12 +200,14 @@ def test_low_priority_waits_behind_normal(start_sim: Callable[..., RunningSimula
 
 
 def test_start_timeout_ends_as_request_timeout(start_sim: Callable[..., RunningSimulator]) -> None:
-    sim = start_sim(concurrency=1, run_time="fixed:60")
+    clock = ManualClock()
+    sim = start_sim(clock, concurrency=1, run_time="fixed:60")
     with httpx.Client(timeout=10.0) as http:
         client = fal_client(http, sim, QueueOptions(start_timeout_s=1.05))
         client.submit("wan-batch-sim/echo", {"n": 0})
         never_started = client.submit("wan-batch-sim/echo", {"n": 1})
-        time.sleep(1.1)
+        assert client.status(never_started.status_url).status == "IN_QUEUE"
+        clock.advance(1.1)
         assert client.status(never_started.status_url).error_type == "request_timeout"
         with pytest.raises(PermanentQueueError) as caught:
             client.result(never_started.response_url)
@@ -270,7 +272,22 @@ def test_a_whole_cycle_logs_no_credential(
     client.result(submission.response_url)
     assert caplog.records  # httpx and httpcore did log
     assert KEY not in caplog.text and KEY.partition(":")[2] not in caplog.text
-    assert KEY not in repr(client)
+
+
+@pytest.mark.parametrize(
+    ("provider", "shown"),
+    [
+        (Provider.fal(KEY, "http://127.0.0.1:9"), "QueueClient(base_url='http://127.0.0.1:9', auth_scheme='Key')"),
+        (Provider.gateway("https://gw.example/v1/", TOKEN),
+         "QueueClient(base_url='https://gw.example/v1', auth_scheme='Bearer')"),
+    ],
+)  # fmt: skip
+def test_repr_names_the_provider_never_the_credential(provider: Provider, shown: str) -> None:
+    with httpx.Client() as http:
+        client = QueueClient(http, provider)
+    assert repr(client) == shown
+    secret = provider.credential.get_secret_value()
+    assert secret not in repr(client) and secret.rpartition(":")[2] not in repr(client)
 
 
 # --- injected faults -----------------------------------------------------------

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +17,16 @@ from PIL import Image
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.outputs import ModelOutput
-from runner.simulator import ECHO_APP, FaultRates, RunningSimulator, SimConfig, run_simulator
+from runner.simulator import (
+    ECHO_APP,
+    LARGE_RESULT_BYTES,
+    FaultRates,
+    ManualClock,
+    RunningSimulator,
+    SimConfig,
+    run_simulator,
+)
+from runner.simulator.state import Outcome, RequestStore, Retention, Submission
 
 KEY = "test-id:test-secret"
 AUTH = {"Authorization": f"Key {KEY}"}
@@ -44,10 +48,10 @@ def wan25_body(**extra: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def serve(**overrides: Any) -> Iterator[tuple[RunningSimulator, httpx.Client]]:
-    """A simulator (fast runs by default) and a client authenticated against it."""
+def serve(clock: ManualClock | None = None, **overrides: Any) -> Iterator[tuple[RunningSimulator, httpx.Client]]:
+    """A simulator (fast runs by default; on `clock` if given) and a client authenticated against it."""
     settings: dict[str, Any] = {"run_time": "fixed:0.1", "concurrency": 2, "seed": 1, **overrides}
-    with run_simulator(SimConfig(**settings)) as sim, httpx.Client(headers=AUTH, timeout=10) as client:
+    with run_simulator(SimConfig(**settings), clock) as sim, httpx.Client(headers=AUTH, timeout=10) as client:
         yield sim, client
 
 
@@ -77,6 +81,12 @@ def finished_result(client: httpx.Client, submitted: dict[str, Any]) -> httpx.Re
     return client.get(submitted["response_url"])
 
 
+def phase(client: httpx.Client, submitted: dict[str, Any]) -> str:
+    """The status now: with a ManualClock, nothing moves between two calls."""
+    status: str = client.get(submitted["status_url"]).json()["status"]
+    return status
+
+
 # --- the four queue calls ---------------------------------------------------
 
 
@@ -89,7 +99,8 @@ def finished_result(client: httpx.Client, submitted: dict[str, Any]) -> httpx.Re
     ],
 )
 def test_submit_status_result_round_trip(endpoint: str, body: dict[str, Any], app: str, keys: set[str]) -> None:
-    with serve(run_time="fixed:0.2") as (sim, client):
+    clock = ManualClock()
+    with serve(clock, run_time="fixed:0.2") as (sim, client):
         response = client.post(f"{sim.base_url}/{endpoint}", json=body)
         submitted = response.json()
         request_id = submitted["request_id"]
@@ -104,9 +115,11 @@ def test_submit_status_result_round_trip(endpoint: str, body: dict[str, Any], ap
 
         early = client.get(submitted["response_url"])
         assert (early.status_code, early.json()["status"]) == (202, "IN_PROGRESS")
-        status = wait_completed(client, submitted)
-        assert status["metrics"]["inference_time"] == pytest.approx(0.2)
-        assert "error" not in status
+        clock.advance(0.2)
+        status = client.get(submitted["status_url"])
+        assert status.status_code == 200
+        assert status.json()["metrics"]["inference_time"] == pytest.approx(0.2)
+        assert "error" not in status.json()
 
         result = client.get(submitted["response_url"])
         assert result.status_code == 200 and result.headers["x-fal-request-id"] == request_id
@@ -137,10 +150,14 @@ def test_echo_returns_its_input_and_a_small_png() -> None:
 def test_unknown_apps_and_requests_answer_json_errors(method: str, path: str, status: int, payload: Any) -> None:
     with serve() as (sim, client):
         known = submit(client, sim, WAN22_I2I, wan22_body())["request_id"]
-        url = f"{sim.base_url}/{path.format(unknown=uuid.uuid4(), known=known)}"
+        unknown = str(uuid.uuid4())
+        url = f"{sim.base_url}/{path.format(unknown=unknown, known=known)}"
         response = client.request(method, url, json={} if method == "POST" else None)
         assert (response.status_code, response.json()) == (status, payload)
-        assert "x-fal-request-id" in response.headers
+        # A 404 names a fresh request id of its own, never the id it was asked about.
+        assert uuid.UUID(response.headers["x-fal-request-id"]).version == 4
+        if status == 404:
+            assert response.headers["x-fal-request-id"] not in (unknown, known)
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b""])
@@ -208,14 +225,17 @@ def test_files_and_stats_need_no_auth() -> None:
 
 
 def test_queue_positions_and_concurrency_limit() -> None:
-    with serve(concurrency=2, run_time="fixed:0.3") as (sim, client):
+    clock = ManualClock()
+    with serve(clock, concurrency=2, run_time="fixed:0.3") as (sim, client):
         submitted = [submit(client, sim, ECHO, {"n": n}) for n in range(5)]
         assert [s["queue_position"] for s in submitted] == [0, 0, 0, 1, 2]
         statuses = [client.get(s["status_url"]).json() for s in submitted]
         assert [s["status"] for s in statuses] == ["IN_PROGRESS"] * 2 + ["IN_QUEUE"] * 3
         assert [s.get("queue_position") for s in statuses[2:]] == [0, 1, 2]
-        for s in submitted:
-            wait_completed(client, s)
+        clock.advance(0.3)
+        assert [phase(client, s) for s in submitted] == ["COMPLETED"] * 2 + ["IN_PROGRESS"] * 2 + ["IN_QUEUE"]
+        clock.advance(0.6)
+        assert [phase(client, s) for s in submitted] == ["COMPLETED"] * 5
         stats = sim.stats()
         timings = [stats["requests"][s["request_id"]] for s in submitted]
         assert stats["max_in_progress"] == 2
@@ -227,10 +247,11 @@ def test_queue_positions_and_concurrency_limit() -> None:
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_max_in_progress_never_exceeds_concurrency(concurrency: int) -> None:
-    with serve(concurrency=concurrency, run_time="uniform:0.08,0.15", seed=5) as (sim, client):
+    clock = ManualClock()
+    with serve(clock, concurrency=concurrency, run_time="uniform:0.08,0.15", seed=5) as (sim, client):
         submitted = [submit(client, sim, ECHO, {"n": n}) for n in range(6)]
-        for s in submitted:
-            wait_completed(client, s)
+        clock.advance(1.0)  # the events in between are replayed in time order
+        assert [phase(client, s) for s in submitted] == ["COMPLETED"] * 6
         stats = sim.stats()
         intervals = [(t["started_at"], t["completed_at"]) for t in stats["requests"].values()]
         most_at_once = max(sum(start <= at < end for start, end in intervals) for at, _ in intervals)
@@ -239,37 +260,45 @@ def test_max_in_progress_never_exceeds_concurrency(concurrency: int) -> None:
 
 
 def test_low_priority_waits_behind_normal() -> None:
-    with serve(concurrency=1, run_time="fixed:0.3") as (sim, client):
+    clock = ManualClock()
+    with serve(clock, concurrency=1, run_time="fixed:0.3") as (sim, client):
         blocker = submit(client, sim, ECHO, {"n": 0})
         low = submit(client, sim, ECHO, {"n": 1}, {"X-Fal-Queue-Priority": "low"})
         normal = submit(client, sim, ECHO, {"n": 2})
         assert (low["queue_position"], normal["queue_position"]) == (0, 0)
         assert client.get(low["status_url"]).json()["queue_position"] == 1
-        for s in (blocker, low, normal):
-            wait_completed(client, s)
+        clock.advance(0.9)
+        assert [phase(client, s) for s in (blocker, low, normal)] == ["COMPLETED"] * 3
         timings = sim.stats()["requests"]
         assert timings[normal["request_id"]]["started_at"] < timings[low["request_id"]]["started_at"]
 
 
 def test_request_timeout_ends_a_request_that_did_not_start() -> None:
-    with serve(concurrency=1, run_time="fixed:0.5") as (sim, client):
+    clock = ManualClock()
+    with serve(clock, concurrency=1, run_time="fixed:0.5") as (sim, client):
         submit(client, sim, ECHO, {"n": 0})
         late = submit(client, sim, ECHO, {"n": 1}, {"X-Fal-Request-Timeout": "0.15"})
         patient = submit(client, sim, ECHO, {"n": 2}, {"X-Fal-Request-Timeout": "30"})
-        status = wait_completed(client, late)
-        assert (status["error_type"], status["metrics"]) == ("request_timeout", {})
+        clock.advance(0.1)
+        assert phase(client, late) == "IN_QUEUE"
+        clock.advance(0.1)
+        status = client.get(late["status_url"]).json()
+        assert (status["status"], status["error_type"], status["metrics"]) == ("COMPLETED", "request_timeout", {})
         result = client.get(late["response_url"])
         assert result.status_code == 504 and result.json()["error_type"] == "request_timeout"
         assert result.headers["X-Fal-Error-Type"] == "request_timeout"
         assert result.headers["X-Fal-Request-Timeout-Type"] == "user"
         assert "x-fal-request-id" in result.headers
-        assert finished_result(client, patient).status_code == 200
-        assert sim.stats()["requests"][late["request_id"]]["started_at"] is None
+        clock.advance(0.8)  # the blocker ends at 0.5, then the patient one runs
+        assert client.get(patient["response_url"]).status_code == 200
+        timings = sim.stats()["requests"]
+        assert timings[late["request_id"]]["started_at"] is None
+        assert timings[late["request_id"]]["queue_s"] == pytest.approx(0.15)
 
 
 @pytest.mark.parametrize("running", [True, False])
 def test_cancel(running: bool) -> None:
-    with serve(concurrency=1, run_time="fixed:5") as (sim, client):  # never waited for
+    with serve(ManualClock(), concurrency=1, run_time="fixed:5") as (sim, client):
         first = submit(client, sim, ECHO, {"n": 0})
         second = submit(client, sim, ECHO, {"n": 1})
         target = first if running else second
@@ -287,25 +316,86 @@ def test_cancel(running: bool) -> None:
 
 
 def test_result_expires_after_retention() -> None:
-    with serve(retention_s=0.3, run_time="fixed:0.05") as (sim, client):
+    clock = ManualClock()
+    with serve(clock, retention_s=60, run_time="fixed:1") as (sim, client):
         submitted = submit(client, sim, ECHO, {})
-        assert finished_result(client, submitted).status_code == 200
-        time.sleep(0.4)
+        clock.advance(1)
+        assert client.get(submitted["response_url"]).status_code == 200
+        clock.advance(60)  # the last instant of retention
+        assert client.get(submitted["response_url"]).status_code == 200
+        clock.advance(0.5)
         result = client.get(submitted["response_url"])
         assert (result.status_code, result.json()["detail"]) == (404, "Request not found")
         assert client.get(submitted["status_url"]).status_code == 404
         assert client.put(submitted["cancel_url"]).json() == {"status": "NOT_FOUND"}
 
 
+def test_a_large_result_is_kept_for_less() -> None:
+    """fal keeps a result 1 hour, or 6 minutes when it is 10 KB or more."""
+    clock = ManualClock()
+    with serve(clock, run_time="fixed:1") as (sim, client):
+        large = submit(client, sim, ECHO, {"blob": "x" * LARGE_RESULT_BYTES})  # the echo holds the input
+        small = submit(client, sim, ECHO, {"blob": "x"})
+        failed = submit(client, sim, WAN22_I2I, {"blob": "x" * LARGE_RESULT_BYTES})  # 422: a small error body
+        clock.advance(1)
+        assert [client.get(s["response_url"]).status_code for s in (large, small, failed)] == [200, 200, 422]
+        clock.advance(360)
+        assert client.get(large["status_url"]).status_code == 200
+        clock.advance(0.5)
+        assert [client.get(s["status_url"]).status_code for s in (large, small, failed)] == [404, 200, 200]
+        clock.advance(3600 - 360)
+        assert [client.get(s["status_url"]).status_code for s in (small, failed)] == [404, 404]
+
+
+def test_retention_purges_the_input_result_and_files() -> None:
+    clock = ManualClock()
+    with serve(clock, retention_s=60, run_time="fixed:1") as (sim, client):
+        early = submit(client, sim, WAN22_I2I, wan22_body())
+        clock.advance(10)
+        late = submit(client, sim, WAN22_I2I, wan22_body(prompt="another"))
+        clock.advance(1)
+        url = client.get(early["response_url"]).json()["image"]["url"]
+        client.get(late["response_url"])
+        assert (sim.stats()["held_inputs"], sim.stats()["held_results"]) == (2, 2)
+        clock.advance(60)  # past the retention of `early` only
+        assert client.get(early["response_url"]).status_code == 404
+        assert client.get(url).status_code == 404
+        assert client.get(late["response_url"]).status_code == 200
+        assert (sim.stats()["held_inputs"], sim.stats()["held_results"]) == (1, 1)
+        clock.advance(10)
+        stats = sim.stats()
+        assert (stats["held_inputs"], stats["held_results"]) == (0, 0)
+        timing = stats["requests"][early["request_id"]]  # what /_stats needs stays
+        assert (timing["endpoint"], timing["outcome"], timing["run_s"]) == (WAN22_I2I, "ok", pytest.approx(1))
+
+
+def test_a_purged_request_keeps_no_input() -> None:
+    clock = ManualClock()
+    store = RequestStore(1, Retention(default_s=5, large_s=5), lambda request: Outcome.OK, clock=clock)
+    body = {"image_url": png_data_uri(), "prompt": "p"}
+    store.submit("r1", Submission(WAN22_I2I, "fal-ai/wan", body), lambda: (1.0, 7))
+    clock.advance(6)
+    assert store.view("r1", "fal-ai/wan") is not None
+    request = store.find("r1")
+    assert request is not None and request.submission.body == body and not request.purged
+    clock.advance(0.5)
+    assert store.view("r1", "fal-ai/wan") is None
+    assert request.purged and request.submission.body == {}
+    assert store.snapshot()["requests"]["r1"]["outcome"] == "ok"
+
+
 def test_output_files_expire_by_lifecycle_preference() -> None:
-    with serve(run_time="fixed:0.05") as (sim, client):
-        lifecycle = {"X-Fal-Object-Lifecycle-Preference": json.dumps({"expiration_duration_seconds": 0.3})}
+    clock = ManualClock()
+    with serve(clock, run_time="fixed:0.05") as (sim, client):
+        lifecycle = {"X-Fal-Object-Lifecycle-Preference": json.dumps({"expiration_duration_seconds": 30})}
         short = submit(client, sim, ECHO, {"n": 0}, lifecycle)
         kept = submit(client, sim, ECHO, {"n": 1})
-        short_url = finished_result(client, short).json()["images"][0]["url"]
-        kept_url = finished_result(client, kept).json()["images"][0]["url"]
+        clock.advance(0.05)
+        short_url = client.get(short["response_url"]).json()["images"][0]["url"]
+        kept_url = client.get(kept["response_url"]).json()["images"][0]["url"]
+        clock.advance(30)
         assert client.get(short_url).status_code == 200
-        time.sleep(0.4)
+        clock.advance(0.5)
         assert client.get(short_url).status_code == 404
         assert client.get(kept_url).status_code == 200
         assert client.get(short["response_url"]).status_code == 200  # the result itself lives on
@@ -477,14 +567,19 @@ def test_truncated_download_sends_less_than_its_content_length() -> None:
 
 
 def test_slow_download_dribbles_the_whole_file() -> None:
-    with serve(faults=FaultRates(slow_download=1.0), fault_limit=1, slow_download_s=0.4) as (sim, client):
-        image = finished_result(client, submit(client, sim, WAN25_I2I, wan25_body())).json()["images"][0]
-        started = time.monotonic()
+    clock = ManualClock()  # its sleep moves the clock on at once: the pauses are counted, not waited
+    config = {"faults": FaultRates(slow_download=1.0), "fault_limit": 1, "slow_download_s": 40.0}
+    with serve(clock, run_time="fixed:1", **config) as (sim, client):
+        submitted = submit(client, sim, WAN25_I2I, wan25_body())
+        clock.advance(1)
+        image = client.get(submitted["response_url"]).json()["images"][0]
+        before = clock()
         slow = client.get(image["url"]).content
-        slow_s = time.monotonic() - started
-        assert slow_s >= 0.3
+        assert clock() - before == pytest.approx(40.0)  # nine pauses between ten chunks
         assert slow == client.get(image["url"]).content and len(slow) == image["file_size"]
-        assert sim.stats()["faults"]["slow_download"] == 1
+        assert clock() - before == pytest.approx(40.0)  # the limit reached: the second one is not slowed
+        stats = sim.stats()
+        assert (stats["faults"]["slow_download"], stats["downloads"]) == (1, 2)
 
 
 # --- /_stats --------------------------------------------------------------------
@@ -494,7 +589,8 @@ def test_stats_count_calls_and_reset() -> None:
     with serve(run_time="fixed:0.05") as (sim, client):
         body = {"same": "input"}
         submitted = [submit(client, sim, ECHO, body) for _ in range(2)]
-        for s in submitted:
+        other = submit(client, sim, ECHO, {"other": "input"})
+        for s in [*submitted, other]:
             wait_completed(client, s)
         polls_before = sim.stats()["status_polls"]
         client.get(submitted[0]["status_url"])
@@ -502,10 +598,8 @@ def test_stats_count_calls_and_reset() -> None:
         client.get(url)
         client.put(submitted[1]["cancel_url"])
         stats = client.get(f"{sim.base_url}/_stats").json()
-        canonical = json.dumps({"endpoint": ECHO, "input": body}, sort_keys=True, separators=(",", ":"))
-        key = hashlib.sha256(canonical.encode()).hexdigest()
-        assert stats["submits_per_input"] == {key: 2} and stats["duplicate_submits"] == 1
-        assert (stats["submits"], stats["status_polls"], stats["result_fetches"]) == (2, polls_before + 1, 1)
+        assert sorted(stats["submits_per_input"].values()) == [1, 2] and stats["duplicate_submits"] == 1
+        assert (stats["submits"], stats["status_polls"], stats["result_fetches"]) == (3, polls_before + 1, 1)
         assert (stats["downloads"], stats["cancels"]) == (1, 1)
         timing = stats["requests"][submitted[0]["request_id"]]
         assert timing["endpoint"] == ECHO and timing["run_s"] == pytest.approx(0.05)
@@ -513,35 +607,3 @@ def test_stats_count_calls_and_reset() -> None:
         reset = client.post(f"{sim.base_url}/_stats/reset").json()
         assert (reset["submits"], reset["requests"], reset["faults"]["proxy_5xx"]) == (0, {}, 0)
         assert sim.stats() == client.get(f"{sim.base_url}/_stats").json()
-
-
-# --- the command line -------------------------------------------------------------
-
-
-#: A shell starts background jobs with SIGINT ignored, and children inherit that; a terminal does not.
-_AS_FROM_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-
-
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_cli_serves_until_interrupted(stop_signal: signal.Signals) -> None:
-    secret = "cli-secret-4d1e"
-    env = {**os.environ, "FAL_KEY": secret}
-    code = _AS_FROM_A_TERMINAL + "from runner.cli import main; main()"
-    command = [sys.executable, "-c", code, "sim", "--port", "0", "--seed", "3"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        base_url = process.stdout.readline().strip()
-        with httpx.Client() as client:
-            assert client.get(f"{base_url}/_stats").json()["submits"] == 0
-            assert client.post(f"{base_url}/{ECHO}", json={}, headers={"Authorization": "Key nope"}).status_code == 401
-            assert client.post(f"{base_url}/{ECHO}", json={}, headers={"Authorization": f"Key {secret}"}).status_code == 200
-        process.send_signal(stop_signal)
-        out, err = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0
-    assert base_url.startswith("http://127.0.0.1:")
-    assert secret not in out + err + base_url

@@ -7,19 +7,35 @@
 It serves `fal-ai/wan/v2.2-a14b/image-to-image`, `fal-ai/wan-25-preview/image-to-image`
 and the echo app `wan-batch-sim/echo[/path]`, with real output images under
 `{base_url}/files/`. See `shared/fal-queue-protocol.md` for the protocol.
+
+Where it is simpler than fal:
+
+- Cancelling an IN_PROGRESS request ends it at once (COMPLETED, result 499);
+  fal's cancel of a running request is best effort, and it may still finish.
+- A result is kept `retention_s` after completion (fal: 1 hour), or
+  `large_result_retention_s` when its body is 10 KB or more (fal: 6 minutes);
+  then the request's input, result and output files are dropped (files 404 too,
+  where fal's CDN keeps them by the lifecycle preference). /_stats keeps its timings.
+
+Pass `run_simulator(config, clock=ManualClock())` to move time by hand in tests.
 """
 
-from runner.simulator.config import FaultRates, SimConfig, parse_run_time
+from runner.simulator.clock import Clock, ManualClock, SystemClock
+from runner.simulator.config import LARGE_RESULT_BYTES, FaultRates, SimConfig, parse_run_time
 from runner.simulator.faults import FaultKind
 from runner.simulator.outputs import ECHO_APP
 from runner.simulator.server import RunningSimulator, run_simulator, serve_until_interrupted
 
 __all__ = [
     "ECHO_APP",
+    "LARGE_RESULT_BYTES",
+    "Clock",
     "FaultKind",
     "FaultRates",
+    "ManualClock",
     "RunningSimulator",
     "SimConfig",
+    "SystemClock",
     "parse_run_time",
     "run_simulator",
     "serve_until_interrupted",

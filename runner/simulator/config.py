@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+#: A result body this large or larger is kept only `large_result_retention_s` (fal: "10 KB").
+LARGE_RESULT_BYTES = 10 * 1024
 
 
 class FaultRates(BaseModel):
@@ -47,8 +49,11 @@ class SimConfig(BaseModel):
     #: `fixed:S`, `uniform:A,B` or `lognormal:MEAN,SIGMA`, in seconds.
     run_time: str = "uniform:0.5,1.5"
     seed: int = 0
-    #: A result answers 404 this long after its request completed.
+    #: A result answers 404 this long after its request completed (fal: 1 hour); its
+    #: input, result and output files are then dropped, only its timings stay for /_stats.
     retention_s: Annotated[float, Field(gt=0)] = 3600.0
+    #: The same for a result of LARGE_RESULT_BYTES or more (fal: 6 minutes).
+    large_result_retention_s: Annotated[float, Field(gt=0)] = 360.0
     #: When set, only `Authorization: Key <key>` is accepted (or the token below).
     key: SecretStr | None = None
     #: When set, only `Authorization: Bearer <token>` is accepted (or the key above).

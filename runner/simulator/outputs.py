@@ -3,10 +3,13 @@
 Outputs are made on the first result fetch, not when the run ends, and their
 bytes are kept in a bounded LRU cache: an evicted file is rendered again,
 byte for byte, since it depends only on the request's input and seed.
+Once the request is purged (past retention) its result and files are dropped
+and answer 404: unlike fal's CDN, files here live no longer than the result.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -32,6 +35,8 @@ WAN25_SIZES = {
     "landscape_4_3": (1024, 768),
     "landscape_16_9": (1024, 576),
 }
+#: Stands for the address clients use, which is not known until they fetch the result.
+_SIZING_BASE_URL = "http://127.0.0.1:65535"
 _FILE_PATH = re.compile(r"/files/(?P<id>[0-9a-f-]{36})/(?P<index>\d+)\.(?:png|jpeg)$")
 _FIELD_PART = re.compile(r"(\w+)|\[(\d+)\]")
 
@@ -121,6 +126,19 @@ def result_body(endpoint: str, body: dict[str, Any], images: list[dict[str, Any]
     return {"echo": body, "images": images}
 
 
+def result_size_bytes(request: SimRequest) -> int:
+    """The size of the result body of a request that ends OK, without rendering its files.
+
+    Near enough to place it either side of fal's 10 KB line: the files' sizes
+    and the address clients use change it by a few bytes.
+    """
+    endpoint, body = request.submission.endpoint, _model_input(request)
+    seed = output_seed(endpoint, body, request.drawn_seed)
+    specs = plan_files(endpoint, body, seed, None)
+    images = [_describe(spec, b"", _SIZING_BASE_URL, request.id, index) for index, spec in enumerate(specs)]
+    return len(json.dumps(result_body(endpoint, body, images, seed)).encode("utf-8"))
+
+
 class FileCache:
     """Bytes by key, least recently used evicted past a byte budget. Thread-safe."""
 
@@ -147,9 +165,15 @@ class FileCache:
                 _, evicted = self._items.popitem(last=False)
                 self._size_bytes -= len(evicted)
 
+    def discard(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            data = self._items.pop(key, None)
+            if data is not None:
+                self._size_bytes -= len(data)
+
 
 class Outputs:
-    """Results of successful requests and the files they name."""
+    """Results of successful requests and the files they name, until the request is purged."""
 
     def __init__(self, store: RequestStore, cache_bytes: int, clock: Callable[[], float]) -> None:
         self._store = store
@@ -173,25 +197,41 @@ class Outputs:
         for index, spec in enumerate(specs):
             data = render_file(source, _fallback_key(endpoint, body), spec)
             self._cache.put((request.id, index), data)
-            name = f"{index}.{spec.fmt}"
-            images.append(_describe(spec, data, f"{base_url}/files/{request.id}/{name}", f"{request.id}-{name}"))
+            images.append(_describe(spec, data, base_url, request.id, index))
         result = result_body(endpoint, body, images, seed)
         with self._lock:
+            if request.purged:  # purged while rendering: hold nothing more for it
+                return result
             self._plans[request.id] = specs
             return self._results.setdefault(request.id, result)
+
+    def forget(self, request: SimRequest) -> None:
+        """Drop the result and the cached files of a purged request."""
+        with self._lock:
+            self._results.pop(request.id, None)
+            specs = self._plans.pop(request.id, [])
+        for index in range(len(specs)):
+            self._cache.discard((request.id, index))
+
+    def held_results(self) -> int:
+        """How many results are held in memory, for /_stats."""
+        with self._lock:
+            return len(self._results)
 
     def file(self, request_id: str, index: int) -> OutputFile | None:
         """An output file's bytes, or None if unknown or past its lifecycle."""
         request = self._store.find(request_id)
         with self._lock:
             specs = self._plans.get(request_id, [])
-        if request is None or index >= len(specs) or self._files_expired(request):
+        if request is None or request.purged or index >= len(specs) or self._files_expired(request):
             return None
         data = self._cache.get((request_id, index))
         if data is None:
             endpoint, body = request.submission.endpoint, _model_input(request)
             source = self._source(endpoint, body)
             data = render_file(source, _fallback_key(endpoint, body), specs[index])
+            if request.purged:  # its input went while rendering: what was made is not its file
+                return None
             self._cache.put((request_id, index), data)
         return OutputFile(data, specs[index].content_type)
 
@@ -224,11 +264,12 @@ def _fallback_key(endpoint: str, body: dict[str, Any]) -> str:
     return f"{endpoint}|{source_ref(body)}"
 
 
-def _describe(spec: FileSpec, data: bytes, url: str, file_name: str) -> dict[str, Any]:
+def _describe(spec: FileSpec, data: bytes, base_url: str, request_id: str, index: int) -> dict[str, Any]:
+    name = f"{index}.{spec.fmt}"
     return {
-        "url": url,
+        "url": f"{base_url}/files/{request_id}/{name}",
         "content_type": spec.content_type,
-        "file_name": file_name,
+        "file_name": f"{request_id}-{name}",
         "file_size": len(data),
         "width": spec.width,
         "height": spec.height,

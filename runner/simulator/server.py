@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from runner.simulator.clock import Clock, SystemClock
 from runner.simulator.config import SimConfig
 from runner.simulator.responses import Delivery, Reply, json_reply
 from runner.simulator.service import Call, Service
@@ -29,11 +30,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], service: Service, slow_download_s: float) -> None:
+    def __init__(self, address: tuple[str, int], service: Service, slow_download_s: float,
+                 sleep: Callable[[float], None]) -> None:  # fmt: skip
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.service = service
         self.slow_download_s = slow_download_s
+        self.sleep = sleep
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
 
@@ -138,11 +141,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
     def _dribble(self, body: bytes) -> None:
+        """Up to _SLOW_CHUNKS chunks, with pauses between them that add up to `slow_download_s`."""
         chunk_bytes = max(1, -(-len(body) // _SLOW_CHUNKS))
-        pause_s = self.server.slow_download_s / _SLOW_CHUNKS
-        for offset in range(0, len(body), chunk_bytes):
+        offsets = range(0, len(body), chunk_bytes)
+        pause_s = self.server.slow_download_s / max(1, len(offsets) - 1)
+        for offset in offsets:
             if offset:
-                time.sleep(pause_s)  # the fault itself: a slow link
+                self.server.sleep(pause_s)  # the fault itself: a slow link
             self.wfile.write(body[offset : offset + chunk_bytes])
             self.wfile.flush()
 
@@ -160,14 +165,17 @@ class RunningSimulator:
 
 
 @contextmanager
-def run_simulator(config: SimConfig) -> Iterator[RunningSimulator]:
+def run_simulator(config: SimConfig, clock: Clock | None = None) -> Iterator[RunningSimulator]:
     """Serve the simulated queue on `config.host:config.port` in a background thread.
 
-    Stops the server and closes its connections on exit. Raises OSError when
-    the address cannot be bound.
+    `clock` (default: the real one) times runs, deadlines, retention and the
+    pauses of slow downloads; a `ManualClock` makes all of them move only when
+    a test says. Stops the server and closes its connections on exit. Raises
+    OSError when the address cannot be bound.
     """
-    service = Service(config, time.monotonic)
-    server = _Server((config.host, config.port), service, config.slow_download_s)
+    clock = clock or SystemClock()
+    service = Service(config, clock)
+    server = _Server((config.host, config.port), service, config.slow_download_s, clock.sleep)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="fal-queue-simulator", daemon=True)  # fmt: skip
     thread.start()

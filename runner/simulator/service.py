@@ -16,7 +16,7 @@ from jobs.endpoints import KNOWN_ENDPOINTS
 from runner.settings import MIB
 from runner.simulator.config import SimConfig, parse_run_time
 from runner.simulator.faults import FaultInjector, FaultKind, nginx_error_page
-from runner.simulator.outputs import Outputs, serves
+from runner.simulator.outputs import Outputs, result_size_bytes, serves
 from runner.simulator.responses import (
     Delivery,
     Reply,
@@ -26,7 +26,7 @@ from runner.simulator.responses import (
     request_logs,
     status_body,
 )
-from runner.simulator.state import CancelResult, Outcome, Phase, RequestStore, SimRequest, Submission
+from runner.simulator.state import CancelResult, Outcome, Phase, RequestStore, Retention, SimRequest, Submission
 from runner.simulator.stats import Counter, Stats
 
 _CANCEL_STATUS_CODES = {
@@ -69,7 +69,8 @@ class Service:
         self._seed_rng = random.Random(f"{config.seed}:seeds")
         self._faults = FaultInjector(config.faults, config.seed, config.fault_limit)
         self._stats = Stats()
-        self._store = RequestStore(config.concurrency, config.retention_s, self._start, clock)
+        retention = Retention(config.retention_s, config.large_result_retention_s)
+        self._store = RequestStore(config.concurrency, retention, self._start, self._purged, clock)
         self._outputs = Outputs(self._store, int(config.file_cache_mb * MIB), clock)
 
     def handle(self, call: Call) -> Reply:
@@ -88,7 +89,7 @@ class Service:
 
     def stats(self) -> dict[str, Any]:
         """The /_stats body: call and fault counts, queue counters, per-request timings."""
-        return {**self._stats.snapshot(), **self._store.snapshot()}
+        return {**self._stats.snapshot(), **self._store.snapshot(), "held_results": self._outputs.held_results()}
 
     def _stats_call(self, call: Call) -> Reply:
         if call.method == "POST" and call.parts == ["_stats", "reset"]:
@@ -166,8 +167,8 @@ class Service:
     def _status(self, call: Call, app: str, request_id: str) -> Reply:
         self._stats.count(Counter.STATUS_POLLS)
         view = self._store.view(request_id, app)
-        if view is None:
-            return json_reply(404, _NOT_FOUND, request_id)
+        if view is None:  # fal answers an unknown id with an id of its own
+            return json_reply(404, _NOT_FOUND)
         logs = None
         if call.query_value("logs") in ("1", "true", "True"):
             logs = request_logs(view.request, view.now, self._store.wall_time)
@@ -177,15 +178,15 @@ class Service:
     def _result(self, call: Call, app: str, request_id: str) -> Reply:
         self._stats.count(Counter.RESULT_FETCHES)
         view = self._store.view(request_id, app)
-        if view is None:
-            return json_reply(404, _NOT_FOUND, request_id)
+        if view is None:  # fal answers an unknown id with an id of its own
+            return json_reply(404, _NOT_FOUND)
         request = view.request
         if view.phase is not Phase.COMPLETED:
             body = status_body(view, queue_urls(call.base_url, app, request_id), None)
             return json_reply(202, body, request_id)
         if self._strikes(FaultKind.EXPIRED_RESULT):
             self._store.expire(request_id)
-            return json_reply(404, _NOT_FOUND, request_id)
+            return json_reply(404, _NOT_FOUND)
         if request.outcome is not Outcome.OK:
             return failure_reply(request)
         return json_reply(200, self._outputs.result(request, call.base_url), request_id)
@@ -193,7 +194,8 @@ class Service:
     def _cancel(self, app: str, request_id: str) -> Reply:
         self._stats.count(Counter.CANCELS)
         result = self._store.cancel(request_id, app)
-        return json_reply(_CANCEL_STATUS_CODES[result], {"status": result.value}, request_id)
+        known_id = None if result is CancelResult.NOT_FOUND else request_id
+        return json_reply(_CANCEL_STATUS_CODES[result], {"status": result.value}, known_id)
 
     def _download(self, call: Call) -> Reply:
         _, request_id, name = [*call.parts, "", ""][:3]
@@ -225,7 +227,14 @@ class Service:
             if checked.errors:
                 request.input_errors = checked.errors
                 return Outcome.INVALID_INPUT
-        return Outcome.MODEL_ERROR if self._strikes(FaultKind.MODEL_ERROR) else Outcome.OK
+        if self._strikes(FaultKind.MODEL_ERROR):
+            return Outcome.MODEL_ERROR
+        request.result_bytes = result_size_bytes(request)
+        return Outcome.OK
+
+    def _purged(self, request: SimRequest) -> None:
+        """The store dropped a request past retention: drop its result and files too."""
+        self._outputs.forget(request)
 
 
 def _submission(call: Call, endpoint: str, app: str, body: dict[str, Any]) -> Submission:

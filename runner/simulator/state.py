@@ -5,6 +5,9 @@ replays, in time order, the events due by now (a run ends, a slot frees and
 the next queued request starts at that instant, a start deadline passes).
 So a request starts at max(its submit time, the time a slot freed), whatever
 the clients' polling, and `max_in_progress` and the timings are exact.
+
+A completed request is purged once past its retention: its input, errors
+and (through `on_purge`) its result go, its timings stay for /_stats.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import heapq
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
+
+from runner.simulator.config import LARGE_RESULT_BYTES
 
 
 class Phase(str, Enum):
@@ -86,6 +91,10 @@ class SimRequest:
     input_errors: list[tuple[str, str]] = field(default_factory=list)
     #: Set by the expired_result fault: answers 404 from then on.
     expired: bool = False
+    #: Size of the result body an OK run returns (set at start): a large one is kept for less.
+    result_bytes: int = 0
+    #: Past retention: input and result dropped, only the timings are left.
+    purged: bool = False
 
     @property
     def phase(self) -> Phase:
@@ -111,16 +120,41 @@ class RequestView:
 
 #: Called when a request starts: decides its outcome, may record input errors.
 StartHook = Callable[[SimRequest], Outcome]
+#: Called, under the store's lock, when a request is purged: drop what else is held for it.
+PurgeHook = Callable[[SimRequest], None]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long a completed request's result is kept, in seconds: less for a large one."""
+
+    default_s: float
+    large_s: float
+
+    def of(self, request: SimRequest) -> float:
+        large = request.outcome is Outcome.OK and request.result_bytes >= LARGE_RESULT_BYTES
+        return self.large_s if large else self.default_s
+
+
+def _ignore_purge(request: SimRequest) -> None:
+    """The default PurgeHook: the store holds nothing else."""
 
 
 class RequestStore:
     """Requests by id, the queue, the running slots and the counters they imply."""
 
-    def __init__(self, concurrency: int, retention_s: float, on_start: StartHook,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        concurrency: int,
+        retention: Retention,
+        on_start: StartHook,
+        on_purge: PurgeHook = _ignore_purge,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._concurrency = concurrency
-        self._retention_s = retention_s
+        self._retention = retention
         self._on_start = on_start
+        self._on_purge = on_purge
         self._clock = clock
         self._wall_offset = time.time() - clock()
         self._lock = threading.Lock()
@@ -128,6 +162,8 @@ class RequestStore:
         self._queue_keys: list[tuple[int, int]] = []
         self._queued: dict[tuple[int, int], SimRequest] = {}
         self._deadlines: list[tuple[float, int, str]] = []
+        #: (end of retention, seq, id) of completed requests not yet purged.
+        self._expiries: list[tuple[float, int, str]] = []
         self._running: dict[str, SimRequest] = {}
         self._seq = 0
         self._stats_from_seq = 0
@@ -154,14 +190,14 @@ class RequestStore:
         """The request now, or None if unknown, expired or of another app."""
         with self._lock:
             now = self._advance()
-            request = self._live(request_id, app, now)
+            request = self._live(request_id, app)
             return None if request is None else self._view(request, now)
 
     def cancel(self, request_id: str, app: str) -> CancelResult:
-        """Cancel a queued or running request; it completes at once, cancelled."""
+        """Cancel a queued or running request; it completes at once, cancelled (fal: best effort)."""
         with self._lock:
             now = self._advance()
-            request = self._live(request_id, app, now)
+            request = self._live(request_id, app)
             if request is None:
                 return CancelResult.NOT_FOUND
             if request.phase is Phase.COMPLETED:
@@ -182,7 +218,7 @@ class RequestStore:
                 self._requests[request_id].expired = True
 
     def find(self, request_id: str) -> SimRequest | None:
-        """Any request ever submitted, expired or not (output files outlive results)."""
+        """Any request ever submitted, expired or purged (check `purged` before reading its input)."""
         with self._lock:
             return self._requests.get(request_id)
 
@@ -203,6 +239,7 @@ class RequestStore:
                 "max_in_progress": self._max_in_progress,
                 "queued": len(self._queued),
                 "in_progress": len(self._running),
+                "held_inputs": sum(not request.purged for request in self._requests.values()),
                 "requests": timings,
             }
 
@@ -216,8 +253,16 @@ class RequestStore:
     # --- the replay of events ---------------------------------------------
 
     def _advance(self) -> float:
-        """Apply every event due by now, in time order; return now."""
+        """Apply every event due by now, in time order, then purge what is past retention; return now."""
         now = self._clock()
+        self._replay(now)
+        while self._expiries and self._expiries[0][0] < now:
+            _, _, request_id = heapq.heappop(self._expiries)
+            self._purge(self._requests[request_id])
+        return now
+
+    def _replay(self, now: float) -> None:
+        """Run ends, slot fills and start deadlines due by `now`, in time order."""
         while True:
             ending = min(self._running.values(), key=lambda r: r.end_at, default=None)
             deadline = self._next_deadline()
@@ -233,7 +278,7 @@ class RequestStore:
                 self._dequeue(request)
                 self._complete(request, deadline[0], Outcome.TIMED_OUT)
             else:
-                return now
+                return
 
     def _next_deadline(self) -> tuple[float, SimRequest] | None:
         """The earliest start deadline of a request still queued (stale entries dropped)."""
@@ -255,10 +300,16 @@ class RequestStore:
             self._running[request.id] = request
             self._max_in_progress = max(self._max_in_progress, len(self._running))
 
-    @staticmethod
-    def _complete(request: SimRequest, at: float, outcome: Outcome) -> None:
+    def _complete(self, request: SimRequest, at: float, outcome: Outcome) -> None:
         request.completed_at = at
         request.outcome = outcome
+        heapq.heappush(self._expiries, (at + self._retention.of(request), request.seq, request.id))
+
+    def _purge(self, request: SimRequest) -> None:
+        request.purged = True
+        request.submission = replace(request.submission, body={})
+        request.input_errors = []
+        self._on_purge(request)
 
     @staticmethod
     def _started(request: SimRequest) -> float:
@@ -272,11 +323,9 @@ class RequestStore:
 
     # --- reading ----------------------------------------------------------
 
-    def _live(self, request_id: str, app: str, now: float) -> SimRequest | None:
+    def _live(self, request_id: str, app: str) -> SimRequest | None:
         request = self._requests.get(request_id)
-        if request is None or request.submission.app != app or request.expired:
-            return None
-        if request.completed_at is not None and now > request.completed_at + self._retention_s:
+        if request is None or request.submission.app != app or request.expired or request.purged:
             return None
         return request
 
