@@ -1,8 +1,9 @@
 """When to poll a submitted job next: a pure function of what is known so far.
 
 The first poll aims at when the job should be done (the batch's typical run
-time, plus its wait in fal's queue); after that, polls back off
-geometrically with how overdue the job is, capped far below the broker's
+time, plus its wait in fal's queue); a job still queued is not expected before
+it has run; past the expected end, polls back off geometrically with how
+overdue the job is, capped far below the broker's
 visibility timeout so a scheduled poll is never redelivered as lost.
 """
 
@@ -33,25 +34,30 @@ class PollState:
     """What the runner knows of one job when it schedules its next poll."""
 
     polls_done: int
-    #: Seconds since the request was submitted.
-    since_submit_s: float
+    #: Seconds since the job started at fal, as far as known: since it was first
+    #: seen IN_PROGRESS, else since it was submitted.
+    since_start_s: float
     #: Typical run time of this batch's jobs so far (None before the first finishes).
     typical_run_s: float | None
-    #: fal's queue position at the last status; 0 or None when not waiting.
+    #: fal's queue position while the job is IN_QUEUE now; None once it runs.
     queue_position: int | None = None
-    #: Jobs of the batch running at fal now; how fast fal's queue drains.
-    running: int = 1
+    #: Requests fal runs at once for this batch, at most: how fast its queue drains.
+    concurrency: int = 1
 
 
 def next_poll_delay_s(state: PollState, policy: PollPolicy, rand: float) -> float:
     """Seconds until the next status poll; `rand` in [0, 1) draws the jitter."""
     stretch = 1.0 + policy.jitter * rand
-    if state.typical_run_s is None:
+    typical_s = state.typical_run_s
+    if typical_s is None:
         if state.polls_done == 0:
             return _clamp(policy.first_delay_s * stretch, policy)
-        return _clamp(state.since_submit_s * policy.overdue_factor * stretch, policy)
-    expected_s = state.typical_run_s + _queue_wait_s(state) + policy.margin_s
-    remaining_s = expected_s - state.since_submit_s
+        return _clamp(state.since_start_s * policy.overdue_factor * stretch, policy)
+    if state.queue_position is not None:
+        # Still queued: it cannot end before the requests ahead drain and it runs.
+        wait_s = typical_s * state.queue_position / max(1, state.concurrency)
+        return _clamp((wait_s + typical_s + policy.margin_s) * stretch, policy)
+    remaining_s = typical_s + policy.margin_s - state.since_start_s
     if remaining_s > policy.min_delay_s:
         return _clamp(remaining_s * stretch, policy)
     overdue_s = max(0.0, -remaining_s)
@@ -61,13 +67,6 @@ def next_poll_delay_s(state: PollState, policy: PollPolicy, rand: float) -> floa
 def typical_run_s(recent_run_s: Sequence[float]) -> float | None:
     """The median of the batch's recent run times, or None before any."""
     return statistics.median(recent_run_s) if recent_run_s else None
-
-
-def _queue_wait_s(state: PollState) -> float:
-    if not state.queue_position or state.typical_run_s is None:
-        return 0.0
-    # Position p waits for p of the requests ahead to finish, `running` at a time.
-    return state.typical_run_s * state.queue_position / max(1, state.running)
 
 
 def _clamp(delay_s: float, policy: PollPolicy) -> float:

@@ -35,7 +35,7 @@ from runner.providers import FAL_QUEUE_URL
 from runner.settings import MIB, InputSettings, WorkerSettings, credential_from_env
 from runner.simulator import SimConfig, run_simulator
 from runner.storage import BatchFolder
-from runner.tasks import create_app, queue_clients, schedule
+from runner.tasks import create_app, queue_clients, redis_py_url, schedule
 
 _FOLLOW_EVERY_S = 0.2
 
@@ -140,7 +140,7 @@ def _provision(request: RunRequest) -> Iterator[Provision]:
 
 def _redis(request: RunRequest, stack: ExitStack) -> tuple[redis.Redis, str]:
     if request.redis_url:
-        return redis.Redis.from_url(request.redis_url), request.redis_url
+        return redis.Redis.from_url(redis_py_url(request.redis_url)), request.redis_url
     server = stack.enter_context(EmbeddedRedis(request.out / ".wan-batch" / "redis"))
     return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
 

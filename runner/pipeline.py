@@ -132,7 +132,7 @@ def submit_job(ctx: Context, batch_id: str, job_id: str, tries: int = 0) -> list
         submitted_at=now, queue_position=submission.queue_position, started_at=None, completed_at=None,
     )  # fmt: skip
     token = ctx.ledger.next_poll_token(batch_id, job_id)
-    state = PollState(0, 0.0, _typical_run_s(ctx, batch_id), submission.queue_position, _running(ctx, batch_id))
+    state = PollState(0, 0.0, _typical_run_s(ctx, batch_id), submission.queue_position, _concurrency(ctx, batch_id))
     return [FollowUp("poll", job_id, next_poll_delay_s(state, ctx.settings.poll, ctx.rng.random()), token)]
 
 
@@ -152,9 +152,10 @@ def poll_job(ctx: Context, batch_id: str, job_id: str, token: int, tries: int = 
     if status.status == "COMPLETED":
         _record_completion(ctx, batch_id, record, status)
         return collect_job(ctx, batch_id, job_id, token)
-    _record_progress(ctx, batch_id, record, status)
-    since_s = ctx.clock() - (record.submitted_at or ctx.clock())
-    state = PollState(polls, since_s, _typical_run_s(ctx, batch_id), status.queue_position, _running(ctx, batch_id))
+    started_at = _record_progress(ctx, batch_id, record, status)
+    queued = status.queue_position if status.status == "IN_QUEUE" else None
+    since_start_s = ctx.clock() - (started_at or record.submitted_at or ctx.clock())
+    state = PollState(polls, since_start_s, _typical_run_s(ctx, batch_id), queued, _concurrency(ctx, batch_id))
     return [FollowUp("poll", job_id, next_poll_delay_s(state, ctx.settings.poll, ctx.rng.random()), token)]
 
 
@@ -207,7 +208,7 @@ def _retry_or_fail(ctx: Context, batch: BatchInfo, record: JobRecord, error_type
         batch.id, record.job.id, NOT_FINAL, S.ADMITTED, history=history, request_id=None, status_url=None,
         response_url=None, cancel_url=None, error_type=error_type, error_message=message, queue_position=None,
     )  # fmt: skip
-    log.warning("job %s attempt %d failed (%s); submitting again", record.job.id, record.attempts, error_type)
+    log.info("job %s attempt %d failed (%s); submitting again", record.job.id, record.attempts, error_type)
     return [FollowUp("submit", record.job.id)] if moved else []
 
 
@@ -223,8 +224,8 @@ def _finish(
         batch.id, record.job.id, NOT_FINAL, status, release=True,
         outputs=outputs, error_type=error_type, error_message=message, finished_at=now,
     )  # fmt: skip
-    if status is S.FAILED:
-        log.warning("job %s failed: %s: %s", record.job.id, error_type, message)
+    if status is S.FAILED:  # the run's summary lists failures; this is for worker logs
+        log.info("job %s failed: %s: %s", record.job.id, error_type, message)
     return admit_next(ctx, batch.id)
 
 
@@ -250,24 +251,27 @@ def _record_completion(ctx: Context, batch_id: str, record: JobRecord, status: Q
     )  # fmt: skip
 
 
-def _record_progress(ctx: Context, batch_id: str, record: JobRecord, status: QueueStatus) -> None:
+def _record_progress(ctx: Context, batch_id: str, record: JobRecord, status: QueueStatus) -> float | None:
+    """Store the queue position or the start; when the job started, as far as known."""
     if status.status == "IN_QUEUE":
         ctx.ledger.update(batch_id, record.job.id, queue_position=status.queue_position)
-        return
+        return None
     last_log = status.logs[-1].message[:500] if status.logs else record.last_log
     started_at = record.started_at or ctx.clock()
     ctx.ledger.move(
         batch_id, record.job.id, [S.QUEUED, S.RUNNING], S.RUNNING,
         started_at=started_at, queue_position=None, last_log=last_log,
     )  # fmt: skip
+    return started_at
 
 
 def _typical_run_s(ctx: Context, batch_id: str) -> float | None:
     return typical_run_s(ctx.ledger.recent_run_times(batch_id))
 
 
-def _running(ctx: Context, batch_id: str) -> int:
-    return max(1, ctx.ledger.counts(batch_id)[S.RUNNING])
+def _concurrency(ctx: Context, batch_id: str) -> int:
+    # fal runs at most the batch's in-flight jobs at once: an upper bound, so polls err early.
+    return max(1, ctx.ledger.in_flight(batch_id))
 
 
 def _url(value: str | None) -> str:

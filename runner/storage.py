@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,13 +36,26 @@ class BatchFolder:
     def sidecar_path(self, job_id: str) -> Path:
         return self.sidecars / f"{job_id}.json"
 
+    def remove_leftovers(self, job_id: str) -> None:
+        """Delete temp files of the job that a killed run left half-written (downloads, sidecars)."""
+        name = re.escape(job_id)
+        patterns = (
+            (self.images, rf"\.{name}_\d+\.\w+\.[0-9a-f]+\.part"),
+            (self.sidecars, rf"\.{name}\.json\.[0-9a-f]+\.tmp"),
+        )
+        for folder, pattern in patterns:
+            for leftover in folder.glob(f".{job_id}*"):
+                if re.fullmatch(pattern, leftover.name):
+                    leftover.unlink(missing_ok=True)
+
     def prepare(self) -> None:
         self.images.mkdir(parents=True, exist_ok=True)
         self.sidecars.mkdir(parents=True, exist_ok=True)
 
     def write_sidecar(self, record: JobRecord) -> Path:
         """The job's input, endpoint, request, seeds, timings, attempts, outputs and error."""
-        data = record.to_dict()
+        job = record.job
+        data = {"job_id": job.id, "endpoint": job.endpoint, "input": job.input, "row": job.row, **record.to_dict()}
         data["seeds"] = [o.seed for o in record.outputs]
         data.update(queue_wait_s=record.queue_wait_s, run_s=record.run_s, latency_s=record.latency_s)
         path = self.sidecar_path(record.job.id)

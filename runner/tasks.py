@@ -72,7 +72,7 @@ def schedule(app: Celery, batch_id: str, follow_ups: Iterable[FollowUp]) -> None
 
 def context_from_env(redis_url: str, settings: WorkerSettings | None = None) -> Context:
     """A worker's context from its environment: the ledger's Redis and its own credentials."""
-    ledger = Ledger(redis.Redis.from_url(_redis_py_url(redis_url)))
+    ledger = Ledger(redis.Redis.from_url(redis_py_url(redis_url)))
     http = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
     return Context(ledger, http, queue_clients(http, credential_from_env), settings or WorkerSettings())
 
@@ -131,7 +131,7 @@ def _config(broker_url: str) -> dict[str, Any]:
     }
 
 
-def _redis_py_url(broker_url: str) -> str:
+def redis_py_url(broker_url: str) -> str:
     """kombu's `redis+socket:///path` as redis-py's `unix:///path`."""
     if broker_url.startswith("redis+socket://"):
         return "unix://" + broker_url.removeprefix("redis+socket://")

@@ -20,10 +20,12 @@ POLICY = PollPolicy(first_delay_s=1.0, min_delay_s=0.1, max_delay_s=30.0, overdu
         (PollState(1, 2.1, 2.0), 0.1),
         (PollState(2, 3.05, 2.0), 0.5),
         (PollState(5, 62.05, 2.0), 30.0),
-        # Waiting in fal's queue: position 10 behind 5 running requests of 2 s.
-        (PollState(0, 0.0, 2.0, queue_position=10, running=5), 6.05),
-        (PollState(0, 0.0, 2.0, queue_position=1000, running=1), 30.0),
-        (PollState(0, 0.0, 2.0, queue_position=0, running=0), 2.05),
+        # Queued at fal: position 10 with 5 running at once drains in 4 s, then it runs 2 s.
+        (PollState(0, 0.0, 2.0, queue_position=10, concurrency=5), 6.05),
+        (PollState(0, 0.0, 2.0, queue_position=1000, concurrency=1), 30.0),
+        (PollState(0, 0.0, 2.0, queue_position=0, concurrency=0), 2.05),
+        # Still queued long after submit: it has not run yet, so not "overdue".
+        (PollState(3, 9.0, 2.0, queue_position=0, concurrency=4), 2.05),
     ],
 )
 def test_next_poll_delay(state: PollState, delay_s: float) -> None:

@@ -49,3 +49,4 @@ def test_summary() -> None:
 
 def test_summary_of_nothing() -> None:
     assert summarize([], None)["latency_s"] == {"p50": None, "p95": None, "max": None}
+

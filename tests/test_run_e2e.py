@@ -1,0 +1,219 @@
+"""`wan-batch run` end to end: the real CLI in a subprocess, real Redis, a real Celery worker,
+and the simulator of fal in this process, so its counts span reruns and kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from jobs.endpoints import WAN22_I2I, WAN25_I2I
+from runner.simulator import FaultRates, SimConfig, run_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+WAN_BATCH = str(Path(sys.executable).parent / "wan-batch")
+KEY = "sim-key-for-tests"
+
+
+def run_cli(args: list[str], cwd: Path, timeout_s: float = 90, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FAL_KEY", "WAN_BATCH_GATEWAY_TOKEN")}
+    full_env.update({"FAL_KEY": KEY, **env})
+    return subprocess.run([WAN_BATCH, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout_s)
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Any]:
+    started: list[Any] = []
+
+    def start(**overrides: Any) -> Any:
+        config = SimConfig(key=KEY, seed=3, **{"concurrency": 4, "run_time": "fixed:0.2", **overrides})
+        context = run_simulator(config)
+        sim = context.__enter__()
+        started.append(context)
+        return sim
+
+    yield start
+    for context in started:
+        context.__exit__(None, None, None)
+
+
+def write_manifest(folder: Path, jobs: int, endpoint: str = WAN25_I2I) -> Path:
+    (folder / "in").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), (200, 80, 20)).save(folder / "in" / "a.png")
+    lines = []
+    for n in range(jobs):
+        if endpoint == WAN22_I2I:
+            row = {"id": f"job{n}", "prompt": f"prompt {n}", "image_url": "in/a.png", "strength": 0.5}
+        else:
+            row = {"id": f"job{n}", "prompt": f"prompt {n}", "image_urls": ["in/a.png"], "seed": n, "image_size": "square"}
+        lines.append(json.dumps({"endpoint": endpoint, **row}))
+    path = folder / "batch.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def report_of(out: Path, batch: str = "batch") -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / batch / "report.json").read_text())
+    return data
+
+
+def assert_report_matches_disk(out: Path, batch: str = "batch") -> None:
+    report = report_of(out, batch)
+    for row in report["rows"]:
+        if row["status"] != "succeeded":
+            continue
+        path = out / batch / row["output_path"]
+        with Image.open(path) as image:
+            assert image.size == (row["width"], row["height"]), row
+        sidecar = json.loads((out / batch / "jobs" / f"{row['job_id']}.json").read_text())
+        assert sidecar["request_id"] == row["request_id"]
+        assert row["output_path"] in [o["path"] for o in sidecar["outputs"]]
+    images_on_disk = sorted(p.name for p in (out / batch / "images").iterdir())
+    assert images_on_disk == sorted(Path(r["output_path"]).name for r in report["rows"] if r["output_path"])
+
+
+def test_examples_run_on_the_embedded_default_with_the_built_in_simulator(tmp_path: Path) -> None:
+    """The README's main job: both endpoints, local images, no Redis, no key."""
+    for example in ("mixed.jsonl", "wan22.csv"):
+        done = run_cli(["run", str(ROOT / "examples" / example), "--sim", "--out", str(tmp_path / "out"), "--quiet"],
+                       tmp_path, FAL_KEY="")  # fmt: skip
+        assert done.returncode == 0, done.stderr + done.stdout
+        batch = Path(example).stem
+        report = report_of(tmp_path / "out", batch)
+        assert report["summary"]["counts"]["succeeded"] == 3
+        assert_report_matches_disk(tmp_path / "out", batch)
+    rows = report_of(tmp_path / "out", "mixed")["rows"]
+    assert {r["endpoint"] for r in rows} == {WAN22_I2I, WAN25_I2I}
+    assert len(rows) == 4, "w25-2 asks for two images"
+
+
+def test_a_rerun_submits_nothing_new(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory()
+    manifest = write_manifest(tmp_path, 6)
+    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(tmp_path / "out"), "--quiet"]
+    first = run_cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert sim.stats()["submits"] == 6
+    again = run_cli(args, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert sim.stats()["submits"] == 6
+    assert "resumed: 6 job(s) were already in the ledger" in again.stdout
+    assert_report_matches_disk(tmp_path / "out")
+
+
+def test_sigkill_mid_run_then_rerun_pays_for_nothing_twice(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(concurrency=3, run_time="fixed:0.6")
+    manifest = write_manifest(tmp_path, 12)
+    args = [WAN_BATCH, "run", str(manifest), "--base-url", sim.base_url, "--out", str(tmp_path / "out"),
+            "--quiet", "--max-in-flight", "4"]  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while sim.stats()["submits"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the run, its worker threads and its redis-server
+    process.wait()
+    killed_at = sim.stats()["submits"]
+    assert 5 <= killed_at < 12, "killed mid-batch"
+
+    done = run_cli(args[1:], tmp_path)
+    stats = sim.stats()
+    assert stats["duplicate_submits"] == 0
+    assert max(stats["submits_per_input"].values()) == 1
+    rows = report_of(tmp_path / "out")["rows"]
+    assert len(rows) == 12
+    succeeded = [r for r in rows if r["status"] == "succeeded"]
+    unconfirmed = [r for r in rows if r["status"] == "failed"]
+    # Only a submit caught in flight by the kill may be unconfirmed; it is never sent again.
+    assert all(r["error_type"] == "submit_unconfirmed" for r in unconfirmed), unconfirmed
+    assert len(succeeded) + len(unconfirmed) == 12
+    assert len(succeeded) <= stats["submits"] <= 12
+    assert done.returncode == (1 if unconfirmed else 0), done.stderr
+    assert_report_matches_disk(tmp_path / "out")
+
+
+def test_transient_faults_are_recovered(tmp_path: Path, sim_factory: Any) -> None:
+    faults = FaultRates(proxy_5xx=0.3, rate_limit_429=0.2, model_error=0.3, truncated_download=0.3)
+    sim = sim_factory(faults=faults, retry_after_s=0.05)
+    manifest = write_manifest(tmp_path, 8)
+    done = run_cli(["run", str(manifest), "--base-url", sim.base_url, "--out", str(tmp_path / "out"), "--quiet",
+                    "--max-attempts", "6"], tmp_path)  # fmt: skip
+    stats = sim.stats()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(stats["faults"][kind] > 0 for kind in ("proxy_5xx", "rate_limit_429", "model_error", "truncated_download"))
+    report = report_of(tmp_path / "out")
+    assert report["summary"]["counts"]["succeeded"] == 8
+    assert report["summary"]["attempts"] == 8 + stats["faults"]["model_error"], "a model error costs one new attempt"
+    assert_report_matches_disk(tmp_path / "out")
+
+
+def test_permanent_errors_are_reported_with_their_detail(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(faults=FaultRates(model_error=1.0))
+    manifest = write_manifest(tmp_path, 2)
+    with manifest.open("a") as handle:
+        handle.write(json.dumps({"id": "nowhere", "endpoint": "fal-ai/no-such-app", "prompt": "x"}) + "\n")
+    done = run_cli(["run", str(manifest), "--base-url", sim.base_url, "--out", str(tmp_path / "out"),
+                    "--max-attempts", "2"], tmp_path)  # fmt: skip
+    assert done.returncode == 1
+    assert "runner_server_error: 2 job(s)" in done.stdout
+    assert "http_404: 1 job(s)" in done.stdout or "not_found" in done.stdout
+    rows = {r["job_id"]: r for r in report_of(tmp_path / "out")["rows"]}
+    assert rows["job0"]["attempts"] == 2 and rows["job0"]["error_type"] == "runner_server_error"
+    assert "no-such-app" in rows["nowhere"]["error_message"]
+    assert rows["nowhere"]["attempts"] == 1
+    assert KEY not in (tmp_path / "out" / "batch" / "report.json").read_text()
+
+
+def test_a_manifest_with_errors_submits_nothing(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory()
+    manifest = write_manifest(tmp_path, 3)
+    with manifest.open("a") as handle:
+        handle.write(json.dumps({"endpoint": WAN25_I2I, "prompt": "", "image_urls": ["in/a.png"]}) + "\n")
+    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(tmp_path / "out"), "--quiet"]
+    refused = run_cli(args, tmp_path)
+    assert refused.returncode == 1
+    assert f"{manifest}:4: prompt: String should have at least 1 character" in refused.stderr
+    assert sim.stats()["submits"] == 0
+    skipped = run_cli([*args, "--skip-invalid"], tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    assert sim.stats()["submits"] == 3
+
+
+def test_missing_credential_is_a_usage_error(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, 1)
+    done = run_cli(["run", str(manifest), "--out", str(tmp_path / "out")], tmp_path, FAL_KEY="")
+    assert done.returncode == 2
+    assert "no credential: set FAL_KEY" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_shared_redis_with_a_separate_worker(tmp_path: Path, sim_factory: Any, redis_server: Any) -> None:
+    """The same tasks run by `wan-batch worker` in another process, through a shared Redis."""
+    import redis
+
+    redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
+    sim = sim_factory()
+    manifest = write_manifest(tmp_path, 5, endpoint=WAN22_I2I)
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    worker = subprocess.Popen([WAN_BATCH, "worker", "--redis", redis_server.broker_url, "--concurrency", "4",
+                               "--loglevel", "WARNING"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        done = run_cli(["run", str(manifest), "--redis", redis_server.broker_url, "--base-url", sim.base_url,
+                        "--out", str(tmp_path / "out"), "--quiet"], tmp_path)  # fmt: skip
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert sim.stats()["submits"] == 5
+    assert_report_matches_disk(tmp_path / "out")
