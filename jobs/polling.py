@@ -23,6 +23,8 @@ class PollPolicy:
     max_delay_s: float = 30.0
     #: Each poll past the expected end waits this fraction of the time overdue (1.0 doubles it).
     overdue_factor: float = 1.0
+    #: Before any job of the batch has finished, each poll waits this fraction of the time waited.
+    learning_factor: float = 0.5
     #: Delays are stretched by up to this fraction, at random, to spread polls out.
     jitter: float = 0.05
     #: Added to the expected end, so that the first poll rarely comes too early.
@@ -52,7 +54,7 @@ def next_poll_delay_s(state: PollState, policy: PollPolicy, rand: float) -> floa
     if typical_s is None:
         if state.polls_done == 0:
             return _clamp(policy.first_delay_s * stretch, policy)
-        return _clamp(state.since_start_s * policy.overdue_factor * stretch, policy)
+        return _clamp(state.since_start_s * policy.learning_factor * stretch, policy)
     if state.queue_position is not None:
         # Still queued: it cannot end before the requests ahead drain and it runs.
         wait_s = typical_s * state.queue_position / max(1, state.concurrency)

@@ -55,6 +55,8 @@ class JobRecord:
     #: fal's `metrics.inference_time`, when it gave one.
     inference_s: float | None = None
     queue_position: int | None = None
+    #: When fal last said IN_QUEUE: the job started after this (and before it was seen running).
+    last_queued_at: float | None = None
     polls: int = 0
     last_log: str | None = None
     outputs: tuple[OutputFile, ...] = ()

@@ -8,9 +8,13 @@ is found on its socket and reused.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ from redis.retry import Retry
 #: Longest unix socket path Linux takes (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 100
 _START_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -131,6 +136,13 @@ class EmbeddedRedis:
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+
+
+def _exit_with_parent() -> None:
+    """In the child: get SIGTERM (a clean, flushed shutdown) when the run that started it dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _socket_path(folder: Path) -> str:

@@ -254,10 +254,11 @@ def _record_completion(ctx: Context, batch_id: str, record: JobRecord, status: Q
 def _record_progress(ctx: Context, batch_id: str, record: JobRecord, status: QueueStatus) -> float | None:
     """Store the queue position or the start; when the job started, as far as known."""
     if status.status == "IN_QUEUE":
-        ctx.ledger.update(batch_id, record.job.id, queue_position=status.queue_position)
+        ctx.ledger.update(batch_id, record.job.id, queue_position=status.queue_position, last_queued_at=ctx.clock())
         return None
     last_log = status.logs[-1].message[:500] if status.logs else record.last_log
-    started_at = record.started_at or ctx.clock()
+    # It started between the last IN_QUEUE answer and now; the earliest bound makes polls err early.
+    started_at = record.started_at or record.last_queued_at or record.submitted_at or ctx.clock()
     ctx.ledger.move(
         batch_id, record.job.id, [S.QUEUED, S.RUNNING], S.RUNNING,
         started_at=started_at, queue_position=None, last_log=last_log,

@@ -2,7 +2,9 @@ import pytest
 
 from jobs.polling import PollPolicy, PollState, next_poll_delay_s, typical_run_s
 
-POLICY = PollPolicy(first_delay_s=1.0, min_delay_s=0.1, max_delay_s=30.0, overdue_factor=0.5, jitter=0.0, margin_s=0.05)
+POLICY = PollPolicy(
+    first_delay_s=1.0, min_delay_s=0.1, max_delay_s=30.0, overdue_factor=0.5, learning_factor=0.5, jitter=0.0, margin_s=0.05
+)
 
 
 @pytest.mark.parametrize(

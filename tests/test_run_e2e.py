@@ -197,17 +197,23 @@ def test_missing_credential_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_shared_redis_with_a_separate_worker(tmp_path: Path, sim_factory: Any, redis_server: Any) -> None:
-    """The same tasks run by `wan-batch worker` in another process, through a shared Redis."""
+@pytest.mark.parametrize("worker_command", ["wan-batch", "celery"])
+def test_shared_redis_with_a_separate_worker(
+    tmp_path: Path, sim_factory: Any, redis_server: Any, worker_command: str
+) -> None:
+    """The same tasks run by a worker in another process, through a shared Redis."""
     import redis
 
     redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
     sim = sim_factory()
     manifest = write_manifest(tmp_path, 5, endpoint=WAN22_I2I)
-    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
-    worker = subprocess.Popen([WAN_BATCH, "worker", "--redis", redis_server.broker_url, "--concurrency", "4",
-                               "--loglevel", "WARNING"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {**os.environ, "FAL_KEY": KEY, "REDIS_URL": redis_server.broker_url}
+    command = {
+        "wan-batch": [WAN_BATCH, "worker", "--redis", redis_server.broker_url, "--concurrency", "4", "--loglevel", "WARNING"],
+        "celery": [str(Path(sys.executable).parent / "celery"), "-A", "runner.tasks", "worker", "-P", "threads", "-c", "4",
+                   "--loglevel", "WARNING"],
+    }[worker_command]  # fmt: skip
+    worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         done = run_cli(["run", str(manifest), "--redis", redis_server.broker_url, "--base-url", sim.base_url,
                         "--out", str(tmp_path / "out"), "--quiet"], tmp_path)  # fmt: skip
@@ -217,3 +223,54 @@ def test_shared_redis_with_a_separate_worker(tmp_path: Path, sim_factory: Any, r
     assert done.returncode == 0, done.stderr
     assert sim.stats()["submits"] == 5
     assert_report_matches_disk(tmp_path / "out")
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(tmp_path: Path, sim_factory: Any) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
+    sim = sim_factory(concurrency=2, run_time="fixed:1.0")
+    manifest = write_manifest(tmp_path, 8)
+    out = tmp_path / "out"
+    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "2"]
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while sim.stats()["submits"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: requests already at fal are kept" in stderr
+    assert "Traceback" not in stderr
+    redis_dir = out / ".wan-batch" / "redis"
+    assert not (redis_dir / "redis.sock").exists(), "the private Redis was shut down"
+    assert (out / "batch" / "report.json").exists(), "a report is written on Ctrl-C too"
+    submitted_before = sim.stats()["submits"]
+    assert submitted_before < 8
+
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    stats = sim.stats()
+    assert stats["duplicate_submits"] == 0
+    assert stats["submits"] == 8
+    assert report_of(out)["summary"]["counts"]["succeeded"] == 8
+
+
+def test_report_command_and_json_output(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory()
+    manifest = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    done = run_cli(["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--json"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["counts"]["succeeded"] == 3 and summary["images_written"] == 3
+    assert summary["report_csv"] == str(out / "batch" / "report.csv")
+    (out / "batch" / "report.csv").unlink()
+    (out / "batch" / "report.json").unlink()
+    again = run_cli(["report", str(out / "batch")], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "batch batch: 3 succeeded; 3 image(s)" in again.stdout
+    assert_report_matches_disk(out)
+    missing = run_cli(["report", str(tmp_path)], tmp_path)
+    assert missing.returncode == 2
+    assert "is not a batch folder" in missing.stderr
