@@ -107,7 +107,8 @@ def submit_job(ctx: Context, batch_id: str, job_id: str, tries: int = 0) -> list
     if batch.state == "cancelled":
         return _finish(ctx, batch, record, S.CANCELLED, "cancelled", "the batch was cancelled before it was sent")
     try:
-        body = inline_local_images(record.job, Path(record.job.file).parent, batch.max_image_bytes)
+        # The manifest's resolved folder: a worker elsewhere may run in another directory.
+        body = inline_local_images(record.job, Path(batch.manifest).parent, batch.max_image_bytes)
     except LocalImageError as exc:
         return _finish(ctx, batch, record, S.FAILED, "input_image", str(exc))
     attempt = record.attempts + 1

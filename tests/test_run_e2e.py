@@ -213,10 +213,11 @@ def test_shared_redis_with_a_separate_worker(
         "celery": [str(Path(sys.executable).parent / "celery"), "-A", "runner.tasks", "worker", "-P", "threads", "-c", "4",
                    "--loglevel", "WARNING"],
     }[worker_command]  # fmt: skip
+    # The worker runs in another directory; the manifest's local images must still be found.
     worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        done = run_cli(["run", str(manifest), "--redis", redis_server.broker_url, "--base-url", sim.base_url,
-                        "--out", str(tmp_path / "out"), "--quiet"], tmp_path)  # fmt: skip
+        done = run_cli(["run", "batch.jsonl", "--redis", redis_server.broker_url, "--base-url", sim.base_url,
+                        "--out", "out", "--quiet"], tmp_path)  # fmt: skip
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
