@@ -82,7 +82,13 @@ class EmbeddedRedis:
         Path(self.socket_path).unlink(missing_ok=True)
         log = (self.folder / "redis.log").open("ab")
         self._process = subprocess.Popen(
-            [find_redis_server(), *self._arguments()], stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+            [find_redis_server(), *self._arguments()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+            # Its own session: a Ctrl-C at the terminal reaches the run, which then stops Redis last.
+            start_new_session=True,
+            preexec_fn=_exit_with_parent,
         )
         log.close()
         deadline = time.monotonic() + _START_TIMEOUT_S

@@ -55,3 +55,30 @@ def test_deep_folders_get_a_short_socket_path(tmp_path: Path) -> None:
 
 def test_the_shipped_binary_is_found() -> None:
     assert Path(find_redis_server()).name == "redis-server"
+
+
+def test_the_server_ignores_the_terminals_ctrl_c_and_dies_with_its_run(tmp_path: Path) -> None:
+    """Ctrl-C goes to the run's process group; the run stops Redis itself, last."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time, pathlib\n"
+        "from runner.embedded_redis import EmbeddedRedis\n"
+        "EmbeddedRedis(pathlib.Path(sys.argv[1])).start()\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "r")], stdout=subprocess.PIPE,
+                           start_new_session=True, text=True)  # fmt: skip
+    assert run.stdout is not None and run.stdout.readline() == "up\n"
+    pid = int((tmp_path / "r" / "redis.pid").read_text())
+    assert os.getpgid(pid) != os.getpgid(run.pid), "not in the run's process group"
+    os.kill(run.pid, signal.SIGKILL)  # the run dies without stopping Redis
+    run.wait()
+    run.stdout.close()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "redis-server outlived its run"

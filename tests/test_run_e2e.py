@@ -206,7 +206,7 @@ def test_shared_redis_with_a_separate_worker(
 
     redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
     sim = sim_factory()
-    manifest = write_manifest(tmp_path, 5, endpoint=WAN22_I2I)
+    write_manifest(tmp_path, 5, endpoint=WAN22_I2I)
     env = {**os.environ, "FAL_KEY": KEY, "REDIS_URL": redis_server.broker_url}
     command = {
         "wan-batch": [WAN_BATCH, "worker", "--redis", redis_server.broker_url, "--concurrency", "4", "--loglevel", "WARNING"],
