@@ -30,7 +30,6 @@ def save_outputs(
         raise ValueError(f"the result is not a model output: {exc.error_count()} problem(s)") from None
     folder = BatchFolder(Path(batch.folder))
     folder.prepare()
-    folder.remove_leftovers(record.job.id)
     saved = []
     for index, image in enumerate(output.images):
         dest = folder.image_path(record.job.id, index, extension_for_content_type(image.content_type))

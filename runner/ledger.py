@@ -131,16 +131,20 @@ class Ledger:
         to: JobStatus,
         *,
         release: bool = False,
+        expect: dict[str, Any] | None = None,
         **values: Any,
     ) -> bool:
         """Set the job's status to `to` if it is one of `allowed` (empty: any), with `values`.
 
-        Atomic with the counters and, with `release`, with freeing the job's
-        slot. False when the job is not in an allowed status (another worker
-        moved it first): the caller then does nothing.
+        With `expect`, also only if those fields still hold those values (the
+        request_id and poll token a step saw), so a late step never undoes a
+        newer attempt. Atomic with the counters and, with `release`, with
+        freeing the job's slot. False when refused: the caller then does nothing.
         """
         keys = [self.keys.job(batch_id, job_id), self.keys.counts(batch_id), self.keys.in_flight(batch_id)]
-        args: list[str] = [job_id, "release" if release else "", json.dumps([s.value for s in allowed]), to.value]
+        expected = {name: json.dumps(value) for name, value in (expect or {}).items()}
+        statuses = json.dumps([s.value for s in allowed])
+        args: list[str] = [job_id, "release" if release else "", statuses, to.value, json.dumps(expected)]
         for name, value in values.items():
             args += [name, json.dumps(value)]
         moved, _ = self._transition(keys=keys, args=args)

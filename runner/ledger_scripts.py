@@ -6,8 +6,9 @@ together or not at all. Job fields other than `status` hold JSON.
 """
 
 #: KEYS: job, counts, in-flight set. ARGV: job id, "release" or "", allowed from-statuses
-#: (JSON list, [] = any), to-status, then field/value pairs. With "release" the job's
-#: slot in the in-flight window is freed in the same step.
+#: (JSON list, [] = any), to-status, expected field values (JSON object of field -> stored
+#: JSON text; a missing field reads as "null"), then field/value pairs to set. With
+#: "release" the job's slot in the in-flight window is freed in the same step.
 #: Returns {1, old status} on success, {0, current status or false} when refused.
 TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -18,12 +19,15 @@ for _, status in ipairs(allowed) do
   if status == current then ok = true end
 end
 if not ok then return {0, current} end
+for field, expected in pairs(cjson.decode(ARGV[5])) do
+  if (redis.call('HGET', KEYS[1], field) or 'null') ~= expected then return {0, current} end
+end
 if ARGV[4] ~= current then
   redis.call('HINCRBY', KEYS[2], current, -1)
   redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
   redis.call('HSET', KEYS[1], 'status', ARGV[4])
 end
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 if ARGV[2] == 'release' then redis.call('SREM', KEYS[3], ARGV[1]) end

@@ -29,8 +29,11 @@ class WorkerSettings(BaseModel):
     poll: PollPolicy = PollPolicy()
     #: Largest output file accepted.
     max_output_bytes: int = Field(default=256 * MIB, gt=0)
-    #: Transient failures of one call (submit, status, result, download) before the attempt fails.
+    #: Transient failures of a submit or a download before the job fails.
     max_call_retries: int = Field(default=8, ge=0)
+    #: Transient failures of status or result calls before the job fails (about an hour at the
+    #: 30 s cap). Never a resubmit: fal may still be running it.
+    max_unreachable_calls: int = Field(default=120, ge=0)
 
 
 def credential_from_env(scheme: Literal["Key", "Bearer"]) -> str | None:

@@ -8,15 +8,18 @@ Polls are tasks sent with a countdown: no worker ever sleeps waiting for fal.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import redis
 from celery import Celery
+from pydantic import SecretStr
 
 from jobs.errors import AuthError
 from runner import pipeline
@@ -24,8 +27,10 @@ from runner.ledger import BatchInfo, Ledger
 from runner.pipeline import Context, FollowUp
 from runner.providers import Provider
 from runner.queue_api import QueueClient, QueueOptions
+from runner.retry import retry_delay_s
 from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
 
+log = logging.getLogger(__name__)
 QUEUE = "wan-batch"
 TASKS = {"submit": "wan_batch.submit", "poll": "wan_batch.poll", "collect": "wan_batch.collect"}
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -45,17 +50,43 @@ def create_app(broker_url: str | None = None, context_factory: Callable[[], Cont
     contexts = _ContextCache(context_factory or (lambda: context_from_env(app.conf.broker_url)))
 
     def submit(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
-        schedule(app, batch_id, pipeline.submit_job(contexts.get(), batch_id, job_id, tries))
+        run_step(app, contexts.get(), FollowUp("submit", job_id, token=token, tries=tries), batch_id)
 
     def poll(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
-        schedule(app, batch_id, pipeline.poll_job(contexts.get(), batch_id, job_id, token, tries))
+        run_step(app, contexts.get(), FollowUp("poll", job_id, token=token, tries=tries), batch_id)
 
     def collect(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
-        schedule(app, batch_id, pipeline.collect_job(contexts.get(), batch_id, job_id, token, tries))
+        run_step(app, contexts.get(), FollowUp("collect", job_id, token=token, tries=tries), batch_id)
 
     for kind, step in (("submit", submit), ("poll", poll), ("collect", collect)):
         app.task(name=TASKS[kind], ignore_result=True, shared=False)(step)
     return app
+
+
+def run_step(app: Celery, context: Context, step: FollowUp, batch_id: str) -> None:
+    """Run one pipeline step and schedule what it returns; a step that blows up never strands its job.
+
+    An unexpected error runs the same step again after a backoff (steps are
+    safe to repeat); when that keeps failing, the job fails as `internal_error`.
+    """
+    try:
+        follow = _STEPS[step.task](context, batch_id, step.job_id, step.token, step.tries)
+    except Exception as exc:
+        log.exception("%s of job %s of batch %s failed unexpectedly", step.task, step.job_id, batch_id)
+        if step.tries < context.settings.max_call_retries:
+            delay_s = retry_delay_s(step.tries + 1, context.settings.retry, None, context.rng)
+            follow = [replace(step, delay_s=delay_s, tries=step.tries + 1)]
+        else:
+            message = f"{step.task} failed {step.tries + 1} times: {type(exc).__name__}: {exc}"
+            follow = pipeline.fail_job(context, batch_id, step.job_id, "internal_error", message[:500])
+    schedule(app, batch_id, follow)
+
+
+_STEPS: dict[str, Callable[[Context, str, str, int, int], list[FollowUp]]] = {
+    "submit": lambda ctx, batch_id, job_id, _token, tries: pipeline.submit_job(ctx, batch_id, job_id, tries),
+    "poll": pipeline.poll_job,
+    "collect": pipeline.collect_job,
+}
 
 
 def schedule(app: Celery, batch_id: str, follow_ups: Iterable[FollowUp]) -> None:
@@ -89,7 +120,9 @@ def queue_clients(http: httpx.Client, credential: Callable[[Any], str | None]) -
                 secret = credential(batch.auth_scheme)
                 if secret is None:
                     raise AuthError(f"this worker has no {CREDENTIAL_ENV[batch.auth_scheme]} in its environment")
-                provider = Provider(base_url=batch.provider_url, auth_scheme=batch.auth_scheme, credential=secret)
+                provider = Provider(
+                    base_url=batch.provider_url, auth_scheme=batch.auth_scheme, credential=SecretStr(secret)
+                )
                 options = QueueOptions(priority=batch.priority, start_timeout_s=batch.start_timeout_s)
                 cache[key] = QueueClient(http, provider, options)
             return cache[key]

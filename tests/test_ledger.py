@@ -150,3 +150,27 @@ def test_large_batches_sync_in_chunks(redis_client: redis.Redis, jobs: int) -> N
     open_batch(ledger, jobs)
     assert ledger.counts("b")[S.WAITING] == jobs
     assert [r.job.id for r in ledger.records("b")] == [f"j{n}" for n in range(jobs)]
+
+
+def test_a_move_can_be_guarded_on_what_the_step_saw(redis_client: redis.Redis) -> None:
+    """A late step of attempt 1 must not undo attempt 2."""
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 1)
+    ledger.admit("b")
+    ledger.move("b", "j0", [], S.QUEUED, request_id="r-1")
+    token = ledger.next_poll_token("b", "j0")
+    assert ledger.move("b", "j0", [S.QUEUED], S.ADMITTED, expect={"request_id": "r-1"}, request_id=None)
+    ledger.move("b", "j0", [], S.QUEUED, request_id="r-2")
+    # the stale step still believes the job is attempt r-1 with the old poll token
+    assert not ledger.move("b", "j0", [S.QUEUED], S.ADMITTED, expect={"request_id": "r-1"}, request_id=None)
+    assert not ledger.move("b", "j0", [S.QUEUED], S.FAILED, expect={"poll_token": token - 1})
+    assert ledger.move("b", "j0", [S.QUEUED], S.RUNNING, expect={"request_id": "r-2", "poll_token": token})
+    record = ledger.record("b", "j0")
+    assert record is not None and (record.status, record.request_id) == (S.RUNNING, "r-2")
+
+
+def test_an_unset_field_is_expected_as_none(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 1)
+    assert ledger.move("b", "j0", [S.WAITING], S.WAITING, expect={"request_id": None, "error_type": None})
+    assert not ledger.move("b", "j0", [S.WAITING], S.WAITING, expect={"request_id": "x"})
