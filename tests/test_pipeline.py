@@ -34,6 +34,8 @@ class World:
     sim: Any
     clock: ManualClock
     folder: Path
+    http: httpx.Client
+    provider: Provider
 
     def job(self, job_id: str) -> Any:
         record = self.ctx.ledger.record("b", job_id)
@@ -76,7 +78,7 @@ def world_factory(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
         ledger.sync_jobs("b", make_jobs(jobs), now=0.0)
         ctx = Context(ledger, http, lambda _b: QueueClient(http, provider), settings or WorkerSettings(),
                       random.Random(1))  # fmt: skip
-        return World(ctx, running, clock, tmp_path / "out" / "b")
+        return World(ctx, running, clock, tmp_path / "out" / "b", http, provider)
 
     yield make
     for http in clients:
@@ -248,3 +250,19 @@ def test_an_unexpected_error_from_the_submit_call_is_never_sent_again(world_fact
     assert (record.status, record.error_type) == (S.FAILED, "submit_unconfirmed")
     assert world.stats()["submits"] == 1
     assert world.ctx.ledger.in_flight("b") == 0
+
+
+def test_a_job_fal_did_not_start_in_time_runs_again(world_factory: Any) -> None:
+    from runner.queue_api import QueueOptions
+
+    world = world_factory(jobs=2, max_in_flight=2, concurrency=1, run_time="fixed:5")
+    client = QueueClient(world.http, world.provider, QueueOptions(start_timeout_s=2))
+    world.ctx.queue_client = lambda _batch: client
+    polls = [f for s in pipeline.admit_next(world.ctx, "b") for f in pipeline.submit_job(world.ctx, "b", s.job_id)]
+    world.clock.advance(3.0)  # j1 waited behind j0 past its 2 s start deadline
+    follow = [f for p in polls for f in pipeline.poll_job(world.ctx, "b", p.job_id, p.token)]
+    record = world.job("j1")
+    assert record.status is S.ADMITTED and record.error_type == "request_timeout"
+    assert [a.error_type for a in record.history] == ["request_timeout"]
+    assert FollowUp("submit", "j1") in follow
+    assert world.job("j0").status is S.RUNNING
