@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -146,7 +150,7 @@ def sim(**options: Any) -> None:
 @main.command()
 @click.argument("manifest", type=MANIFEST)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
-              help="Output folder; the batch goes to OUT/<batch>.")
+              help="Output folder; the batch goes to OUT/<batch>. Without --redis, one run at a time.")
 @click.option("--sim", is_flag=True, help="Run against a simulator of fal started in this process (no key needed).")
 @click.option("--base-url", help="Queue base URL: a gateway (with WAN_BATCH_GATEWAY_TOKEN) or another fal URL.")
 @click.option("--redis", "redis_url", envvar="REDIS_URL",
@@ -168,12 +172,16 @@ def sim(**options: Any) -> None:
               help="With --sim: requests the simulator runs at once.")
 @click.option("--sim-run-time", default="uniform:0.5,1.5", show_default=True, callback=_check_run_time,
               help="With --sim: run time per request.")
+@click.option("--stall-hint-s", type=click.FloatRange(min=0, min_open=True), default=60.0, hidden=True,
+              help="With --redis: seconds without any job moving before hinting that no worker runs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --quiet).")
 def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
     """Validate MANIFEST and run every job to the end; rerun the same command to resume.
 
     Exits 0 when every job succeeded, 1 when some failed, 2 on bad usage.
+    Ctrl-C (exit 130) and SIGTERM (exit 143) stop it cleanly: requests
+    already at fal are kept and the report is written; rerun to resume.
     """
     request = RunRequest(**options)
     try:
@@ -186,15 +194,44 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
     for warning in batch.warnings:
         click.echo(str(warning), err=True)
     try:
-        with ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
-            result = run_batch(request, batch, bar.update)
+        with _sigterm_as_interrupt(), ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
+            result = run_batch(request, batch, bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)))
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: requests already at fal are kept; run the same command again to resume", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        how, code = ("terminated", 143) if isinstance(exc, _Terminated) else ("interrupted", 130)
+        click.echo(f"\n{how}: requests already at fal are kept; run the same command again to resume", err=True)
+        sys.exit(code)
     _print_result(result, as_json)
     sys.exit(0 if result.counts[JobStatus.FAILED] == 0 and result.counts[JobStatus.CANCELLED] == 0 else 1)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is, so the run stops the same clean way."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        # A second SIGTERM must not cut the clean stop short; SIGKILL still does.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stall_hint(idle_s: float) -> str:
+    return (
+        f"no job has changed status for {idle_s:g} s: is a worker running? "
+        "Start one with `wan-batch worker --redis URL` (same Redis URL); still waiting"
+    )
 
 
 @main.command()

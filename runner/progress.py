@@ -41,6 +41,10 @@ class ProgressBar:
         if self._enabled:
             self._progress.stop()
 
+    def note(self, message: str) -> None:
+        """Print `message` above the bar; printed even when the bar is off (a hint, not progress)."""
+        self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
     def update(self, counts: dict[JobStatus, int], in_flight: int) -> None:
         if not self._enabled:
             return

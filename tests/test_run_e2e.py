@@ -276,3 +276,144 @@ def test_report_command_and_json_output(tmp_path: Path, sim_factory: Any) -> Non
     missing = run_cli(["report", str(tmp_path)], tmp_path)
     assert missing.returncode == 2
     assert "is not a batch folder" in missing.stderr
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--base-url", "http://user:pw-in-the-url-123@127.0.0.1:1"], "--base-url: base_url must not hold"),
+        (["--base-url", "http://127.0.0.1:1/?key=pw-in-the-url-123"], "--base-url: base_url must not hold"),
+        (["--base-url", "queue.example/pw-in-the-url-123"], "--base-url: base_url must be an http(s) URL"),
+        (["--sim", "--redis", "redis://127.0.0.1:1/0"], "--sim cannot be used with --redis"),
+    ],
+    ids=["user-info", "query", "no-scheme", "sim-with-redis"],
+)  # fmt: skip
+def test_bad_usage_is_refused_before_anything_is_recorded(tmp_path: Path, extra: list[str], fragment: str) -> None:
+    manifest = write_manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    done = run_cli(["run", str(manifest), "--out", str(out), "--quiet", *extra], tmp_path, timeout_s=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert fragment in done.stderr
+    assert "pw-in-the-url-123" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert not [p for p in files_under(out) if b"pw-in-the-url-123" in p.read_bytes()]
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path: Path, sim_factory: Any) -> None:
+    """SIGTERM to the run alone, as a service manager or `kill` sends it."""
+    sim = sim_factory(concurrency=2, run_time="fixed:1.0")
+    manifest = write_manifest(tmp_path, 8)
+    out = tmp_path / "out"
+    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "2"]
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while sim.stats()["submits"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == 143, stderr
+    assert "terminated: requests already at fal are kept; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr, stderr
+    assert not (out / ".wan-batch" / "redis" / "redis.sock").exists(), "the private Redis was shut down"
+    assert (out / "batch" / "report.json").exists(), "a report is written on SIGTERM too"
+    assert sim.stats()["submits"] < 8, stderr
+
+    done = run_cli(args, tmp_path)
+    stats = sim.stats()
+    context = f"first run: {stderr}\nrerun: {done.stdout}{done.stderr}\nstats: {stats['submits']} submits"
+    assert done.returncode == 0, context
+    assert stats["duplicate_submits"] == 0, context
+    assert stats["submits"] == 8, context
+    assert report_of(out)["summary"]["counts"]["succeeded"] == 8, context
+
+
+def test_one_run_at_a_time_per_output_folder(tmp_path: Path, sim_factory: Any) -> None:
+    """A second run into the folder is refused; a report may be written while the first goes on."""
+    sim = sim_factory(concurrency=1, run_time="fixed:0.5")
+    manifest = write_manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "1"]
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    first = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while sim.stats()["submits"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_cli(args, tmp_path)
+        during = run_cli(["report", str(out / "batch")], tmp_path)
+    finally:
+        stdout, stderr = first.communicate(timeout=90)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"{out} is in use by another wan-batch run or report" in second.stderr
+    assert during.returncode == 0, during.stderr
+    assert first.returncode == 0, stdout + stderr
+    assert sim.stats()["submits"] == 3
+    assert_report_matches_disk(out)
+
+
+def test_a_batch_is_not_rerun_against_another_provider(tmp_path: Path, sim_factory: Any) -> None:
+    first_sim, other_sim = sim_factory(), sim_factory()
+    manifest = write_manifest(tmp_path, 2)
+    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--quiet"]
+    assert run_cli([*args, "--base-url", first_sim.base_url], tmp_path).returncode == 0
+    moved = run_cli([*args, "--base-url", other_sim.base_url], tmp_path)
+    assert moved.returncode == 2, moved.stdout + moved.stderr
+    assert f"was sent to {first_sim.base_url} (FAL_KEY)" in moved.stderr
+    assert f"cannot be followed at {other_sim.base_url} (FAL_KEY)" in moved.stderr
+    assert KEY not in moved.stdout + moved.stderr
+    assert other_sim.stats()["submits"] == 0
+
+
+def test_a_sim_batch_reruns_with_sim(tmp_path: Path) -> None:
+    """The simulator's port changes every run; its batches resume all the same."""
+    manifest = write_manifest(tmp_path, 2)
+    args = ["run", str(manifest), "--sim", "--sim-run-time", "fixed:0.1", "--out", str(tmp_path / "out"), "--quiet"]
+    assert run_cli(args, tmp_path, FAL_KEY="").returncode == 0
+    again = run_cli(args, tmp_path, FAL_KEY="")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed: 2 job(s) were already in the ledger" in again.stdout
+
+
+def test_a_shared_redis_without_workers_gets_a_hint(tmp_path: Path, sim_factory: Any, redis_server: Any) -> None:
+    import queue
+    import threading
+
+    import redis
+
+    client = redis.Redis(unix_socket_path=redis_server.socket_path)
+    client.flushall()
+    sim = sim_factory()
+    manifest = write_manifest(tmp_path, 2)
+    env = {**os.environ, "FAL_KEY": KEY}
+    command = [WAN_BATCH, "run", str(manifest), "--redis", redis_server.broker_url, "--base-url", sim.base_url,
+               "--out", str(tmp_path / "out"), "--quiet", "--stall-hint-s", "0.3"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stderr is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr or ()], daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        while not any("is a worker running?" in line for line in seen):
+            seen.append(lines.get(timeout=60))
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+        client.flushall()
+        client.close()
+    reader.join(timeout=10)
+    while not lines.empty():
+        seen.append(lines.get())
+    stderr = "".join(seen)
+    assert "no job has changed status for 0.3 s: is a worker running? Start one with `wan-batch worker --redis URL`" in stderr
+    assert stderr.count("is a worker running?") == 1
+    assert process.returncode == 143, stderr
+    assert sim.stats()["submits"] == 0
