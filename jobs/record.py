@@ -52,6 +52,8 @@ class JobRecord:
     started_at: float | None = None
     completed_at: float | None = None
     finished_at: float | None = None
+    #: Last time anything happened to the job; a sweep resumes jobs left still too long.
+    updated_at: float | None = None
     #: fal's `metrics.inference_time`, when it gave one.
     inference_s: float | None = None
     queue_position: int | None = None

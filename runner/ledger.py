@@ -10,6 +10,7 @@ waiting list, across every worker on every machine.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
@@ -61,6 +62,7 @@ class Ledger:
         self._transition = client.register_script(ledger_scripts.TRANSITION)
         self._admit = client.register_script(ledger_scripts.ADMIT)
         self._sync_job = client.register_script(ledger_scripts.SYNC_JOB)
+        self._requeue = client.register_script(ledger_scripts.REQUEUE)
 
     # --- batches -------------------------------------------------------------
 
@@ -145,15 +147,29 @@ class Ledger:
         expected = {name: json.dumps(value) for name, value in (expect or {}).items()}
         statuses = json.dumps([s.value for s in allowed])
         args: list[str] = [job_id, "release" if release else "", statuses, to.value, json.dumps(expected)]
-        for name, value in values.items():
+        for name, value in {**values, "updated_at": time.time()}.items():
             args += [name, json.dumps(value)]
         moved, _ = self._transition(keys=keys, args=args)
         return bool(moved)
 
     def update(self, batch_id: str, job_id: str, **values: Any) -> None:
         """Store `values` on the job without changing its status."""
-        mapping: dict[Any, str] = {name: json.dumps(value) for name, value in values.items()}
+        stamped = {**values, "updated_at": time.time()}
+        mapping: dict[Any, str] = {name: json.dumps(value) for name, value in stamped.items()}
         self.redis.hset(self.keys.job(batch_id, job_id), mapping=mapping)
+
+    def requeue(self, batch_id: str, job_id: str, history: list[dict[str, Any]]) -> bool:
+        """Put a failed or cancelled job back in line for a new attempt, keeping its history.
+
+        A job that succeeded, or is not final, is left alone (False).
+        """
+        k = self.keys
+        keys = [k.job(batch_id, job_id), k.counts(batch_id), k.waiting(batch_id)]
+        fields = {"history": history, "request_id": None, "status_url": None, "response_url": None,
+                  "cancel_url": None, "error_type": None, "error_message": None, "outputs": [],
+                  "finished_at": None, "queue_position": None, "updated_at": time.time()}  # fmt: skip
+        args = [job_id, *(part for name, value in fields.items() for part in (name, json.dumps(value)))]
+        return bool(self._requeue(keys=keys, args=args))
 
     def next_poll_token(self, batch_id: str, job_id: str) -> int:
         """A new token for the job's poll chain; polls holding an older one stop."""

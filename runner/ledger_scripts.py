@@ -80,3 +80,18 @@ redis.call('HSET', KEYS[1], 'status', 'waiting', 'job', ARGV[2], 'fingerprint', 
 if status ~= 'waiting' then redis.call('RPUSH', KEYS[4], ARGV[1]) end
 return 'changed'
 """
+
+#: KEYS: job, counts, waiting list. ARGV: job id, then field/value pairs.
+#: A FAILED or CANCELLED job goes back to WAITING, at the end of the line; returns 1 if it did.
+REQUEUE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'failed' and status ~= 'cancelled' then return 0 end
+redis.call('HINCRBY', KEYS[2], status, -1)
+redis.call('HINCRBY', KEYS[2], 'waiting', 1)
+redis.call('HSET', KEYS[1], 'status', 'waiting')
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return 1
+"""

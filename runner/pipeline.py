@@ -74,31 +74,58 @@ def admit_next(ctx: Context, batch_id: str) -> list[FollowUp]:
     return [FollowUp("submit", job_id) for job_id in ctx.ledger.admit(batch_id)]
 
 
-def resume_batch(ctx: Context, batch_id: str, owner_gone: bool) -> list[FollowUp]:
-    """Follow-ups that set every unfinished job moving again, after a crash, a kill or a Ctrl-C.
+def resume_batch(ctx: Context, batch_id: str, stale_after_s: float = 0.0, lost_after_s: float = 0.0) -> list[FollowUp]:
+    """Follow-ups that set unfinished jobs moving again after lost messages, a crash, a kill or a Ctrl-C.
 
-    Jobs with a request_id are polled again (under a new poll token, so any
-    older poll chain stops), never submitted again. A job caught mid-submit
-    may have reached fal: when its worker is known to be gone (`owner_gone`)
-    it fails as `submit_unconfirmed` rather than risk paying twice.
+    Only jobs untouched for `stale_after_s` are taken (0: all). Jobs with a
+    request_id are polled again under a new poll token (so any older chain
+    stops), never submitted again. A job caught mid-submit for `lost_after_s`
+    (0: its worker is known to be gone) may have reached fal: it fails as
+    `submit_unconfirmed` rather than risk paying twice.
     """
     batch = ctx.ledger.batch(batch_id)
     if batch is None:
         return []
+    now = ctx.clock()
     follow: list[FollowUp] = []
     for record in ctx.ledger.records(batch_id):
-        job_id = record.job.id
-        if record.status is S.ADMITTED:
-            follow.append(FollowUp("submit", job_id))
-        elif record.status is S.SUBMITTING and owner_gone:
-            message = "the run stopped while its submit was in flight; fal may have queued it, so it is not sent again"
-            follow += _finish(ctx, batch, record, S.FAILED, "submit_unconfirmed", message)
-        elif record.status in (S.QUEUED, S.RUNNING, S.COLLECTING):
-            if record.status is S.COLLECTING and owner_gone:  # no other worker is downloading it
-                BatchFolder(Path(batch.folder)).remove_leftovers(job_id)
-            task: Literal["poll", "collect"] = "collect" if record.status is S.COLLECTING else "poll"
-            follow.append(FollowUp(task, job_id, token=ctx.ledger.next_poll_token(batch_id, job_id)))
+        idle_s = now - (record.updated_at or 0.0)
+        if record.status.is_final or record.status is S.WAITING or idle_s < stale_after_s:
+            continue
+        follow += _resume_job(ctx, batch, record, owner_gone=idle_s >= lost_after_s)
     return follow + admit_next(ctx, batch_id)
+
+
+def _resume_job(ctx: Context, batch: BatchInfo, record: JobRecord, owner_gone: bool) -> list[FollowUp]:
+    job_id = record.job.id
+    if record.status is S.ADMITTED:
+        return [FollowUp("submit", job_id)]
+    if record.status is S.SUBMITTING:
+        if not owner_gone:
+            return []
+        message = "its submit was cut off in flight; fal may have queued it, so it is not sent again"
+        return _finish(ctx, batch, record, S.FAILED, "submit_unconfirmed", message)
+    if record.status is S.COLLECTING and owner_gone:  # no other worker is downloading it
+        BatchFolder(Path(batch.folder)).remove_leftovers(job_id)
+    task: Literal["poll", "collect"] = "collect" if record.status is S.COLLECTING else "poll"
+    return [FollowUp(task, job_id, token=ctx.ledger.next_poll_token(batch.id, job_id))]
+
+
+def cancel_job(ctx: Context, batch_id: str, job_id: str) -> list[FollowUp]:
+    """Cancel a job: at fal if it has a request there; it ends CANCELLED with whatever it had saved.
+
+    A job being collected is left to finish (it already ran; its files are free).
+    """
+    batch, record = ctx.ledger.batch(batch_id), ctx.ledger.record(batch_id, job_id)
+    if batch is None or record is None or record.status.is_final or record.status is S.COLLECTING:
+        return []
+    answer = "never sent"
+    if record.status.has_request and record.cancel_url:
+        try:
+            answer = ctx.queue_client(batch).cancel(record.cancel_url)
+        except QueueAPIError as exc:
+            answer = f"cancel failed: {exc}"
+    return _finish(ctx, batch, record, S.CANCELLED, "cancelled", f"cancelled by the user (fal: {answer})")
 
 
 def submit_job(ctx: Context, batch_id: str, job_id: str, tries: int = 0) -> list[FollowUp]:

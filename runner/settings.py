@@ -34,6 +34,9 @@ class WorkerSettings(BaseModel):
     #: Transient failures of status or result calls before the job fails (about an hour at the
     #: 30 s cap). Never a resubmit: fal may still be running it.
     max_unreachable_calls: int = Field(default=120, ge=0)
+    #: A job of an open batch untouched this long is resumed by the sweep; every live poll
+    #: chain touches its job at least every 30 s.
+    sweep_stale_after_s: float = Field(default=300.0, gt=0)
 
 
 def credential_from_env(scheme: Literal["Key", "Bearer"]) -> str | None:

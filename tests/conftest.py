@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.sim_world import world_factory  # noqa: F401 - a fixture for the step-by-step tests
+
 
 @pytest.fixture
 def make_image(tmp_path: Path):  # type: ignore[no-untyped-def]
