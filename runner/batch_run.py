@@ -345,14 +345,46 @@ def report_batch(folder: Path, redis_url: str | None) -> RunResult:
 
 
 def _folder_redis(folder: Path, stack: ExitStack) -> redis.Redis:
-    """The private Redis of OUT (`folder`'s parent): started for this command, or the one a run serves."""
-    out = folder.parent
+    """The private Redis of OUT (`folder`'s parent)."""
+    if not (folder.parent / ".wan-batch" / "redis").is_dir():
+        raise UsageError(f"{folder} is not a batch folder of wan-batch run (no {folder.parent / '.wan-batch'})")
+    return _out_redis(folder.parent, stack)[0]
+
+
+def _out_redis(out: Path, stack: ExitStack) -> tuple[redis.Redis, str]:
+    """OUT's private Redis and its broker URL: started for this command, or the one a run serves."""
     redis_dir = out / ".wan-batch" / "redis"
     if not redis_dir.is_dir():
-        raise UsageError(f"{folder} is not a batch folder of wan-batch run (no {out / '.wan-batch'})")
+        raise UsageError(f"{out} holds no batches of wan-batch run (no {out / '.wan-batch'}); pass --out or --redis")
     try:
         stack.enter_context(hold_folder(out))
     except FolderInUseError:  # stopping that Redis afterwards would pull it from under the run
-        return redis.Redis(unix_socket_path=EmbeddedRedis(redis_dir).socket_path)
+        server = EmbeddedRedis(redis_dir)
+        return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
     server = stack.enter_context(EmbeddedRedis(redis_dir))
-    return redis.Redis(unix_socket_path=server.socket_path)
+    return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
+
+
+@contextmanager
+def open_ledger(redis_url: str | None, out: Path) -> Iterator[tuple[Ledger, str]]:
+    """The ledger and broker URL of a shared Redis, or else of OUT's private one."""
+    with ExitStack() as stack:
+        if redis_url is not None:
+            yield Ledger(redis.Redis.from_url(redis_py_url(redis_url))), redis_url
+        else:
+            client, broker_url = _out_redis(out, stack)
+            yield Ledger(client), broker_url
+
+
+def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int]]:
+    """Record and enqueue a batch in a shared Redis for its workers, without waiting."""
+    if request.redis_url is None:
+        raise UsageError("submit needs a shared Redis (--redis or REDIS_URL); on this machine use `wan-batch run`")
+    provider = provider_for(request)
+    with open_ledger(request.redis_url, request.out) as (ledger, broker_url), httpx.Client() as http:
+        info = _record_batch(ledger, request, batch, provider)
+        synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
+        # Only admission happens here: workers make every call to fal, with their own credentials.
+        context = Context(ledger, http, queue_clients(http, lambda _scheme: None), WorkerSettings())
+        schedule(create_app(broker_url), info.id, resume_lost(context, info.id))
+    return info, dict(synced)

@@ -22,7 +22,7 @@ from celery import Celery
 from pydantic import SecretStr
 
 from jobs.errors import AuthError
-from runner import pipeline
+from runner import operations, pipeline
 from runner.ledger import BatchInfo, Ledger
 from runner.pipeline import Context, FollowUp
 from runner.providers import Provider
@@ -33,6 +33,9 @@ from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
 log = logging.getLogger(__name__)
 QUEUE = "wan-batch"
 TASKS = {"submit": "wan_batch.submit", "poll": "wan_batch.poll", "collect": "wan_batch.collect"}
+SWEEP_TASK = "wan_batch.sweep"
+#: How often `wan-batch beat` runs the sweep.
+SWEEP_EVERY_S = 60.0
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 #: Redis redelivers an unacknowledged message after this long; every poll delay is far shorter.
 VISIBILITY_TIMEOUT_S = 3600
@@ -58,8 +61,14 @@ def create_app(broker_url: str | None = None, context_factory: Callable[[], Cont
     def collect(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
         run_step(app, contexts.get(), FollowUp("collect", job_id, token=token, tries=tries), batch_id)
 
+    def sweep() -> None:
+        context = contexts.get()
+        for batch_id, follow in operations.sweep(context, context.settings.sweep_stale_after_s).items():
+            schedule(app, batch_id, follow)
+
     for kind, step in (("submit", submit), ("poll", poll), ("collect", collect)):
         app.task(name=TASKS[kind], ignore_result=True, shared=False)(step)
+    app.task(name=SWEEP_TASK, ignore_result=True, shared=False)(sweep)
     return app
 
 
@@ -161,6 +170,8 @@ def _config(broker_url: str) -> dict[str, Any]:
         "worker_prefetch_multiplier": 4,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
+        # `wan-batch beat`: resume jobs of open batches that stopped moving (lost messages).
+        "beat_schedule": {"sweep": {"task": SWEEP_TASK, "schedule": SWEEP_EVERY_S, "options": {"queue": QUEUE}}},
     }
 
 

@@ -1,4 +1,6 @@
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -37,3 +39,23 @@ def redis_client(redis_server):  # type: ignore[no-untyped-def]
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Any]:
+    """Start simulators of fal (real HTTP, real clock) that accept the e2e tests' key."""
+    from runner.simulator import SimConfig, run_simulator
+    from tests.test_run_e2e import KEY
+
+    started: list[Any] = []
+
+    def start(**overrides: Any) -> Any:
+        config = SimConfig(key=KEY, seed=3, **{"concurrency": 4, "run_time": "fixed:0.2", **overrides})
+        context = run_simulator(config)
+        sim = context.__enter__()
+        started.append(context)
+        return sim
+
+    yield start
+    for context in started:
+        context.__exit__(None, None, None)

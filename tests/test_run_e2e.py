@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
-from runner.simulator import FaultRates, SimConfig, run_simulator
+from runner.simulator import FaultRates
 
 ROOT = Path(__file__).resolve().parent.parent
 WAN_BATCH = str(Path(sys.executable).parent / "wan-batch")
@@ -28,22 +27,6 @@ def run_cli(args: list[str], cwd: Path, timeout_s: float = 90, **env: str) -> su
     full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FAL_KEY", "WAN_BATCH_GATEWAY_TOKEN")}
     full_env.update({"FAL_KEY": KEY, **env})
     return subprocess.run([WAN_BATCH, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout_s)
-
-
-@pytest.fixture
-def sim_factory() -> Iterator[Any]:
-    started: list[Any] = []
-
-    def start(**overrides: Any) -> Any:
-        config = SimConfig(key=KEY, seed=3, **{"concurrency": 4, "run_time": "fixed:0.2", **overrides})
-        context = run_simulator(config)
-        sim = context.__enter__()
-        started.append(context)
-        return sim
-
-    yield start
-    for context in started:
-        context.__exit__(None, None, None)
 
 
 def write_manifest(folder: Path, jobs: int, endpoint: str = WAN25_I2I) -> Path:

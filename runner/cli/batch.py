@@ -1,4 +1,4 @@
-"""The `wan-batch` command line."""
+"""`wan-batch validate`, `run`, `report` and `worker`: a batch from a manifest to its report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -19,22 +19,16 @@ from jobs.errors import ManifestError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.status import JobStatus
 from runner.batch_run import RunRequest, RunResult, UsageError, load_batch, report_batch, run_batch
+from runner.cli.sim import check_run_time
 from runner.manifests import load_manifest
 from runner.progress import ProgressBar, failure_lines
 from runner.settings import MIB, InputSettings
-from runner.simulator import FaultRates, SimConfig, parse_run_time, serve_until_interrupted
 from runner.tasks import create_app
 
 MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="wan-batch")
-def main() -> None:
-    """Run batches of image-to-image jobs on fal's queue API."""
-
-
-@main.command()
+@click.command()
 @click.argument("manifest", type=MANIFEST)
 @click.option("--endpoint", help="Endpoint of rows that name none, e.g. fal-ai/wan-25-preview/image-to-image.")
 @click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
@@ -83,71 +77,7 @@ def _print_validation(batch: Batch) -> None:
         click.echo(f"  {endpoint}: {count}{tag}")
 
 
-#: The `--fault-*` flag of each FaultRates field.
-_FAULT_FLAGS = {
-    "proxy_5xx": "--fault-proxy-5xx",
-    "rate_limit_429": "--fault-429",
-    "drop_connection": "--fault-drop-connection",
-    "lost_submit_response": "--fault-lost-submit-response",
-    "model_error": "--fault-model-error",
-    "expired_result": "--fault-expired-result",
-    "truncated_download": "--fault-truncated-download",
-    "slow_download": "--fault-slow-download",
-}
-_SIM_DEFAULTS = SimConfig()
-
-
-def _fault_options(command: Callable[..., None]) -> Callable[..., None]:
-    for name, flag in reversed(_FAULT_FLAGS.items()):
-        help_text = f"Rate 0..1 of the {name} fault."
-        command = click.option(flag, name, type=click.FloatRange(0, 1), default=0.0, help=help_text)(command)
-    return command
-
-
-def _check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    try:
-        parse_run_time(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
-
-
-@main.command()
-@click.option("--host", default=_SIM_DEFAULTS.host, show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0 picks a free port.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=_SIM_DEFAULTS.concurrency, show_default=True,
-              help="Requests IN_PROGRESS at once; the rest wait IN_QUEUE.")
-@click.option("--run-time", default=_SIM_DEFAULTS.run_time, show_default=True, callback=_check_run_time,
-              help="Seconds per request: fixed:S, uniform:A,B or lognormal:MEAN,SIGMA.")
-@click.option("--seed", type=int, default=_SIM_DEFAULTS.seed, show_default=True)
-@click.option("--retention-s", type=click.FloatRange(min=0, min_open=True), default=_SIM_DEFAULTS.retention_s,
-              show_default=True, help="A result answers 404 this long after completion.")
-@click.option("--key", envvar="WAN_BATCH_SIM_KEY",
-              help="Accept only 'Key <KEY>' (also read from WAN_BATCH_SIM_KEY; FAL_KEY is ignored). Default: any key.")
-@click.option("--token", envvar="WAN_BATCH_SIM_TOKEN",
-              help="Accept only 'Bearer <TOKEN>' (also read from WAN_BATCH_SIM_TOKEN).")
-@_fault_options
-@click.option("--fault-limit", type=click.IntRange(min=0), help="Stop injecting each fault kind after N injections.")
-@click.option("--retry-after-s", type=click.FloatRange(min=0), default=_SIM_DEFAULTS.retry_after_s, show_default=True,
-              help="Retry-After of an injected 429.")  # fmt: skip
-def sim(**options: Any) -> None:
-    """Serve a simulated fal queue until Ctrl-C; prints its base URL on stdout.
-
-    Point the runner at the printed URL. GET <url>/_stats shows what it saw.
-    """
-    faults = {name: options.pop(name) for name in _FAULT_FLAGS}
-    config = SimConfig(**options, faults=FaultRates(**faults))
-    auth = "Key or Bearer as configured" if config.key or config.token else "any Key or Bearer credential"
-
-    def announce(base_url: str) -> None:
-        click.echo(base_url)
-        click.echo(f"fal queue simulator: concurrency {config.concurrency}, run time {config.run_time}, "
-                   f"auth: {auth}; Ctrl-C stops it", err=True)  # fmt: skip
-
-    serve_until_interrupted(config, announce)
-
-
-@main.command()
+@click.command()
 @click.argument("manifest", type=MANIFEST)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
               help="Output folder; the batch goes to OUT/<batch>. Without --redis, one run at a time.")
@@ -170,7 +100,7 @@ def sim(**options: Any) -> None:
 @click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @click.option("--sim-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="With --sim: requests the simulator runs at once.")
-@click.option("--sim-run-time", default="uniform:0.5,1.5", show_default=True, callback=_check_run_time,
+@click.option("--sim-run-time", default="uniform:0.5,1.5", show_default=True, callback=check_run_time,
               help="With --sim: run time per request.")
 @click.option("--stall-hint-s", type=click.FloatRange(min=0, min_open=True), default=60.0, hidden=True,
               help="With --redis: seconds without any job moving before hinting that no worker runs.")
@@ -234,7 +164,7 @@ def _stall_hint(idle_s: float) -> str:
     )
 
 
-@main.command()
+@click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--redis", "redis_url", envvar="REDIS_URL", help="The batch's Redis (default: the one in FOLDER/..).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -247,7 +177,7 @@ def report(folder: Path, redis_url: str | None, as_json: bool) -> None:
     _print_result(result, as_json)
 
 
-@main.command()
+@click.command()
 @click.option("--redis", "redis_url", envvar="REDIS_URL", required=True, help="The shared Redis (or REDIS_URL).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Worker threads.")
 @click.option("--loglevel", default="INFO", show_default=True)

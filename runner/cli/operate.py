@@ -1,0 +1,199 @@
+"""`wan-batch submit`, `batches`, `status`, `watch`, `cancel`, `retry`, `resume` and `beat`: batches that exist.
+
+Each finds the ledger by `--redis URL` (or `REDIS_URL`), else in the output
+folder `--out` of `wan-batch run`. On a shared Redis, workers act on what these
+commands change at once; in an output folder, `wan-batch run` does on its next run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from jobs.errors import ManifestError
+from jobs.status import JobStatus
+from runner import operations
+from runner.batch_run import RunRequest, UsageError, load_batch, open_ledger, submit_batch
+from runner.ledger import Ledger
+from runner.pipeline import Context
+from runner.progress import ProgressBar
+from runner.settings import WorkerSettings, credential_from_env
+from runner.tasks import create_app, queue_clients, schedule
+
+_WATCH_EVERY_S = 0.5
+
+
+def _where(command: Callable[..., None]) -> Callable[..., None]:
+    redis_option = click.option("--redis", "redis_url", envvar="REDIS_URL", help="The shared Redis (or REDIS_URL).")
+    out_option = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
+                              show_default=True, help="Output folder of `wan-batch run` (without --redis).")
+    return out_option(redis_option(command))
+
+
+def _batch_view(ledger: Ledger, batch_id: str) -> operations.BatchView:
+    view = operations.view_batch(ledger, batch_id)
+    if view is None:
+        raise click.UsageError(f"no batch {batch_id!r} here; `wan-batch batches` lists them")
+    return view
+
+
+def _context(ledger: Ledger, http: httpx.Client) -> Context:
+    return Context(ledger, http, queue_clients(http, credential_from_env), WorkerSettings())
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_where
+@click.option("--base-url", help="Queue base URL: a gateway (with WAN_BATCH_GATEWAY_TOKEN) or another fal URL.")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--endpoint", help="Endpoint of rows that name none.")
+@click.option("--skip-invalid", is_flag=True, help="Submit the valid rows of a manifest that has errors.")
+@click.option("--batch-id", help="Batch id (default: the manifest's file name).")
+@click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
+def submit(manifest: Path, **options: Any) -> None:
+    """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once."""
+    request = RunRequest(manifest=manifest, **options)
+    try:
+        info, synced = submit_batch(request, load_batch(request))
+    except ManifestError as exc:
+        for diagnostic in exc.diagnostics:
+            click.echo(str(diagnostic), err=True)
+        raise SystemExit(1) from None
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(info.id)
+    click.echo(f"{info.jobs} job(s), {synced.get('added', 0)} new; watch it with `wan-batch watch {info.id}`", err=True)
+
+
+@click.command()
+@_where
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def batches(redis_url: str | None, out: Path, as_json: bool) -> None:
+    """List batches with their counts and age."""
+    with open_ledger(redis_url, out) as (ledger, _):
+        found = operations.list_batches(ledger)
+    rows: list[dict[str, Any]] = [
+        {"batch_id": info.id, "state": info.state, "age_s": round(time.time() - info.created_at),
+         "counts": {s.value: n for s, n in counts.items() if n}}
+        for info, counts in found
+    ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        shown = ", ".join(f"{n} {state}" for state, n in row["counts"].items()) or "no jobs"
+        click.echo(f"{row['batch_id']}  {row['state']}  {_age(row['age_s'])} old  {shown}")
+
+
+@click.command()
+@click.argument("batch_id")
+@_where
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(batch_id: str, redis_url: str | None, out: Path, as_json: bool) -> None:
+    """Counts per status, the jobs at fal with their queue position, and the latest errors by type."""
+    with open_ledger(redis_url, out) as (ledger, _):
+        view = _batch_view(ledger, batch_id)
+    data = view.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    created = datetime.fromtimestamp(view.info.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    click.echo(f"batch {batch_id} ({view.info.state}, created {created}): "
+               + ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n))  # fmt: skip
+    for row in data["in_flight"]:
+        position = "" if row["queue_position"] is None else f" queue position {row['queue_position']}"
+        log_line = f"  {row['last_log']}" if row["last_log"] else ""
+        click.echo(f"  {row['job_id']}: {row['status']}{position}{log_line}")
+    for error_type, group in data["errors"].items():
+        click.echo(f"  {error_type}: {group['count']} job(s)")
+        for latest in group["latest"][:3]:
+            click.echo(f"    {latest['job_id']} (row {latest['row']}): {(latest['message'] or '')[:200]}")
+
+
+@click.command()
+@click.argument("batch_id")
+@_where
+def watch(batch_id: str, redis_url: str | None, out: Path) -> None:
+    """Show the live progress bar of BATCH_ID until it ends."""
+    with open_ledger(redis_url, out) as (ledger, _):
+        view = _batch_view(ledger, batch_id)
+        with ProgressBar(sum(view.counts.values()), enabled=True) as bar:
+            while True:
+                counts = ledger.counts(batch_id)
+                bar.update(counts, ledger.in_flight(batch_id))
+                if all(n == 0 for s, n in counts.items() if not s.is_final):
+                    break
+                time.sleep(_WATCH_EVERY_S)
+    click.echo(f"batch {batch_id} ended: " + ", ".join(f"{n} {s.value}" for s, n in counts.items() if n))
+
+
+@click.command()
+@click.argument("batch_id")
+@_where
+def cancel(batch_id: str, redis_url: str | None, out: Path) -> None:
+    """Stop BATCH_ID: nothing new is submitted and every request at fal is cancelled."""
+    with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
+        _batch_view(ledger, batch_id)
+        outcome = operations.cancel_batch(_context(ledger, http), batch_id)
+    click.echo(f"batch {batch_id} cancelled: {outcome['cancelled']} job(s) cancelled"
+               + (f", {outcome['finishing']} finishing their downloads" if outcome["finishing"] else ""))  # fmt: skip
+
+
+@click.command()
+@click.argument("batch_id")
+@_where
+@click.option("--status", "statuses", multiple=True, type=click.Choice(["failed", "cancelled"]), default=["failed"],
+              show_default=True, help="Which jobs to retry (repeatable).")
+@click.option("--error-type", "error_types", multiple=True, help="Only jobs that failed so (repeatable).")
+@click.option("--ids", "ids_file", type=click.File(), help="Only the job ids in this file, one a line.")
+def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, ...], error_types: tuple[str, ...],
+          ids_file: Any) -> None:  # fmt: skip
+    """Give exactly the chosen jobs of BATCH_ID a new attempt; jobs that succeeded never run again."""
+    ids = [line.strip() for line in ids_file if line.strip()] if ids_file else None
+    with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
+        _batch_view(ledger, batch_id)
+        requeued, follow = operations.retry_jobs(_context(ledger, http), batch_id, [JobStatus(s) for s in statuses],
+                                                 error_types or None, ids)  # fmt: skip
+        schedule(create_app(broker_url), batch_id, follow)
+    click.echo(f"batch {batch_id}: {len(requeued)} job(s) queued for a new attempt" + _next_step(redis_url))
+
+
+@click.command()
+@click.argument("batch_id")
+@_where
+def resume(batch_id: str, redis_url: str | None, out: Path) -> None:
+    """Re-enqueue the jobs of BATCH_ID that lost their task: polled again, never resubmitted."""
+    with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
+        _batch_view(ledger, batch_id)
+        follow = operations.resume_lost(_context(ledger, http), batch_id)
+        schedule(create_app(broker_url), batch_id, follow)
+    click.echo(f"batch {batch_id}: {len(follow)} task(s) sent again" + _next_step(redis_url))
+
+
+@click.command()
+@click.option("--redis", "redis_url", envvar="REDIS_URL", required=True, help="The shared Redis (or REDIS_URL).")
+@click.option("--schedule-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("celerybeat-schedule"),
+              show_default=True, help="Where beat keeps when each periodic task last ran.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def beat(redis_url: str, schedule_file: Path, loglevel: str) -> None:
+    """Run the scheduler: the sweep that resumes jobs of open batches that stopped moving."""
+    create_app(redis_url).Beat(loglevel=loglevel, schedule=str(schedule_file)).run()
+
+
+def _next_step(redis_url: str | None) -> str:
+    return "; the workers take it from here" if redis_url else "; `wan-batch run` on its manifest runs them"
+
+
+def _age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -1,0 +1,123 @@
+"""Operating batches through the real CLI: several workers on one Redis, kills, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from runner.simulator import FaultRates
+from tests.test_run_e2e import KEY, WAN_BATCH, report_of, run_cli, write_manifest
+
+CELERY_ENV = {"FAL_KEY": KEY}
+
+
+def start_worker(cwd: Path, broker_url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **CELERY_ENV}
+    return subprocess.Popen([WAN_BATCH, "worker", "--redis", broker_url, "--concurrency", "4", "--loglevel", "WARNING"],
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def wait_for(condition: Any, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+def test_two_workers_one_window_and_a_killed_worker(tmp_path: Path, sim_factory: Any, redis_server: Any) -> None:
+    """The window holds across worker processes; a SIGKILLed worker costs no double submission."""
+    redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
+    sim = sim_factory(concurrency=5, run_time="fixed:0.5")
+    write_manifest(tmp_path, 30)
+    broker = redis_server.broker_url
+    workers = [start_worker(tmp_path, broker), start_worker(tmp_path, broker)]
+    try:
+        submitted = run_cli(["submit", "batch.jsonl", "--redis", broker, "--base-url", sim.base_url,
+                             "--max-in-flight", "3"], tmp_path)  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        assert submitted.stdout.strip() == "batch", "prints the batch id at once"
+        wait_for(lambda: sim.stats()["submits"] >= 8)
+        os.kill(workers[0].pid, signal.SIGKILL)  # with tasks prefetched and in progress
+        workers[0].wait()
+        workers[0] = start_worker(tmp_path, broker)
+        resumed = run_cli(["resume", "batch", "--redis", broker], tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        watched = run_cli(["watch", "batch", "--redis", broker], tmp_path, timeout_s=120)
+        assert watched.returncode == 0, watched.stderr
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+    stats = sim.stats()
+    assert stats["max_in_progress"] <= 3, "the window of 3 held across both workers"
+    assert stats["duplicate_submits"] == 0
+    status = json.loads(run_cli(["status", "batch", "--redis", broker, "--json"], tmp_path).stdout)
+    counts = status["counts"]
+    unconfirmed = [g for t, g in status["errors"].items() if t == "submit_unconfirmed"]
+    assert counts["succeeded"] + counts["failed"] == 30 and status["finished"]
+    assert counts["failed"] == sum(g["count"] for g in unconfirmed), "only a submit cut off by the kill may fail"
+    assert stats["submits"] >= counts["succeeded"]
+
+
+def test_cancel_stops_a_running_batch(tmp_path: Path, sim_factory: Any, redis_server: Any) -> None:
+    redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
+    sim = sim_factory(concurrency=2, run_time="fixed:30")
+    write_manifest(tmp_path, 6)
+    broker = redis_server.broker_url
+    worker = start_worker(tmp_path, broker)
+    try:
+        assert run_cli(["submit", "batch.jsonl", "--redis", broker, "--base-url", sim.base_url,
+                        "--max-in-flight", "2"], tmp_path).returncode == 0  # fmt: skip
+        wait_for(lambda: sim.stats()["submits"] >= 2)
+        cancelled = run_cli(["cancel", "batch", "--redis", broker], tmp_path)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "6 job(s) cancelled" in cancelled.stdout
+    assert sim.stats()["cancels"] == 2 and sim.stats()["submits"] == 2
+    status = json.loads(run_cli(["status", "batch", "--redis", broker, "--json"], tmp_path).stdout)
+    assert status["state"] == "cancelled" and status["counts"]["cancelled"] == 6
+    batches = run_cli(["batches", "--redis", broker], tmp_path)
+    assert batches.stdout.startswith("batch  cancelled  ") and "6 cancelled" in batches.stdout
+
+
+def test_retry_reruns_exactly_the_failed_rows_of_an_output_folder(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(faults=FaultRates(model_error=1.0), fault_limit=2)
+    write_manifest(tmp_path, 5)
+    args = ["run", "batch.jsonl", "--base-url", sim.base_url, "--out", "out", "--quiet", "--max-attempts", "1",
+            "--max-in-flight", "1"]  # fmt: skip
+    first = run_cli(args, tmp_path)
+    assert first.returncode == 1
+    status = json.loads(run_cli(["status", "batch", "--out", "out", "--json"], tmp_path).stdout)
+    assert status["counts"]["failed"] == 2 and status["counts"]["succeeded"] == 3
+    failed_ids = sorted(j["job_id"] for j in status["errors"]["runner_server_error"]["latest"])
+    retried = run_cli(["retry", "batch", "--out", "out", "--error-type", "runner_server_error"], tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert "2 job(s) queued for a new attempt" in retried.stdout
+    second = run_cli(args, tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    rows = {r["job_id"]: r for r in report_of(tmp_path / "out")["rows"]}
+    assert all(r["status"] == "succeeded" for r in rows.values())
+    assert sorted(j for j, r in rows.items() if r["attempts"] == 2) == failed_ids
+    assert sim.stats()["submits"] == 7 and sim.stats()["duplicate_submits"] == 2, "only the 2 failed rows ran again"
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(failed_ids[0] + "\n")
+    none = run_cli(["retry", "batch", "--out", "out", "--ids", str(ids_file)], tmp_path)
+    assert "0 job(s) queued" in none.stdout, "a job that succeeded is never run again"
+
+
+def test_operations_on_an_unknown_batch_or_folder_are_usage_errors(tmp_path: Path) -> None:
+    for args in (["status", "nope", "--out", str(tmp_path)], ["cancel", "nope", "--out", str(tmp_path)]):
+        done = run_cli(args, tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "holds no batches" in done.stderr
+    submit = run_cli(["submit", str(write_manifest(tmp_path, 1))], tmp_path)
+    assert submit.returncode == 2 and "submit needs a shared Redis" in submit.stderr
