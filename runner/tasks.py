@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 QUEUE = "wan-batch"
 TASKS = {"submit": "wan_batch.submit", "poll": "wan_batch.poll", "collect": "wan_batch.collect"}
 SWEEP_TASK = "wan_batch.sweep"
-#: How often `wan-batch beat` runs the sweep.
+#: How often `wan-batch beat` runs the sweep (seconds; WAN_BATCH_SWEEP_EVERY_S overrides).
 SWEEP_EVERY_S = 60.0
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 #: Redis redelivers an unacknowledged message after this long; every poll delay is far shorter.
@@ -171,8 +171,13 @@ def _config(broker_url: str) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         # `wan-batch beat`: resume jobs of open batches that stopped moving (lost messages).
-        "beat_schedule": {"sweep": {"task": SWEEP_TASK, "schedule": SWEEP_EVERY_S, "options": {"queue": QUEUE}}},
+        "beat_schedule": {"sweep": {"task": SWEEP_TASK, "schedule": _sweep_every_s(), "options": {"queue": QUEUE}}},
     }
+
+
+def _sweep_every_s() -> float:
+    raw = os.environ.get("WAN_BATCH_SWEEP_EVERY_S", "").strip()
+    return float(raw) if raw else SWEEP_EVERY_S
 
 
 def redis_py_url(broker_url: str) -> str:

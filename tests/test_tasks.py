@@ -72,3 +72,24 @@ def test_a_step_that_keeps_failing_fails_its_job_and_frees_the_slot(
 def test_kombu_socket_urls_become_redis_py_urls() -> None:
     assert redis_py_url("redis+socket:///tmp/r.sock") == "unix:///tmp/r.sock"
     assert redis_py_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_beat_sends_the_sweep(redis_client: redis.Redis, redis_server: Any, tmp_path: Path) -> None:
+    """`wan-batch beat`, for real, publishes the sweep task on its schedule."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "WAN_BATCH_SWEEP_EVERY_S": "1"}
+    command = [str(Path(sys.executable).parent / "wan-batch"), "beat", "--redis", redis_server.broker_url,
+               "--schedule-file", str(tmp_path / "schedule"), "--loglevel", "WARNING"]  # fmt: skip
+    beat = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not queued_messages(redis_client) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+    assert [m["task"] for m in queued_messages(redis_client)][:1] == ["wan_batch.sweep"]
