@@ -209,38 +209,6 @@ def test_shared_redis_with_a_separate_worker(
     assert_report_matches_disk(tmp_path / "out")
 
 
-def test_ctrl_c_stops_cleanly_and_a_rerun_finishes(tmp_path: Path, sim_factory: Any) -> None:
-    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
-    sim = sim_factory(concurrency=2, run_time="fixed:1.0")
-    manifest = write_manifest(tmp_path, 8)
-    out = tmp_path / "out"
-    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "2"]
-    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
-    process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while sim.stats()["submits"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=90)
-    assert process.returncode == 130, stderr
-    assert "interrupted: requests already at fal are kept" in stderr
-    assert "Traceback" not in stderr, stderr
-    redis_dir = out / ".wan-batch" / "redis"
-    assert not (redis_dir / "redis.sock").exists(), "the private Redis was shut down"
-    assert (out / "batch" / "report.json").exists(), "a report is written on Ctrl-C too"
-    submitted_before = sim.stats()["submits"]
-    assert submitted_before < 8, stderr
-
-    done = run_cli(args, tmp_path)
-    stats = sim.stats()
-    context = f"first run: {stderr}\nrerun: {done.stdout}{done.stderr}\nstats: {stats['submits']} submits"
-    assert done.returncode == 0, context
-    assert stats["duplicate_submits"] == 0, context
-    assert stats["submits"] == 8, context
-    assert report_of(out)["summary"]["counts"]["succeeded"] == 8, context
-
-
 def test_report_command_and_json_output(tmp_path: Path, sim_factory: Any) -> None:
     sim = sim_factory()
     manifest = write_manifest(tmp_path, 3)
@@ -284,36 +252,6 @@ def test_bad_usage_is_refused_before_anything_is_recorded(tmp_path: Path, extra:
     assert "pw-in-the-url-123" not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert not [p for p in files_under(out) if b"pw-in-the-url-123" in p.read_bytes()]
-
-
-def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path: Path, sim_factory: Any) -> None:
-    """SIGTERM to the run alone, as a service manager or `kill` sends it."""
-    sim = sim_factory(concurrency=2, run_time="fixed:1.0")
-    manifest = write_manifest(tmp_path, 8)
-    out = tmp_path / "out"
-    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "2"]
-    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
-    process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while sim.stats()["submits"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=90)
-    assert process.returncode == 143, stderr
-    assert "terminated: requests already at fal are kept; run the same command again to resume" in stderr
-    assert "Traceback" not in stderr, stderr
-    assert not (out / ".wan-batch" / "redis" / "redis.sock").exists(), "the private Redis was shut down"
-    assert (out / "batch" / "report.json").exists(), "a report is written on SIGTERM too"
-    assert sim.stats()["submits"] < 8, stderr
-
-    done = run_cli(args, tmp_path)
-    stats = sim.stats()
-    context = f"first run: {stderr}\nrerun: {done.stdout}{done.stderr}\nstats: {stats['submits']} submits"
-    assert done.returncode == 0, context
-    assert stats["duplicate_submits"] == 0, context
-    assert stats["submits"] == 8, context
-    assert report_of(out)["summary"]["counts"]["succeeded"] == 8, context
 
 
 def test_one_run_at_a_time_per_output_folder(tmp_path: Path, sim_factory: Any) -> None:
@@ -400,3 +338,47 @@ def test_a_shared_redis_without_workers_gets_a_hint(tmp_path: Path, sim_factory:
     assert stderr.count("is a worker running?") == 1
     assert process.returncode == 143, stderr
     assert sim.stats()["submits"] == 0
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group", "exit_code", "said"),
+    [
+        # A terminal's Ctrl-C: SIGINT to the whole foreground process group.
+        (signal.SIGINT, True, 130, "interrupted: requests already at fal are kept"),
+        # A service manager or `kill`: SIGTERM to the run alone.
+        (signal.SIGTERM, False, 143, "terminated: requests already at fal are kept; run the same command again"),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stopped_run_stops_cleanly_and_a_rerun_finishes(
+    tmp_path: Path, sim_factory: Any, signum: int, to_group: bool, exit_code: int, said: str
+) -> None:
+    sim = sim_factory(concurrency=2, run_time="fixed:1.0")
+    manifest = write_manifest(tmp_path, 8)
+    out = tmp_path / "out"
+    args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "2"]
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while sim.stats()["submits"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    _, stderr = process.communicate(timeout=90)
+    assert process.returncode == exit_code, stderr
+    assert said in stderr
+    assert "Traceback" not in stderr, stderr
+    assert not (out / ".wan-batch" / "redis" / "redis.sock").exists(), "the private Redis was shut down"
+    assert (out / "batch" / "report.json").exists(), "a report is written when stopped too"
+    assert sim.stats()["submits"] < 8, stderr
+
+    done = run_cli(args, tmp_path)
+    stats = sim.stats()
+    context = f"first run: {stderr}\nrerun: {done.stdout}{done.stderr}\nstats: {stats['submits']} submits"
+    assert done.returncode == 0, context
+    assert stats["duplicate_submits"] == 0, context
+    assert stats["submits"] == 8, context
+    assert report_of(out)["summary"]["counts"]["succeeded"] == 8, context
