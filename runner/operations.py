@@ -137,14 +137,16 @@ def retry_jobs(
     return requeued, pipeline.admit_next(ctx, batch_id)
 
 
-def resume_lost(ctx: Context, batch_id: str, stale_after_s: float = 0.0) -> list[FollowUp]:
+def resume_lost(
+    ctx: Context, batch_id: str, stale_after_s: float = 0.0, lost_after_s: float = SUBMIT_LOST_AFTER_S
+) -> list[FollowUp]:
     """Re-enqueue jobs that lost their Celery message (a killed worker, a broker restart).
 
     With live workers elsewhere, a job mid-submit is written off only once it
-    has been so for SUBMIT_LOST_AFTER_S; polls are renewed, never resubmits.
+    has been so for `lost_after_s`; polls are renewed, never resubmits.
     """
     return pipeline.resume_batch(ctx, batch_id, stale_after_s=stale_after_s,
-                                 lost_after_s=max(stale_after_s, SUBMIT_LOST_AFTER_S))  # fmt: skip
+                                 lost_after_s=max(stale_after_s, lost_after_s))  # fmt: skip
 
 
 def sweep(ctx: Context, stale_after_s: float) -> dict[str, list[FollowUp]]:

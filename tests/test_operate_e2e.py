@@ -47,7 +47,8 @@ def test_two_workers_one_window_and_a_killed_worker(tmp_path: Path, sim_factory:
         os.kill(workers[0].pid, signal.SIGKILL)  # with tasks prefetched and in progress
         workers[0].wait()
         workers[0] = start_worker(tmp_path, broker)
-        resumed = run_cli(["resume", "batch", "--redis", broker], tmp_path)
+        # The test knows the killed worker is gone: a submit it cut off is written off at once.
+        resumed = run_cli(["resume", "batch", "--redis", broker, "--submit-lost-after-s", "0"], tmp_path)
         assert resumed.returncode == 0, resumed.stderr
         watched = run_cli(["watch", "batch", "--redis", broker], tmp_path, timeout_s=120)
         assert watched.returncode == 0, watched.stderr
@@ -121,3 +122,23 @@ def test_operations_on_an_unknown_batch_or_folder_are_usage_errors(tmp_path: Pat
         assert "holds no batches" in done.stderr
     submit = run_cli(["submit", str(write_manifest(tmp_path, 1))], tmp_path)
     assert submit.returncode == 2 and "submit needs a shared Redis" in submit.stderr
+
+
+def test_a_worker_can_serve_an_output_folder(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory(faults=FaultRates(model_error=1.0), fault_limit=1)
+    write_manifest(tmp_path, 2)
+    first = run_cli(["run", "batch.jsonl", "--base-url", sim.base_url, "--out", "out", "--quiet", "--max-attempts",
+                     "1"], tmp_path)  # fmt: skip
+    assert first.returncode == 1
+    assert run_cli(["retry", "batch", "--out", "out"], tmp_path).returncode == 0
+    env = {**os.environ, **CELERY_ENV}
+    worker = subprocess.Popen([WAN_BATCH, "worker", "--out", "out", "--loglevel", "WARNING"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: sim.stats()["submits"] >= 3 and json.loads(
+            run_cli(["status", "batch", "--out", "out", "--json"], tmp_path).stdout)["finished"])  # fmt: skip
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    status = json.loads(run_cli(["status", "batch", "--out", "out", "--json"], tmp_path).stdout)
+    assert status["counts"]["succeeded"] == 2 and sim.stats()["submits"] == 3

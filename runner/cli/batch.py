@@ -18,12 +18,12 @@ from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import ManifestError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.status import JobStatus
-from runner.batch_run import RunRequest, RunResult, UsageError, load_batch, report_batch, run_batch
+from runner.batch_run import RunRequest, RunResult, UsageError, load_batch, open_ledger, report_batch, run_batch
 from runner.cli.sim import check_run_time
 from runner.manifests import load_manifest
 from runner.progress import ProgressBar, failure_lines
 from runner.settings import MIB, InputSettings
-from runner.tasks import create_app
+from runner.tasks import QUEUE, create_app
 
 MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -178,15 +178,20 @@ def report(folder: Path, redis_url: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--redis", "redis_url", envvar="REDIS_URL", required=True, help="The shared Redis (or REDIS_URL).")
+@click.option("--redis", "redis_url", envvar="REDIS_URL", help="The shared Redis (or REDIS_URL).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
+              help="Without --redis: work on the batches of this output folder of `wan-batch run`.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Worker threads.")
+@click.option("--queues", default=QUEUE, show_default=True, help="Comma-separated queues to take tasks from.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(redis_url: str, concurrency: int, loglevel: str) -> None:
-    """Run a worker for batches in a shared Redis (same as `celery -A runner.tasks worker`).
+def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, loglevel: str) -> None:  # fmt: skip
+    """Run a worker (the same as `celery -A runner.tasks worker -P threads`) until Ctrl-C.
 
     The credential comes from this machine's FAL_KEY or WAN_BATCH_GATEWAY_TOKEN.
     """
-    create_app(redis_url).Worker(pool="threads", concurrency=concurrency, loglevel=loglevel).start()
+    with open_ledger(redis_url, out) as (_, broker_url):
+        app = create_app(broker_url)
+        app.Worker(pool="threads", concurrency=concurrency, loglevel=loglevel, queues=queues.split(",")).start()
 
 
 def _print_result(result: RunResult, as_json: bool) -> None:

@@ -169,11 +169,13 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
 @click.command()
 @click.argument("batch_id")
 @_where
-def resume(batch_id: str, redis_url: str | None, out: Path) -> None:
+@click.option("--submit-lost-after-s", type=click.FloatRange(min=0), default=operations.SUBMIT_LOST_AFTER_S,
+              show_default=True, help="A job caught mid-submit this long is written off (never resent).")
+def resume(batch_id: str, redis_url: str | None, out: Path, submit_lost_after_s: float) -> None:
     """Re-enqueue the jobs of BATCH_ID that lost their task: polled again, never resubmitted."""
     with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
         _batch_view(ledger, batch_id)
-        follow = operations.resume_lost(_context(ledger, http), batch_id)
+        follow = operations.resume_lost(_context(ledger, http), batch_id, lost_after_s=submit_lost_after_s)
         schedule(create_app(broker_url), batch_id, follow)
     click.echo(f"batch {batch_id}: {len(follow)} task(s) sent again" + _next_step(redis_url))
 
