@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobs.diagnostics import Diagnostic, Severity, dedupe
@@ -246,7 +246,7 @@ class _BatchBuilder:
                 continue
             new_id = f"{job.id}-{seen[job.id]}"
             self._warn(job.line, None, f"same input as line {earlier.line}; runs again as job {new_id!r}")
-            settled.append(_with_id(job, new_id))
+            settled.append(replace(job, id=new_id))
         return settled
 
     def _error(self, line: int | None, name: str | None, message: str) -> None:
@@ -254,12 +254,6 @@ class _BatchBuilder:
 
     def _warn(self, line: int | None, name: str | None, message: str) -> None:
         self.diagnostics.append(Diagnostic(self.manifest.file, line, name, message, Severity.WARNING))
-
-
-def _with_id(job: Job, new_id: str) -> Job:
-    data = job.to_dict()
-    data["id"] = new_id
-    return Job.from_dict(data)
 
 
 class _Merged:

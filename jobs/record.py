@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from jobs.job import Job
@@ -70,8 +70,8 @@ class JobRecord:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["job"] = self.job.to_dict()
         data["status"] = self.status.value
-        data["outputs"] = [_plain(o) for o in self.outputs]
-        data["history"] = [_plain(a) for a in self.history]
+        data["outputs"] = [asdict(o) for o in self.outputs]
+        data["history"] = [asdict(a) for a in self.history]
         return data
 
     @classmethod
@@ -110,7 +110,3 @@ class JobRecord:
         if first is None or self.finished_at is None:
             return None
         return max(0.0, self.finished_at - first)
-
-
-def _plain(item: OutputFile | Attempt) -> dict[str, Any]:
-    return {f.name: getattr(item, f.name) for f in fields(item)}

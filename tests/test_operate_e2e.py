@@ -13,13 +13,11 @@ from typing import Any
 import redis
 
 from runner.simulator import FaultRates
-from tests.test_run_e2e import KEY, WAN_BATCH, report_of, run_cli, write_manifest
-
-CELERY_ENV = {"FAL_KEY": KEY}
+from tests.test_run_e2e import WAN_BATCH, cli_env, report_of, run_cli, write_manifest
 
 
 def start_worker(cwd: Path, broker_url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **CELERY_ENV}
+    env = cli_env()
     return subprocess.Popen([WAN_BATCH, "worker", "--redis", broker_url, "--concurrency", "4", "--loglevel", "WARNING"],
                             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
@@ -147,7 +145,7 @@ def test_a_worker_can_serve_an_output_folder(tmp_path: Path, sim_factory: Any) -
                      "1"], tmp_path)  # fmt: skip
     assert first.returncode == 1
     assert run_cli(["retry", "batch", "--out", "out"], tmp_path).returncode == 0
-    env = {**os.environ, **CELERY_ENV}
+    env = cli_env()
     worker = subprocess.Popen([WAN_BATCH, "worker", "--out", "out", "--loglevel", "WARNING"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:

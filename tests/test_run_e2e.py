@@ -23,10 +23,15 @@ WAN_BATCH = str(Path(sys.executable).parent / "wan-batch")
 KEY = "sim-key-for-tests"
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment without the developer's Redis and credentials, with the simulator's key."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FAL_KEY", "WAN_BATCH_GATEWAY_TOKEN")}
+    return {**env, "FAL_KEY": KEY, **extra}
+
+
 def run_cli(args: list[str], cwd: Path, timeout_s: float = 90, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FAL_KEY", "WAN_BATCH_GATEWAY_TOKEN")}
-    full_env.update({"FAL_KEY": KEY, **env})
-    return subprocess.run([WAN_BATCH, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run([WAN_BATCH, *args], cwd=cwd, env=cli_env(**env), capture_output=True, text=True,
+                          timeout=timeout_s)  # fmt: skip
 
 
 def write_manifest(folder: Path, jobs: int, endpoint: str = WAN25_I2I) -> Path:
@@ -98,7 +103,7 @@ def test_sigkill_mid_run_then_rerun_pays_for_nothing_twice(tmp_path: Path, sim_f
     manifest = write_manifest(tmp_path, 12)
     args = [WAN_BATCH, "run", str(manifest), "--base-url", sim.base_url, "--out", str(tmp_path / "out"),
             "--quiet", "--max-in-flight", "4"]  # fmt: skip
-    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    env = cli_env()
     process = subprocess.Popen(args, cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 60
@@ -190,7 +195,7 @@ def test_shared_redis_with_a_separate_worker(
     redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
     sim = sim_factory()
     write_manifest(tmp_path, 5, endpoint=WAN22_I2I)
-    env = {**os.environ, "FAL_KEY": KEY, "REDIS_URL": redis_server.broker_url}
+    env = cli_env(REDIS_URL=redis_server.broker_url)
     command = {
         "wan-batch": [WAN_BATCH, "worker", "--redis", redis_server.broker_url, "--concurrency", "4", "--loglevel", "WARNING"],
         "celery": [str(Path(sys.executable).parent / "celery"), "-A", "runner.tasks", "worker", "-P", "threads", "-c", "4",
@@ -260,7 +265,7 @@ def test_one_run_at_a_time_per_output_folder(tmp_path: Path, sim_factory: Any) -
     manifest = write_manifest(tmp_path, 3)
     out = tmp_path / "out"
     args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "1"]
-    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    env = cli_env()
     first = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -312,7 +317,7 @@ def test_a_shared_redis_without_workers_gets_a_hint(tmp_path: Path, sim_factory:
     client.flushall()
     sim = sim_factory()
     manifest = write_manifest(tmp_path, 2)
-    env = {**os.environ, "FAL_KEY": KEY}
+    env = cli_env()
     command = [WAN_BATCH, "run", str(manifest), "--redis", redis_server.broker_url, "--base-url", sim.base_url,
                "--out", str(tmp_path / "out"), "--quiet", "--stall-hint-s", "0.3"]  # fmt: skip
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -357,7 +362,7 @@ def test_a_stopped_run_stops_cleanly_and_a_rerun_finishes(
     manifest = write_manifest(tmp_path, 8)
     out = tmp_path / "out"
     args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "2"]
-    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
+    env = cli_env()
     process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 60
