@@ -293,7 +293,7 @@ def _is_sim_url(url: str) -> bool:
 
 
 def _shown_url(url: str) -> str:
-    """`url` without any user info (a batch recorded by an older version may hold a password)."""
+    """`url` without user info: a second guard, after the provider check, that no password is shown."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
