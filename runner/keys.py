@@ -42,6 +42,36 @@ class Keys:
         """List: the latest run times (seconds) seen, newest first; feeds the poll delay."""
         return f"{self.prefix}:batch:{batch_id}:runtimes"
 
+    def ended(self, batch_id: str) -> str:
+        """String: set once when the batch's last job ends (cleared when jobs are retried)."""
+        return f"{self.prefix}:batch:{batch_id}:ended"
+
+    @property
+    def schedules(self) -> str:
+        """Set: names of the schedules."""
+        return f"{self.prefix}:schedules"
+
+    def schedule(self, name: str) -> str:
+        """Hash: a schedule's settings (`spec`), state (`current`, `waiting`) and stored manifest."""
+        return f"{self.prefix}:schedule:{name}"
+
+    def firings(self, name: str) -> str:
+        """Hash: the schedule's firings by id, each as JSON."""
+        return f"{self.prefix}:schedule:{name}:firings"
+
+    def firing_order(self, name: str) -> str:
+        """Sorted set: firing ids scored by when they fired."""
+        return f"{self.prefix}:schedule:{name}:order"
+
+    def slot(self, name: str, slot: float) -> str:
+        """String: set by the one firing of a schedule's slot (however many schedulers sent it)."""
+        return f"{self.prefix}:schedule:{name}:slot:{slot:.3f}"
+
+    @property
+    def beat_prefix(self) -> str:
+        """celery-redbeat's keys: the scheduler's entries, its schedule and its lock."""
+        return f"{self.prefix}:beat:"
+
     def job_prefix(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:job:"
 

@@ -51,6 +51,10 @@ class BatchInfo(BaseModel):
     start_timeout_s: float | None = None
     #: Cap of a local image sent as a data URI.
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    #: The worker that ends the last job writes the report (batches nobody follows: submitted, scheduled).
+    report_when_done: bool = False
+    #: The schedule whose firing made this batch.
+    schedule: str | None = None
 
 
 class Ledger:
@@ -81,6 +85,17 @@ class Ledger:
 
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
+
+    def claim_end(self, batch_id: str) -> bool:
+        """True for exactly one caller once every job of the batch is final (again after a retry)."""
+        counts = self.counts(batch_id)
+        if any(n for status, n in counts.items() if not status.is_final) or not any(counts.values()):
+            return False
+        return bool(self.redis.set(self.keys.ended(batch_id), json.dumps(time.time()), nx=True))
+
+    def reopen(self, batch_id: str) -> None:
+        """Jobs were put back in line: the batch will end again."""
+        self.redis.delete(self.keys.ended(batch_id))
 
     def batch_ids(self) -> list[str]:
         """Every batch, oldest first."""

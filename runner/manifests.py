@@ -10,16 +10,17 @@ from runner.local_images import check_batch_images
 from runner.settings import InputSettings
 
 
-def load_manifest(path: Path, options: ManifestOptions, settings: InputSettings) -> Batch:
-    """The validated batch of the manifest at `path`; problems are in `batch.diagnostics`.
+def load_manifest(path: Path, options: ManifestOptions, settings: InputSettings, data: bytes | None = None) -> Batch:
+    """The validated batch of the manifest at `path` (or of its content `data`, kept from earlier).
 
-    Local image paths are relative to the manifest's folder.
+    Problems are in `batch.diagnostics`. Local image paths are relative to the manifest's folder.
     """
     name = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return Batch(name, [], 0, [Diagnostic(name, None, None, f"cannot read: {exc.strerror}")])
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return Batch(name, [], 0, [Diagnostic(name, None, None, f"cannot read: {exc.strerror}")])
     batch = parse_manifest(name, data, options)
     image_problems = check_batch_images(batch, path.parent, settings.max_image_bytes)
     if image_problems:

@@ -134,6 +134,7 @@ def retry_jobs(
             requeued.append(record.job.id)
     if requeued:
         ctx.ledger.set_batch_state(batch_id, "open")
+        ctx.ledger.reopen(batch_id)
     return requeued, pipeline.admit_next(ctx, batch_id)
 
 

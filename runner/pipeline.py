@@ -45,9 +45,9 @@ NOT_FINAL = [s for s in JobStatus if s not in FINAL]
 
 @dataclass(frozen=True)
 class FollowUp:
-    """A step to schedule: `task` for `job_id` after `delay_s`."""
+    """A step to schedule: `task` for `job_id` after `delay_s`; "end" follows the last job of a batch."""
 
-    task: Literal["submit", "poll", "collect"]
+    task: Literal["submit", "poll", "collect", "end"]
     job_id: str
     delay_s: float = 0.0
     #: The poll chain it belongs to (polls and collects).
@@ -311,7 +311,10 @@ def _finish(
     BatchFolder(Path(batch.folder)).write_sidecar(final)
     if status is S.FAILED:  # the run's summary lists failures; this is for worker logs
         log.info("job %s failed: %s: %s", record.job.id, error_type, message)
-    return admit_next(ctx, batch.id)
+    follow = admit_next(ctx, batch.id)
+    if batch.report_when_done and ctx.ledger.claim_end(batch.id):
+        follow.append(FollowUp("end", record.job.id))
+    return follow
 
 
 def _seen(record: JobRecord, token: int | None) -> dict[str, Any]:

@@ -14,15 +14,16 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import redis
-from celery import Celery
+from celery import Celery, Task
 from pydantic import SecretStr
 
 from jobs.errors import AuthError
-from runner import operations, pipeline
+from runner import operations, pipeline, schedules
+from runner.keys import Keys
 from runner.ledger import BatchInfo, Ledger
 from runner.pipeline import Context, FollowUp
 from runner.providers import Provider
@@ -31,9 +32,16 @@ from runner.retry import retry_delay_s
 from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 QUEUE = "wan-batch"
-TASKS = {"submit": "wan_batch.submit", "poll": "wan_batch.poll", "collect": "wan_batch.collect"}
+TASKS = {"submit": "wan_batch.submit", "poll": "wan_batch.poll", "collect": "wan_batch.collect",
+         "end": "wan_batch.batch_end"}  # fmt: skip
 SWEEP_TASK = "wan_batch.sweep"
+FIRE_TASK = "wan_batch.fire_schedule"
+START_WAITING_TASK = "wan_batch.start_waiting"
+NOTIFY_TASK = "wan_batch.notify"
+#: How often beat looks at its schedule at most (seconds); RedBeat's lock lapses after 5 times this.
+BEAT_MAX_INTERVAL_S = 5
 #: How often `wan-batch beat` runs the sweep (seconds; WAN_BATCH_SWEEP_EVERY_S overrides).
 SWEEP_EVERY_S = 60.0
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -69,7 +77,58 @@ def create_app(broker_url: str | None = None, context_factory: Callable[[], Cont
     for kind, step in (("submit", submit), ("poll", poll), ("collect", collect)):
         app.task(name=TASKS[kind], ignore_result=True, shared=False)(step)
     app.task(name=SWEEP_TASK, ignore_result=True, shared=False)(sweep)
+    _add_schedule_tasks(app, contexts)
     return app
+
+
+def _add_schedule_tasks(app: Celery, contexts: _ContextCache) -> None:
+    """The tasks around a batch's end and the schedules: report, fire, start what waited, notify."""
+
+    def batch_end(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
+        step = FollowUp("end", job_id, tries=tries)
+        fired = _guarded(app, contexts.get(), step, batch_id, lambda ctx: schedules.batch_ended(ctx, batch_id))
+        if fired is not None:
+            send_fired(app, fired)
+
+    def fire_schedule(self: Task, name: str, slot: float, trigger: schedules.Trigger = "schedule") -> None:
+        token = self.request.id or f"{name}:{slot}"
+        send_fired(app, schedules.fire(contexts.get(), name, slot, trigger, token))
+
+    def start_waiting(name: str, firing_id: str) -> None:
+        send_fired(app, schedules.start_waiting(contexts.get(), name, firing_id))
+
+    def notify(name: str, firing_id: str, tries: int = 0) -> None:
+        delay_s = schedules.notify(contexts.get(), name, firing_id, tries)
+        if delay_s is not None:
+            app.send_task(NOTIFY_TASK, args=[name, firing_id], kwargs={"tries": tries + 1}, countdown=delay_s,
+                          queue=QUEUE)  # fmt: skip
+
+    app.task(name=TASKS["end"], ignore_result=True, shared=False)(batch_end)
+    app.task(name=FIRE_TASK, ignore_result=True, shared=False, bind=True)(fire_schedule)
+    app.task(name=START_WAITING_TASK, ignore_result=True, shared=False)(start_waiting)
+    app.task(name=NOTIFY_TASK, ignore_result=True, shared=False)(notify)
+
+
+def send_fired(app: Celery, fired: schedules.Fired) -> None:
+    """Send what a firing step left: its batch's submits, firings that waited, the notification."""
+    for batch_id, follow in fired.follow.items():
+        schedule(app, batch_id, follow)
+    for firing_id in fired.start:
+        app.send_task(START_WAITING_TASK, args=[fired.schedule, firing_id], queue=QUEUE)
+    if fired.notify and fired.firing is not None:
+        app.send_task(NOTIFY_TASK, args=[fired.schedule, fired.firing.id], queue=QUEUE)
+
+
+def _guarded(app: Celery, context: Context, step: FollowUp, batch_id: str, work: Callable[[Context], T]) -> T | None:
+    """Run `work`; when it blows up, send `step` again after a backoff, a few times, then give up loudly."""
+    try:
+        return work(context)
+    except Exception:
+        log.exception("%s of batch %s failed unexpectedly", step.task, batch_id)
+        if step.tries < context.settings.max_call_retries:
+            delay_s = retry_delay_s(step.tries + 1, context.settings.retry, None, context.rng)
+            schedule(app, batch_id, [replace(step, delay_s=delay_s, tries=step.tries + 1)])
+        return None
 
 
 def run_step(app: Celery, context: Context, step: FollowUp, batch_id: str) -> None:
@@ -172,6 +231,12 @@ def _config(broker_url: str) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         # `wan-batch beat`: resume jobs of open batches that stopped moving (lost messages).
         "beat_schedule": {"sweep": {"task": SWEEP_TASK, "schedule": _sweep_every_s(), "options": {"queue": QUEUE}}},
+        # ... and fire the schedules (`wan-batch schedule`), kept with RedBeat in the same Redis.
+        "beat_scheduler": "runner.beat:Scheduler",
+        "beat_max_loop_interval": BEAT_MAX_INTERVAL_S,
+        "redbeat_redis_url": redis_py_url(broker_url),
+        "redbeat_redis_options": {},
+        "redbeat_key_prefix": Keys().beat_prefix,
     }
 
 

@@ -12,18 +12,8 @@ import redis
 from celery.signals import worker_init
 
 from jobs.status import JobStatus
-from runner.batch_run import (
-    FolderInUseError,
-    RunRequest,
-    StallWatch,
-    UsageError,
-    batch_id_for,
-    check_same_provider,
-    hold_folder,
-    load_batch,
-    provider_for,
-    run_batch,
-)
+from runner.batch_run import FolderInUseError, StallWatch, hold_folder, run_batch
+from runner.intake import RunRequest, UsageError, batch_id_for, check_same_provider, load_batch, provider_for
 from runner.embedded_redis import EmbeddedRedis
 from runner.ledger import BatchInfo, Ledger
 from runner.providers import FAL_QUEUE_URL, Provider

@@ -83,7 +83,7 @@ def test_beat_sends_the_sweep(redis_client: redis.Redis, redis_server: Any, tmp_
 
     env = {**os.environ, "WAN_BATCH_SWEEP_EVERY_S": "1"}
     command = [str(Path(sys.executable).parent / "wan-batch"), "beat", "--redis", redis_server.broker_url,
-               "--schedule-file", str(tmp_path / "schedule"), "--loglevel", "WARNING"]  # fmt: skip
+               "--loglevel", "WARNING"]  # fmt: skip
     beat = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

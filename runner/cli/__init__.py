@@ -7,8 +7,8 @@ from typing import Any
 import click
 import redis
 
-from runner.batch_run import UsageError
-from runner.cli import batch, operate, sim
+from runner.cli import batch, operate, schedule, sim
+from runner.intake import UsageError
 
 
 class _Group(click.Group):
@@ -32,6 +32,6 @@ def main() -> None:
 for _command in (
     batch.validate, batch.run, batch.report, batch.worker, sim.sim,
     operate.submit, operate.batches, operate.status, operate.watch,
-    operate.cancel, operate.retry, operate.resume, operate.beat,
+    operate.cancel, operate.retry, operate.resume, operate.beat, schedule.schedule,
 ):  # fmt: skip
     main.add_command(_command)

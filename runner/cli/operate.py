@@ -20,7 +20,8 @@ import httpx
 from jobs.errors import ManifestError
 from jobs.status import JobStatus
 from runner import operations
-from runner.batch_run import RunRequest, UsageError, load_batch, open_ledger, submit_batch
+from runner.batch_run import open_ledger, submit_batch
+from runner.intake import RunRequest, UsageError, load_batch
 from runner.ledger import Ledger
 from runner.pipeline import Context
 from runner.progress import ProgressBar
@@ -182,12 +183,13 @@ def resume(batch_id: str, redis_url: str | None, out: Path, submit_lost_after_s:
 
 @click.command()
 @click.option("--redis", "redis_url", envvar="REDIS_URL", required=True, help="The shared Redis (or REDIS_URL).")
-@click.option("--schedule-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("celerybeat-schedule"),
-              show_default=True, help="Where beat keeps when each periodic task last ran.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def beat(redis_url: str, schedule_file: Path, loglevel: str) -> None:
-    """Run the scheduler: the sweep that resumes jobs of open batches that stopped moving."""
-    create_app(redis_url).Beat(loglevel=loglevel, schedule=str(schedule_file)).run()
+def beat(redis_url: str, loglevel: str) -> None:
+    """Run the scheduler: the schedules (`wan-batch schedule`) and the sweep that resumes stalled jobs.
+
+    Its state lives in Redis (celery-redbeat): run as many as you like, one fires.
+    """
+    create_app(redis_url).Beat(loglevel=loglevel).run()
 
 
 def _next_step(redis_url: str | None) -> str:

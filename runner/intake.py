@@ -1,0 +1,221 @@
+"""From a manifest to a recorded batch: validate it, pick the provider, record it, and write its report.
+
+What `wan-batch run`, `submit` and a schedule's firing share. Nothing here
+sends a Celery task: the caller sends the follow-ups `enqueue_batch` hands it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, ValidationError
+
+from jobs.errors import ManifestError, WanBatchError
+from jobs.manifest import Batch, ManifestOptions
+from jobs.record import JobRecord
+from jobs.status import JobStatus
+from runner.ledger import BatchInfo, Ledger
+from runner.manifests import load_manifest
+from runner.operations import resume_lost
+from runner.pipeline import Context, FollowUp
+from runner.providers import FAL_QUEUE_URL, Provider
+from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
+from runner.simulator.config import SimConfig
+from runner.storage import BatchFolder
+
+
+class UsageError(WanBatchError):
+    """The command cannot run as asked (a missing credential, a clashing batch id)."""
+
+
+class RunRequest(BaseModel):
+    manifest: Path
+    out: Path = Path("out")
+    batch_id: str | None = None
+    endpoint: str | None = None
+    skip_invalid: bool = False
+    sim: bool = False
+    sim_concurrency: int = Field(default=4, gt=0)
+    sim_run_time: str = "uniform:0.5,1.5"
+    base_url: str | None = None
+    redis_url: str | None = None
+    max_in_flight: int = Field(default=10, gt=0)
+    workers: int = Field(default=8, gt=0)
+    max_attempts: int = Field(default=3, gt=0)
+    max_image_mb: float = Field(default=10.0, gt=0)
+    priority: Literal["normal", "low"] | None = None
+    start_timeout_s: float | None = None
+    #: With a shared Redis: seconds without any job changing status before hinting that no worker runs.
+    stall_hint_s: float = Field(default=60.0, gt=0)
+
+
+@dataclass
+class RunResult:
+    batch_id: str
+    folder: Path
+    counts: dict[JobStatus, int]
+    report_csv: Path
+    report_json: Path
+    summary: dict[str, object]
+    synced: dict[str, int]
+    failures: list[JobRecord]
+
+
+def load_batch(request: RunRequest, data: bytes | None = None) -> Batch:
+    """The validated manifest (or its kept content `data`); raises ManifestError unless it may run.
+
+    A manifest with errors may run only with `skip_invalid`, and only if some rows are valid.
+    """
+    settings = InputSettings(max_image_bytes=int(request.max_image_mb * MIB))
+    batch = load_manifest(request.manifest, ManifestOptions(default_endpoint=request.endpoint), settings, data)
+    if (batch.errors and not request.skip_invalid) or not batch.jobs:
+        raise ManifestError(batch.diagnostics)
+    return batch
+
+
+def provider_for(request: RunRequest) -> Provider:
+    """The queue a run without `--sim` sends to, with its credential from the environment.
+
+    A gateway token (WAN_BATCH_GATEWAY_TOKEN) is used only with `base_url`;
+    otherwise FAL_KEY. Raises UsageError when no credential fits, or when
+    `base_url` is not a plain http(s) URL; the message never shows the URL,
+    which may hold a password.
+    """
+    token, fal_key = credential_from_env("Bearer"), credential_from_env("Key")
+    if request.base_url is not None and token:
+        scheme: Literal["Key", "Bearer"] = "Bearer"
+        credential, base_url = token, request.base_url
+    elif fal_key:
+        scheme, credential, base_url = "Key", fal_key, request.base_url or FAL_QUEUE_URL
+    elif token:
+        raise UsageError("WAN_BATCH_GATEWAY_TOKEN needs --base-url (the gateway's queue URL); or set FAL_KEY for fal")
+    else:
+        raise UsageError(
+            "no credential: set FAL_KEY (or WAN_BATCH_GATEWAY_TOKEN with --base-url), or try it with --sim"
+        )
+    try:
+        provider = Provider(base_url=base_url, auth_scheme=scheme, credential=credential)
+        port_ok = urlsplit(provider.base_url).port != 0
+    except ValidationError as exc:
+        raise UsageError(_describe_invalid(exc, scheme)) from None
+    except ValueError:  # urllib's complaint about the port quotes the URL
+        port_ok = False
+    if not port_ok:
+        raise UsageError("--base-url: its port is not a number from 1 to 65535")
+    return provider
+
+
+def _describe_invalid(exc: ValidationError, scheme: Literal["Key", "Bearer"]) -> str:
+    """pydantic's complaint without the value it refused (a URL with a password, a credential)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        what = "--base-url" if error["loc"] == ("base_url",) else CREDENTIAL_ENV[scheme]
+        problems.append(f"{what}: {error['msg'].removeprefix('Value error, ')}")
+    hint = " (credentials go in FAL_KEY or WAN_BATCH_GATEWAY_TOKEN, never in the URL)"
+    return "; ".join(problems) + hint
+
+
+def batch_id_for(manifest: Path) -> str:
+    """The batch id of a manifest: its file name without extension, made safe for paths and keys."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", manifest.stem).strip("-.") or "batch"
+    return stem[:80]
+
+
+def record_batch(
+    ledger: Ledger, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None
+) -> BatchInfo:
+    batch_id = request.batch_id or batch_id_for(request.manifest)
+    folder = unattended.folder if unattended and unattended.folder else request.out / batch_id
+    manifest = str(request.manifest.resolve())
+    existing = ledger.batch(batch_id)
+    if existing is not None and existing.manifest != manifest:
+        raise UsageError(
+            f"{request.out / batch_id} holds batch {batch_id!r} of another manifest ({existing.manifest});"
+            " pass --batch-id or another --out"
+        )
+    if existing is not None:
+        check_same_provider(existing, provider, request.sim)
+    info = BatchInfo(
+        id=batch_id, manifest=manifest, folder=str(folder.resolve()),
+        created_at=existing.created_at if existing else time.time(), jobs=len(batch.jobs),
+        max_in_flight=request.max_in_flight, max_attempts=request.max_attempts, state="open",
+        provider_url=provider.base_url, auth_scheme=provider.auth_scheme, priority=request.priority,
+        start_timeout_s=request.start_timeout_s, max_image_bytes=int(request.max_image_mb * MIB),
+        report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
+    )  # fmt: skip
+    ledger.save_batch(info)
+    BatchFolder(Path(info.folder)).prepare()
+    return info
+
+
+def check_same_provider(existing: BatchInfo, provider: Provider, sim: bool) -> None:
+    """Raise UsageError unless a rerun of `existing` goes to the provider that holds its requests.
+
+    A `--sim` rerun of a simulator batch passes: the simulator's port changes
+    every run. The message names URLs and credential variables, never a credential.
+    """
+    if not existing.provider_url:
+        return
+    if sim and is_sim_url(existing.provider_url):
+        return
+    if (existing.provider_url.rstrip("/"), existing.auth_scheme) == (provider.base_url, provider.auth_scheme):
+        return
+    was = f"{shown_url(existing.provider_url)} ({CREDENTIAL_ENV[existing.auth_scheme]})"
+    now = "the simulator (--sim)" if sim else f"{provider.base_url} ({CREDENTIAL_ENV[provider.auth_scheme]})"
+    hint = "; rerun it with --sim" if is_sim_url(existing.provider_url) and not sim else ""
+    raise UsageError(
+        f"batch {existing.id!r} was sent to {was}; its requests cannot be followed at {now}{hint}"
+        " (or pass --batch-id or another --out to start a new batch)"
+    )
+
+
+def is_sim_url(url: str) -> bool:
+    """Whether `url` looks like the address of a `--sim` run's simulator."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname == SimConfig().host
+
+
+def shown_url(url: str) -> str:
+    """`url` without user info: a second guard, after the provider check, that no password is shown."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: dict[str, int]) -> RunResult:
+    """Write the batch's `report.csv` and `report.json` from its ledger."""
+    records = list(ledger.records(info.id))
+    folder = BatchFolder(Path(info.folder))
+    provider_url = shown_url(info.provider_url)
+    extra = {"batch_id": info.id, "manifest": info.manifest, "provider_url": provider_url, "wall_s": wall_s}
+    csv_path, json_path, summary = folder.write_reports(records, extra)
+    failures = [r for r in records if r.status is JobStatus.FAILED]
+    return RunResult(info.id, folder.path, ledger.counts(info.id), csv_path, json_path, summary, synced, failures)
+
+
+@dataclass(frozen=True)
+class Unattended:
+    """A batch nobody follows: the worker that ends its last job writes its report."""
+
+    #: Its output folder, when not OUT/<batch id> (a schedule's OUT/<schedule>/<date-time>).
+    folder: Path | None = None
+    #: The schedule whose firing makes it.
+    schedule: str | None = None
+
+
+def enqueue_batch(
+    context: Context, request: RunRequest, batch: Batch, provider: Provider,
+    send: Callable[[str, list[FollowUp]], None], unattended: Unattended | None = None,
+) -> tuple[BatchInfo, dict[str, int]]:  # fmt: skip
+    """Record `batch` for workers (unattended) and send the submits its window admits."""
+    info = record_batch(context.ledger, request, batch, provider, unattended or Unattended())
+    synced = context.ledger.sync_jobs(info.id, batch.jobs, time.time())
+    send(info.id, resume_lost(context, info.id))
+    return info, dict(synced)
