@@ -151,10 +151,16 @@ def resume_lost(
 
 
 def sweep(ctx: Context, stale_after_s: float) -> dict[str, list[FollowUp]]:
-    """For every open, unfinished batch: resume the jobs with no progress for `stale_after_s`."""
+    """For every open, unfinished batch: resume the jobs with no progress for `stale_after_s`.
+
+    An unattended batch that ended without its report (the end task was lost) gets it now.
+    """
     follow: dict[str, list[FollowUp]] = {}
     for info, counts in list_batches(ctx.ledger):
-        if info.state != "open" or all(n == 0 for s, n in counts.items() if not s.is_final):
+        if all(n == 0 for s, n in counts.items() if not s.is_final):
+            if info.report_when_done and ctx.ledger.claim_end(info.id):
+                follow[info.id] = [FollowUp("end", "")]
             continue
-        follow[info.id] = resume_lost(ctx, info.id, stale_after_s)
+        if info.state == "open":
+            follow[info.id] = resume_lost(ctx, info.id, stale_after_s)
     return follow

@@ -1,6 +1,9 @@
+import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from PIL import Image
@@ -59,3 +62,31 @@ def sim_factory() -> Iterator[Any]:
     yield start
     for context in started:
         context.__exit__(None, None, None)
+
+
+class _Hook(BaseHTTPRequestHandler):
+    """Records each POST; answers with the next status of `answers` (200 when none is left)."""
+
+    answers: ClassVar[list[int]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append({"path": self.path, "json": json.loads(body)})
+        self.send_response(type(self).answers.pop(0) if type(self).answers else 200)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, Any]]:
+    """A real HTTP endpoint (a webhook's URL with a token in its path) that records what is POSTed to it."""
+    handler = type("Hook", (_Hook,), {"answers": [], "received": []})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hooks/S3CR3T", handler
+    server.shutdown()
+    server.server_close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +85,13 @@ def world_factory(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
         context.__exit__(None, None, None)
 
 
-def run_until_quiet(world: World, follow: list[FollowUp], advance_s: float = 1.5, rounds: int = 20) -> None:
-    """Run follow-ups as a worker would, moving the simulator's clock instead of waiting."""
+def run_until_quiet(world: World, follow: list[FollowUp], advance_s: float = 1.5, rounds: int = 20,
+                    on_end: Callable[[FollowUp], None] | None = None) -> None:  # fmt: skip
+    """Run follow-ups as a worker would, moving the simulator's clock instead of waiting; ends go to `on_end`."""
     steps = {"submit": lambda f: pipeline.submit_job(world.ctx, "b", f.job_id, f.tries),
              "poll": lambda f: pipeline.poll_job(world.ctx, "b", f.job_id, f.token, f.tries),
-             "collect": lambda f: pipeline.collect_job(world.ctx, "b", f.job_id, f.token, f.tries)}  # fmt: skip
+             "collect": lambda f: pipeline.collect_job(world.ctx, "b", f.job_id, f.token, f.tries),
+             "end": lambda f: _ended(f, on_end)}  # fmt: skip
     for _ in range(rounds):
         if not follow:
             return
@@ -97,3 +99,9 @@ def run_until_quiet(world: World, follow: list[FollowUp], advance_s: float = 1.5
             world.clock.advance(advance_s)
         follow = [nxt for f in follow for nxt in steps[f.task](f)]
     raise AssertionError(f"still busy after {rounds} rounds: {follow}")
+
+
+def _ended(follow: FollowUp, on_end: Callable[[FollowUp], None] | None) -> list[FollowUp]:
+    assert on_end is not None, f"unexpected end of the batch: {follow}"
+    on_end(follow)
+    return []

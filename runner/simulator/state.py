@@ -340,6 +340,7 @@ class RequestStore:
         waited_until = started if started is not None else completed
         return {
             "endpoint": request.submission.endpoint,
+            "priority": "low" if request.submission.low_priority else "normal",
             "submitted_at": self.wall_time(request.submitted_at),
             "started_at": None if started is None else self.wall_time(started),
             "completed_at": None if completed is None else self.wall_time(completed),

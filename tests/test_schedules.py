@@ -1,0 +1,299 @@
+"""A schedule's firings on a real Redis: one batch per slot, the overlap policy, the summary, the notification."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from jobs.schedule import When
+from jobs.status import JobStatus
+from runner import beat, operations, pipeline, schedules
+from runner.ledger import Ledger
+from runner.pipeline import Context, FollowUp
+from runner.schedules import Firing, ScheduleSpec, ScheduleStore
+from runner.settings import WorkerSettings
+from runner.tasks import QUEUE, create_app
+from tests.sim_world import run_until_quiet
+from tests.test_run_e2e import write_manifest
+
+SLOT = datetime(2026, 11, 22, 1, 0, tzinfo=UTC).timestamp()  # 02:00 in Berlin
+HOUR = 3600.0
+
+
+@pytest.fixture
+def ctx(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
+    """A worker's context; no test here reaches fal (the batches are only enqueued)."""
+    monkeypatch.setenv("FAL_KEY", "schedule-test-key")
+    with httpx.Client() as http:
+        yield Context(Ledger(redis_client), http, lambda _batch: pytest.fail("no call to fal expected"),
+                      WorkerSettings())  # fmt: skip
+
+
+def add_schedule(ctx: Context, tmp_path: Path, jobs: int = 3, **spec: Any) -> tuple[ScheduleSpec, Path]:
+    manifest = write_manifest(tmp_path, jobs)
+    when = When.from_options("0 2 * * *", None, "Europe/Berlin", datetime(2026, 11, 21, tzinfo=UTC))
+    values = {"name": "nightly", "when": when.to_dict(), "manifest": str(manifest), "out": str(tmp_path / "out"),
+              "base_url": "http://127.0.0.1:9", "created_at": time.time(), **spec}  # fmt: skip
+    made = ScheduleSpec.model_validate(values)
+    ScheduleStore(ctx.ledger.redis).add(made, manifest.read_bytes())
+    return made, manifest
+
+
+def end_batch(ctx: Context, batch_id: str, failed: int = 0) -> None:
+    """End every job of the batch as a worker would: the first `failed` as model errors."""
+    for n, record in enumerate(ctx.ledger.records(batch_id)):
+        status = JobStatus.FAILED if n < failed else JobStatus.SUCCEEDED
+        error = {"error_type": "model_error", "error_message": "boom"} if n < failed else {}
+        assert ctx.ledger.move(batch_id, record.job.id, [], status, release=True, finished_at=time.time(), **error)
+
+
+def store_of(ctx: Context) -> ScheduleStore:
+    return ScheduleStore(ctx.ledger.redis)
+
+
+def test_a_firing_enqueues_a_batch_in_its_dated_folder_with_low_priority(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path)
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="message-1")
+    assert fired.firing is not None and fired.firing.outcome == "running"
+    assert fired.firing.id == "nightly-2026-11-22T0200"
+    info = ctx.ledger.batch(fired.firing.id)
+    assert info is not None
+    assert Path(info.folder) == (tmp_path / "out" / "nightly" / "2026-11-22T0200").resolve()
+    assert (info.priority, info.schedule, info.report_when_done, info.jobs) == ("low", "nightly", True, 3)
+    assert [f.task for f in fired.follow[info.id]] == ["submit", "submit", "submit"], "the window admits them"
+    assert "schedule-test-key" not in json.dumps(info.model_dump()), "no credential is stored with the batch"
+
+
+def test_a_slot_fires_once_however_many_schedulers_send_it(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path)
+    first = schedules.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
+    second = schedules.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-b")
+    assert first.firing is not None and second.firing is None and not second.follow
+    redelivered = schedules.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
+    assert redelivered.firing == first.firing and not redelivered.follow, "a redelivered message does not redo it"
+    assert ctx.ledger.batch_ids() == ["nightly-2026-11-22T0200"]
+    assert len(store_of(ctx).firings("nightly")) == 1
+
+
+def test_overlap_skip_names_the_running_batch(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, overlap="skip")
+    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    skipped = schedules.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
+    assert running is not None and skipped is not None
+    assert skipped.outcome == "skipped" and skipped.batch_id is None
+    assert skipped.message == f"skipped: {running.id} was still running (overlap: skip)"
+    assert ctx.ledger.batch(skipped.id) is None
+    end_batch(ctx, running.id)
+    assert schedules.batch_ended(ctx, running.id).start == []
+    third = schedules.fire(ctx, "nightly", SLOT + 48 * HOUR, "schedule", token="t3").firing
+    assert third is not None and third.outcome == "running", "once the last batch ended, the next one runs"
+
+
+def test_overlap_queue_waits_for_the_running_batch_then_starts(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, overlap="queue")
+    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    extra = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3").firing
+    assert running is not None and waiting is not None and extra is not None
+    assert waiting.outcome == "waiting" and waiting.message == f"waits for {running.id} to end (overlap: queue)"
+    assert extra.outcome == "skipped" and "one firing already waits" in (extra.message or "")
+    end_batch(ctx, running.id)
+    ended = schedules.batch_ended(ctx, running.id)
+    assert ended.start == [waiting.id]
+    started = schedules.start_waiting(ctx, "nightly", waiting.id)
+    assert started.firing is not None and started.firing.outcome == "running" and started.firing.trigger == "waited"
+    assert ctx.ledger.batch(waiting.id) is not None
+    assert schedules.start_waiting(ctx, "nightly", waiting.id).firing is None, "a repeated start does nothing"
+
+
+def test_a_waiting_firing_starts_even_if_the_end_of_the_one_before_was_never_told(
+    ctx: Context, tmp_path: Path
+) -> None:
+    add_schedule(ctx, tmp_path, overlap="queue")
+    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    assert running is not None and waiting is not None
+    end_batch(ctx, running.id)  # ... and its end task is lost
+    later = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3")
+    assert later.start == [waiting.id], "the waiting firing goes first"
+    assert later.firing is not None and later.firing.outcome == "waiting"
+
+
+def test_the_stored_manifest_is_fired_unless_follow_file(ctx: Context, tmp_path: Path) -> None:
+    _, manifest = add_schedule(ctx, tmp_path, jobs=3)
+    manifest.write_text(manifest.read_text().splitlines()[0] + "\n")  # the file now has one row
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert fired is not None and ctx.ledger.batch(fired.id).jobs == 3  # type: ignore[union-attr]
+    store_of(ctx).save(store_of(ctx).get("nightly").model_copy(update={"follow_file": True}))
+    end_batch(ctx, fired.id)
+    schedules.batch_ended(ctx, fired.id)
+    followed = schedules.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
+    assert followed is not None and ctx.ledger.batch(followed.id).jobs == 1  # type: ignore[union-attr]
+
+
+def test_a_manifest_that_broke_makes_an_error_firing_and_frees_the_schedule(ctx: Context, tmp_path: Path) -> None:
+    _, manifest = add_schedule(ctx, tmp_path, follow_file=True, notify="https://hooks.example.test/T0K3N")
+    row = json.loads(manifest.read_text().splitlines()[0])
+    manifest.write_text(json.dumps({**row, "num_images": 9}) + "\n")
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1")
+    assert fired.firing is not None and fired.firing.outcome == "error" and fired.notify
+    assert fired.firing.message is not None and fired.firing.message.startswith("the manifest does not validate: ")
+    assert f"{manifest}:1: " in fired.firing.message and "num_images" in fired.firing.message
+    assert ctx.ledger.batch_ids() == [], "nothing was submitted"
+    manifest.write_text(json.dumps(row) + "\n")
+    again = schedules.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
+    assert again is not None and again.outcome == "running", "the failed firing holds nothing"
+
+
+def test_paused_and_removed_schedules_fire_nothing_scheduled(ctx: Context, tmp_path: Path) -> None:
+    spec, _ = add_schedule(ctx, tmp_path)
+    store = store_of(ctx)
+    store.save(spec.model_copy(update={"paused": True}))
+    assert schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing is None
+    now = schedules.fire(ctx, "nightly", SLOT + 60, "run-now", token="t2").firing
+    assert now is not None and now.id == "nightly-2026-11-22T0201-now", "run-now fires a paused schedule"
+    store.remove("nightly")
+    assert schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t3").firing is None
+    assert store.names() == [] and store.firings("nightly") == []
+
+
+def test_two_firings_in_one_minute_get_their_own_batches(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, overlap="queue")
+    first = schedules.fire(ctx, "nightly", SLOT + 1.25, "run-now", token="t1").firing
+    second = schedules.fire(ctx, "nightly", SLOT + 1.5, "run-now", token="t2").firing
+    assert first is not None and second is not None
+    assert (first.id, second.id) == ("nightly-2026-11-22T0200-now", "nightly-2026-11-22T0200-now-2")
+
+
+def test_the_end_of_a_scheduled_batch_stores_its_summary_and_report(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, jobs=3)
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert fired is not None
+    end_batch(ctx, fired.id, failed=1)
+    assert ctx.ledger.claim_end(fired.id)
+    ended = schedules.batch_ended(ctx, fired.id)
+    firing = store_of(ctx).firing("nightly", fired.id)
+    assert firing is not None and ended.firing == firing and not ended.notify
+    assert firing.outcome == "done" and firing.summary is not None and firing.ended_at is not None
+    assert firing.summary["counts"]["succeeded"] == 2 and firing.summary["counts"]["failed"] == 1
+    assert firing.summary["failures_by_error_type"] == {"model_error": 1}
+    report = json.loads(Path(firing.summary["report_json"]).read_text())
+    assert report["batch_id"] == fired.id and Path(firing.summary["report_csv"]).is_file()
+
+
+def test_the_last_job_to_end_claims_the_end_once_and_again_after_a_retry(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, jobs=2)
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert fired is not None
+    assert not ctx.ledger.claim_end(fired.id), "jobs are still waiting"
+    end_batch(ctx, fired.id, failed=1)
+    assert [ctx.ledger.claim_end(fired.id) for _ in range(3)] == [True, False, False]
+    requeued, _ = operations.retry_jobs(ctx, fired.id)
+    assert len(requeued) == 1 and not ctx.ledger.claim_end(fired.id)
+    end_batch(ctx, fired.id)
+    assert ctx.ledger.claim_end(fired.id), "the retried batch ends again"
+
+
+def test_a_pipeline_step_that_ends_the_last_job_sends_the_end(world_factory: Any) -> None:
+    world = world_factory(jobs=3, max_in_flight=2)
+    info = world.ctx.ledger.batch("b")
+    world.ctx.ledger.save_batch(info.model_copy(update={"report_when_done": True}))
+    ended: list[FollowUp] = []
+    follow = pipeline.admit_next(world.ctx, "b")
+    run_until_quiet(world, follow, on_end=ended.append)
+    assert [f.task for f in ended] == ["end"], "exactly one step ends the batch"
+
+
+def test_the_sweep_ends_an_unattended_batch_whose_end_was_lost(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, jobs=2)
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert fired is not None
+    end_batch(ctx, fired.id)  # moved by hand: no step claimed the end
+    assert operations.sweep(ctx, stale_after_s=300) == {fired.id: [FollowUp("end", "")]}
+    assert operations.sweep(ctx, stale_after_s=300) == {}, "once"
+
+
+def test_notify_posts_the_summary_and_retries_a_failed_delivery(
+    ctx: Context, tmp_path: Path, hook: tuple[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, handler = hook
+    add_schedule(ctx, tmp_path, jobs=2, notify=url)
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert fired is not None
+    end_batch(ctx, fired.id, failed=1)
+    assert schedules.batch_ended(ctx, fired.id).notify
+    handler.answers = [503]
+    assert schedules.notify(ctx, "nightly", fired.id, tries=0) == 5.0, "a failed delivery is tried again later"
+    assert schedules.notify(ctx, "nightly", fired.id, tries=1) is None
+    firing = store_of(ctx).firing("nightly", fired.id)
+    assert firing is not None and firing.notified == "sent (HTTP 200)"
+    payload = handler.received[-1]["json"]
+    assert handler.received[-1]["path"] == "/hooks/S3CR3T"
+    assert payload["schedule"] == "nightly" and payload["id"] == fired.id and payload["outcome"] == "done"
+    assert payload["summary"]["failures_by_error_type"] == {"model_error": 1}
+    assert "schedule-test-key" not in json.dumps(payload)
+
+
+def test_notify_gives_up_after_its_tries_without_showing_the_url(
+    ctx: Context, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = "http://127.0.0.1:9/hooks/S3CR3T"  # nothing listens on the discard port
+    add_schedule(ctx, tmp_path, notify=url)
+    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert fired is not None
+    last = schedules.NOTIFY_TRIES - 1
+    assert schedules.notify(ctx, "nightly", fired.id, tries=last) is None
+    firing = store_of(ctx).firing("nightly", fired.id)
+    assert firing is not None and firing.notified is not None
+    assert firing.notified.startswith(f"failed after {schedules.NOTIFY_TRIES} tries (ConnectError from http://127.0.0.1:9/")
+    assert "S3CR3T" not in firing.notified and "S3CR3T" not in caplog.text
+
+
+def test_a_late_firing_knows_how_late_it_was() -> None:
+    firing = Firing(id="x", slot=SLOT, fired_at=SLOT + 3 * HOUR, trigger="schedule", outcome="running")
+    assert firing.late_s == 3 * HOUR and firing.batch_id == "x"
+    assert Firing(id="y", slot=SLOT, fired_at=SLOT, trigger="schedule", outcome="skipped").batch_id is None
+
+
+# --- RedBeat entries ---------------------------------------------------------------------------------------------
+
+
+def test_an_entry_round_trips_through_redis_and_fires_after_its_start(redis_client: redis.Redis) -> None:
+    app = create_app("redis://unused")
+    app.conf.redbeat_redis_url = f"unix://{redis_client.connection_pool.connection_kwargs['path']}"
+    now = datetime.now(UTC)
+    when = When.from_options("0 2 * * *", None, "Europe/Berlin", now)
+    beat.install(app, "nightly", when, QUEUE, since=now)
+    entry = beat.load(app, "nightly")
+    assert entry is not None and isinstance(entry.schedule, beat.WhenSchedule)
+    assert entry.schedule.when == when and entry.args == ["nightly"] and entry.options == {"queue": QUEUE}
+    due = beat.next_due(app, "nightly")
+    assert due == when.next_after(now) and due is not None
+    score = redis_client.zscore("wb:beat::schedule", "wb:beat:schedule:nightly")
+    assert score == pytest.approx(due.timestamp(), abs=1), "RedBeat looks at it when it is due, not before"
+    beat.set_enabled(app, "nightly", False, since=now)
+    assert redis_client.zscore("wb:beat::schedule", "wb:beat:schedule:nightly") is None, "paused: not looked at"
+    later = now + timedelta(days=3)
+    beat.set_enabled(app, "nightly", True, since=later)
+    assert beat.next_due(app, "nightly") == when.next_after(later), "slots passed while paused are not made up"
+    beat.uninstall(app, "nightly")
+    assert beat.load(app, "nightly") is None and not redis_client.keys("wb:beat:schedule:*")
+
+
+def test_a_when_schedule_is_due_once_for_all_the_slots_it_missed() -> None:
+    now = datetime.now(UTC)
+    hourly = beat.WhenSchedule(When.from_options("0 * * * *", None, "UTC", now - timedelta(days=1)))
+    due, next_check_s = hourly.is_due(now - timedelta(hours=5))
+    assert due and 0 < next_check_s <= HOUR, "due now; the next check is at the next slot"
+    assert not hourly.is_due(now)[0]
+    assert beat.WhenSchedule(When.from_options(None, (now + timedelta(hours=1)).isoformat(), "UTC", now)).is_due(
+        now + timedelta(hours=2)
+    ) == (False, None), "a one-off that fired is never due again"
