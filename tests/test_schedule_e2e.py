@@ -36,9 +36,9 @@ def processes(tmp_path: Path) -> Iterator[Any]:
     """Start `wan-batch` processes (beat, worker) logging to files; all are stopped at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, log: str) -> subprocess.Popen[bytes]:
+    def start(*args: str, log: str, **env: str) -> subprocess.Popen[bytes]:
         with (tmp_path / log).open("wb") as out:
-            process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=cli_env(), stdout=out, stderr=out)
+            process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=cli_env(**env), stdout=out, stderr=out)
         started.append(process)
         return process
 
@@ -90,8 +90,9 @@ def test_a_schedule_fires_once_its_batch_runs_and_the_list_shows_the_outcome(
                          "--base-url", sim.base_url, "--notify", hook_url)  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert added.stdout.startswith("schedule nightly: once at ") and "  next: " in added.stdout
-    processes("worker", "--redis", broker, "--concurrency", "4", log="worker.log")
-    processes("beat", "--redis", broker, log="beat.log")
+    # As docker-compose.yml runs them: the Redis comes from REDIS_URL.
+    processes("worker", "--concurrency", "4", log="worker.log", REDIS_URL=broker)
+    processes("beat", log="beat.log", REDIS_URL=broker)
     wait_for(lambda: last_outcome(tmp_path, broker) == "done", timeout_s=60)
     wait_for(lambda: received.received, timeout_s=30)
     [firing] = firings(tmp_path, broker)
