@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,12 +390,15 @@ def notify(ctx: Context, name: str, firing_id: str, tries: int) -> float | None:
     if spec is None or firing is None or spec.notify is None:
         return None
     payload = {"schedule": name, **firing.model_dump(exclude={"notified"}), "late_s": round(firing.late_s, 1)}
+    hidden = _hidden_url.set(str(httpx.URL(spec.notify)))
     try:
         response = ctx.http.post(spec.notify, json=payload, timeout=10.0, follow_redirects=False)
         answer = f"HTTP {response.status_code}"
         delivered = response.is_success
     except httpx.HTTPError as exc:
         answer, delivered = f"{type(exc).__name__} from {shown_url(spec.notify)}", False
+    finally:
+        _hidden_url.reset(hidden)
     if not delivered and tries + 1 < NOTIFY_TRIES:
         return float(min(300, 5 * 3**tries))
     outcome = "sent" if delivered else f"failed after {tries + 1} tries"
@@ -402,6 +406,21 @@ def notify(ctx: Context, name: str, firing_id: str, tries: int) -> float | None:
     if not delivered:
         log.warning("schedule %s: notifying %s failed: %s", name, shown_url(spec.notify), answer)
     return None
+
+
+#: The notify URL being called in this thread: httpx's request log shows it only as its host.
+_hidden_url: ContextVar[str | None] = ContextVar("hidden_url", default=None)
+
+
+class _HideNotifyUrl(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        url = _hidden_url.get()
+        if url is not None and isinstance(record.args, tuple):
+            record.args = tuple(shown_url(url) if str(arg) == url else arg for arg in record.args)
+        return True
+
+
+logging.getLogger("httpx").addFilter(_HideNotifyUrl())
 
 
 def _firing_for(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, slot: float, trigger: Trigger) -> Firing:

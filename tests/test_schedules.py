@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -225,6 +226,7 @@ def test_notify_posts_the_summary_and_retries_a_failed_delivery(
     ctx: Context, tmp_path: Path, hook: tuple[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     url, handler = hook
+    caplog.set_level(logging.INFO)
     add_schedule(ctx, tmp_path, jobs=2, notify=url)
     fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
@@ -240,6 +242,8 @@ def test_notify_posts_the_summary_and_retries_a_failed_delivery(
     assert payload["schedule"] == "nightly" and payload["id"] == fired.id and payload["outcome"] == "done"
     assert payload["summary"]["failures_by_error_type"] == {"model_error": 1}
     assert "schedule-test-key" not in json.dumps(payload)
+    assert "HTTP Request: POST http://127.0.0.1:" in caplog.text, "httpx logs the call..."
+    assert "S3CR3T" not in caplog.text, "... without the webhook's token"
 
 
 def test_notify_gives_up_after_its_tries_without_showing_the_url(
