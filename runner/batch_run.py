@@ -40,7 +40,7 @@ from runner.pipeline import Context
 from runner.providers import Provider
 from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator
-from runner.tasks import create_app, queue_clients, redis_py_url, schedule
+from runner.tasks import create_app, queue_clients, redis_client, schedule
 
 _FOLLOW_EVERY_S = 0.2
 
@@ -144,7 +144,7 @@ def hold_folder(out: Path) -> Iterator[None]:
 
 def _redis(request: RunRequest, stack: ExitStack) -> tuple[redis.Redis, str]:
     if request.redis_url:
-        return redis.Redis.from_url(redis_py_url(request.redis_url)), request.redis_url
+        return redis_client(request.redis_url), request.redis_url
     server = stack.enter_context(EmbeddedRedis(request.out / ".wan-batch" / "redis"))
     return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
 
@@ -170,7 +170,7 @@ def report_batch(folder: Path, redis_url: str | None) -> RunResult:
     """
     with ExitStack() as stack:
         if redis_url is not None:
-            client = redis.Redis.from_url(redis_py_url(redis_url))
+            client = redis_client(redis_url)
         else:
             client = _folder_redis(folder, stack)
         ledger = Ledger(client)
@@ -209,7 +209,7 @@ def open_ledger(redis_url: str | None, out: Path) -> Iterator[tuple[Ledger, str]
     """The ledger and broker URL of a shared Redis, or else of OUT's private one."""
     with ExitStack() as stack:
         if redis_url is not None:
-            yield Ledger(redis.Redis.from_url(redis_py_url(redis_url))), redis_url
+            yield Ledger(redis_client(redis_url)), redis_url
         else:
             client, broker_url = _out_redis(out, stack)
             yield Ledger(client), broker_url

@@ -23,6 +23,8 @@ from jobs.schedule import When
 
 FIRE_TASK = "wan_batch.fire_schedule"
 _TYPE = "wan_batch_when"
+#: Missed slots counted at most (a minutely cron stopped for a week passes 10,080).
+_MAX_MISSED = 100_000
 
 
 class WhenSchedule(BaseSchedule):  # type: ignore[misc]
@@ -38,6 +40,18 @@ class WhenSchedule(BaseSchedule):  # type: ignore[misc]
     def due_slot(self, last_run_at: datetime) -> datetime | None:
         """The first instant the schedule fires after `last_run_at`: the slot a firing now is for."""
         return self.when.next_after(_aware(last_run_at))
+
+    def latest_slot(self, last_run_at: datetime, now: datetime) -> tuple[datetime | None, int]:
+        """The latest slot after `last_run_at` that has come by `now`, and how many earlier ones it passed.
+
+        A scheduler back after a long stop fires once, for the latest slot it missed.
+        """
+        latest, passed = None, 0
+        slot = self.due_slot(last_run_at)
+        while slot is not None and slot <= now and passed < _MAX_MISSED:
+            latest, passed = slot, passed + 1
+            slot = self.when.next_after(slot)
+        return latest, max(passed - 1, 0)
 
     def remaining_estimate(self, last_run_at: datetime) -> timedelta | None:
         slot = self.due_slot(last_run_at)
@@ -110,9 +124,10 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         if entry.task == FIRE_TASK and isinstance(entry.schedule, WhenSchedule):
-            slot = entry.schedule.due_slot(entry.last_run_at) if entry.last_run_at else None
-            fired_at = entry.schedule.now()
-            entry.kwargs = {**entry.kwargs, "slot": (slot or fired_at).timestamp()}
+            now = entry.schedule.now()
+            slot, missed = entry.schedule.latest_slot(entry.last_run_at, now) if entry.last_run_at else (None, 0)
+            entry.kwargs = {**entry.kwargs, "slot": (slot or now).timestamp(), "sent_at": now.timestamp(),
+                            "missed": missed}  # fmt: skip
         return super().apply_async(entry, producer, advance, **kwargs)
 
 

@@ -43,8 +43,12 @@ class Keys:
         return f"{self.prefix}:batch:{batch_id}:runtimes"
 
     def ended(self, batch_id: str) -> str:
-        """String: set once when the batch's last job ends (cleared when jobs are retried)."""
+        """String: when the step that ended the batch's last job claimed its end (cleared by a retry)."""
         return f"{self.prefix}:batch:{batch_id}:ended"
+
+    def reported(self, batch_id: str) -> str:
+        """String: when the ended batch's report and summary were written (cleared by a retry)."""
+        return f"{self.prefix}:batch:{batch_id}:reported"
 
     @property
     def schedules(self) -> str:

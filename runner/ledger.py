@@ -67,6 +67,7 @@ class Ledger:
         self._admit = client.register_script(ledger_scripts.ADMIT)
         self._sync_job = client.register_script(ledger_scripts.SYNC_JOB)
         self._requeue = client.register_script(ledger_scripts.REQUEUE)
+        self._claim_end = client.register_script(ledger_scripts.CLAIM_END)
 
     # --- batches -------------------------------------------------------------
 
@@ -88,14 +89,27 @@ class Ledger:
 
     def claim_end(self, batch_id: str) -> bool:
         """True for exactly one caller once every job of the batch is final (again after a retry)."""
-        counts = self.counts(batch_id)
-        if any(n for status, n in counts.items() if not status.is_final) or not any(counts.values()):
+        keys = [self.keys.counts(batch_id), self.keys.ended(batch_id)]
+        unfinished = json.dumps([s.value for s in JobStatus if not s.is_final])
+        return bool(self._claim_end(keys=keys, args=[unfinished, json.dumps(time.time())]))
+
+    def mark_reported(self, batch_id: str) -> None:
+        """The ended batch's report (and a schedule's summary) are written."""
+        self.redis.set(self.keys.reported(batch_id), json.dumps(time.time()))
+
+    def reclaim_end(self, batch_id: str, stale_after_s: float) -> bool:
+        """True (once per `stale_after_s`) when the batch's end was claimed that long ago and never reported.
+
+        For the sweep: the task that was to write the report was lost.
+        """
+        claimed, reported = self.redis.mget([self.keys.ended(batch_id), self.keys.reported(batch_id)])
+        if claimed is None or reported is not None or time.time() - float(claimed) < stale_after_s:
             return False
-        return bool(self.redis.set(self.keys.ended(batch_id), json.dumps(time.time()), nx=True))
+        return bool(self.redis.set(self.keys.ended(batch_id), json.dumps(time.time()), xx=True))
 
     def reopen(self, batch_id: str) -> None:
         """Jobs were put back in line: the batch will end again."""
-        self.redis.delete(self.keys.ended(batch_id))
+        self.redis.delete(self.keys.ended(batch_id), self.keys.reported(batch_id))
 
     def batch_ids(self) -> list[str]:
         """Every batch, oldest first."""

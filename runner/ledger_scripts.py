@@ -95,3 +95,17 @@ end
 redis.call('RPUSH', KEYS[3], ARGV[1])
 return 1
 """
+
+#: KEYS: counts, end marker. ARGV: unfinished statuses (JSON list), now (JSON).
+#: Sets the marker if every job of the batch (it has some) is final and it is not set yet,
+#: in one step with reading the counts, so a retry cannot slip in between. Returns 1 if it did.
+CLAIM_END = """
+for _, status in ipairs(cjson.decode(ARGV[1])) do
+  if tonumber(redis.call('HGET', KEYS[1], status) or '0') > 0 then return 0 end
+end
+local total = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
+if total == 0 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX') then return 1 end
+return 0
+"""

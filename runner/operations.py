@@ -153,12 +153,14 @@ def resume_lost(
 def sweep(ctx: Context, stale_after_s: float) -> dict[str, list[FollowUp]]:
     """For every open, unfinished batch: resume the jobs with no progress for `stale_after_s`.
 
-    An unattended batch that ended without its report (the end task was lost) gets it now.
+    An unattended batch that ended without its report (its end task was lost,
+    or failed) has it written, once per `stale_after_s`.
     """
     follow: dict[str, list[FollowUp]] = {}
     for info, counts in list_batches(ctx.ledger):
         if all(n == 0 for s, n in counts.items() if not s.is_final):
-            if info.report_when_done and ctx.ledger.claim_end(info.id):
+            ledger = ctx.ledger
+            if info.report_when_done and (ledger.claim_end(info.id) or ledger.reclaim_end(info.id, stale_after_s)):
                 follow[info.id] = [FollowUp("end", "")]
             continue
         if info.state == "open":

@@ -99,9 +99,16 @@ class Firing(BaseModel):
     id: str
     #: When it was due (epoch seconds): the slot of the schedule, or when run-now was asked.
     slot: float
+    #: When a worker took it.
     fired_at: float
     trigger: Trigger
     outcome: Outcome
+    #: When the scheduler sent it (scheduled firings).
+    sent_at: float | None = None
+    #: Earlier slots missed while no scheduler ran (only the latest one fires).
+    missed: int = 0
+    #: When its batch began to be set up (after waiting, if it waited).
+    started_at: float | None = None
     folder: str | None = None
     #: Why it was skipped, waits, or failed to start.
     message: str | None = None
@@ -113,8 +120,10 @@ class Firing(BaseModel):
 
     @property
     def late_s(self) -> float:
-        """How long after its slot it fired."""
-        return self.fired_at - self.slot
+        """How long after its slot the scheduler sent it (0 for run-now and firings that waited)."""
+        if self.trigger != "schedule":
+            return 0.0
+        return (self.sent_at if self.sent_at is not None else self.fired_at) - self.slot
 
     @property
     def batch_id(self) -> str | None:
@@ -123,8 +132,12 @@ class Firing(BaseModel):
 
 def shown_url(url: str) -> str:
     """A notify URL as it may be shown: scheme and host only (its path or query may hold a token)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}/…"
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an unreadable URL)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}/…"
 
 
 class ScheduleStore:
@@ -228,6 +241,8 @@ class ScheduleStore:
         ) -> tuple[Decision, str | None, str | None]:
             if current == firing_id:  # a redelivered message of the firing that holds the schedule
                 return "go", None, None
+            if waiting == firing_id:  # ... or of the one that waits
+                return "wait", current, None
             promoted = None
             if current is None or not running(current):
                 current, promoted, waiting = waiting, waiting, None
@@ -290,12 +305,15 @@ class Fired:
     notify: bool = False
 
 
-def fire(ctx: Context, name: str, slot: float, trigger: Trigger, token: str) -> Fired:
+def fire(
+    ctx: Context, name: str, slot: float, trigger: Trigger, token: str, sent_at: float | None = None, missed: int = 0
+) -> Fired:
     """Fire schedule `name` for `slot`: claim the slot, apply the overlap policy, enqueue the batch.
 
     `token` identifies the message (its redelivery may go on; another
-    scheduler's copy of the same slot may not). A schedule that is gone, or
-    paused (for scheduled firings), fires nothing.
+    scheduler's copy of the same slot may not). `sent_at` is when the
+    scheduler sent it, `missed` how many earlier slots it missed. A schedule
+    that is gone, or paused (for scheduled firings), fires nothing.
     """
     store = ScheduleStore(ctx.ledger.redis, ctx.ledger.keys)
     spec = store.spec(name)
@@ -308,7 +326,7 @@ def fire(ctx: Context, name: str, slot: float, trigger: Trigger, token: str) -> 
     if not store.claim_slot(name, slot, token):
         log.info("schedule %s already fired for %s", name, _when(slot))
         return Fired(name)
-    firing = _firing_for(ctx, store, spec, slot, trigger)
+    firing = _firing_for(ctx, store, spec, slot, trigger, sent_at, missed)
     if firing.outcome != "starting":  # a redelivered message whose firing got further
         return Fired(name, firing)
     store.save_firing(name, firing)
@@ -346,7 +364,10 @@ def start_firing(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, firing:
         return _failed(store, spec, firing, f"the manifest does not validate: {shown}{more}")
     except (WanBatchError, OSError) as exc:
         return _failed(store, spec, firing, f"could not start: {exc}")
-    running = firing.model_copy(update={"outcome": "running", "folder": info.folder, "fired_at": ctx.clock()})
+    except Exception as exc:  # the schedule must not stay held by a firing that never started
+        log.exception("schedule %s: firing %s could not start", spec.name, firing.id)
+        return _failed(store, spec, firing, f"could not start: {type(exc).__name__}: {exc}")
+    running = firing.model_copy(update={"outcome": "running", "folder": info.folder})
     store.save_firing(spec.name, running)
     log.info("schedule %s fired batch %s: %d job(s) in %s", spec.name, info.id, info.jobs, info.folder)
     return Fired(spec.name, running, follow=follow)
@@ -359,16 +380,19 @@ def batch_ended(ctx: Context, batch_id: str) -> Fired:
         return Fired("")
     result = write_report(ctx.ledger, info, ctx.clock() - info.created_at, {})
     if info.schedule is None:
+        ctx.ledger.mark_reported(batch_id)
         return Fired("")
     store = ScheduleStore(ctx.ledger.redis, ctx.ledger.keys)
     firing = store.firing(info.schedule, batch_id)
     spec = store.spec(info.schedule)
     if firing is None or spec is None:  # the schedule was removed meanwhile
+        ctx.ledger.mark_reported(batch_id)
         return Fired(info.schedule)
     summary = {**result.summary, "report_csv": str(result.report_csv), "report_json": str(result.report_json)}
     ended = firing.model_copy(update={"outcome": "done", "summary": summary, "ended_at": ctx.clock()})
     store.save_firing(spec.name, ended)
     promoted = store.end(spec.name, batch_id)
+    ctx.ledger.mark_reported(batch_id)
     return Fired(spec.name, ended, start=[promoted] if promoted else [], notify=spec.notify is not None)
 
 
@@ -376,11 +400,23 @@ def start_waiting(ctx: Context, name: str, firing_id: str) -> Fired:
     """Start a firing that waited for the one before it."""
     store = ScheduleStore(ctx.ledger.redis, ctx.ledger.keys)
     spec, firing = store.spec(name), store.firing(name, firing_id)
-    if spec is None or firing is None or firing.outcome != "waiting":
+    redelivered = firing is not None and firing.outcome == "starting" and firing.trigger == "waited"
+    if spec is None or firing is None or not (firing.outcome == "waiting" or redelivered):
         return Fired(name)
-    started = firing.model_copy(update={"outcome": "starting", "trigger": "waited", "message": None})
+    if spec.paused:
+        return _skipped_waiting(store, spec, firing)
+    started = firing.model_copy(update={"outcome": "starting", "trigger": "waited", "message": None,
+                                        "started_at": firing.started_at if redelivered else ctx.clock()})  # fmt: skip
     store.save_firing(name, started)
     return start_firing(ctx, store, spec, started)
+
+
+def _skipped_waiting(store: ScheduleStore, spec: ScheduleSpec, firing: Firing) -> Fired:
+    """A firing that waited while its schedule was paused does not start; the schedule is free again."""
+    skipped = firing.model_copy(update={"outcome": "skipped", "message": "skipped: the schedule was paused"})
+    store.save_firing(spec.name, skipped)
+    promoted = store.end(spec.name, firing.id)
+    return Fired(spec.name, skipped, start=[promoted] if promoted else [])
 
 
 def notify(ctx: Context, name: str, firing_id: str, tries: int) -> float | None:
@@ -390,6 +426,7 @@ def notify(ctx: Context, name: str, firing_id: str, tries: int) -> float | None:
     if spec is None or firing is None or spec.notify is None:
         return None
     payload = {"schedule": name, **firing.model_dump(exclude={"notified"}), "late_s": round(firing.late_s, 1)}
+    logging.getLogger("httpx").addFilter(_HIDE_NOTIFY_URL)  # once: a filter already there is not added again
     hidden = _hidden_url.set(str(httpx.URL(spec.notify)))
     try:
         response = ctx.http.post(spec.notify, json=payload, timeout=10.0, follow_redirects=False)
@@ -420,10 +457,13 @@ class _HideNotifyUrl(logging.Filter):
         return True
 
 
-logging.getLogger("httpx").addFilter(_HideNotifyUrl())
+_HIDE_NOTIFY_URL = _HideNotifyUrl()
 
 
-def _firing_for(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, slot: float, trigger: Trigger) -> Firing:
+def _firing_for(
+    ctx: Context, store: ScheduleStore, spec: ScheduleSpec, slot: float, trigger: Trigger, sent_at: float | None,
+    missed: int,
+) -> Firing:  # fmt: skip
     """The firing of `slot`: the one already recorded (a redelivered message), or a new one."""
     base = f"{spec.name}-{slot_label(_utc(slot), spec.schedule.tz)}"
     if trigger == "run-now":
@@ -434,7 +474,9 @@ def _firing_for(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, slot: fl
         if existing is not None and existing.slot == slot and existing.trigger == trigger:
             return existing
         if existing is None and ctx.ledger.batch(candidate) is None:
-            return Firing(id=candidate, slot=slot, fired_at=ctx.clock(), trigger=trigger, outcome="starting")
+            now = ctx.clock()
+            return Firing(id=candidate, slot=slot, fired_at=now, trigger=trigger, outcome="starting", sent_at=sent_at,
+                          missed=missed, started_at=now)  # fmt: skip
         n += 1
         candidate = f"{base}-{n}"
 
@@ -445,7 +487,7 @@ def _running(ctx: Context, store: ScheduleStore, name: str, firing_id: str) -> b
     if firing is None:
         return False
     if firing.outcome == "starting":
-        return ctx.clock() - firing.fired_at < STARTING_STALE_S
+        return ctx.clock() - (firing.started_at or firing.fired_at) < STARTING_STALE_S
     if firing.outcome != "running":
         return False
     counts = ctx.ledger.counts(firing_id)

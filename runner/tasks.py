@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from jobs.errors import AuthError
 from runner import operations, pipeline, schedules
+from runner.intake import UsageError
 from runner.keys import Keys
 from runner.ledger import BatchInfo, Ledger
 from runner.pipeline import Context, FollowUp
@@ -90,9 +91,10 @@ def _add_schedule_tasks(app: Celery, contexts: _ContextCache) -> None:
         if fired is not None:
             send_fired(app, fired)
 
-    def fire_schedule(self: Task, name: str, slot: float, trigger: schedules.Trigger = "schedule") -> None:
+    def fire_schedule(self: Task, name: str, slot: float, trigger: schedules.Trigger = "schedule",
+                      sent_at: float | None = None, missed: int = 0) -> None:  # fmt: skip
         token = self.request.id or f"{name}:{slot}"
-        send_fired(app, schedules.fire(contexts.get(), name, slot, trigger, token))
+        send_fired(app, schedules.fire(contexts.get(), name, slot, trigger, token, sent_at, missed))
 
     def start_waiting(name: str, firing_id: str) -> None:
         send_fired(app, schedules.start_waiting(contexts.get(), name, firing_id))
@@ -171,7 +173,7 @@ def schedule(app: Celery, batch_id: str, follow_ups: Iterable[FollowUp]) -> None
 
 def context_from_env(redis_url: str, settings: WorkerSettings | None = None) -> Context:
     """A worker's context from its environment: the ledger's Redis and its own credentials."""
-    ledger = Ledger(redis.Redis.from_url(redis_py_url(redis_url)))
+    ledger = Ledger(redis_client(redis_url))
     http = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
     return Context(ledger, http, queue_clients(http, credential_from_env), settings or WorkerSettings())
 
@@ -243,6 +245,17 @@ def _config(broker_url: str) -> dict[str, Any]:
 def _sweep_every_s() -> float:
     raw = os.environ.get("WAN_BATCH_SWEEP_EVERY_S", "").strip()
     return float(raw) if raw else SWEEP_EVERY_S
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client of the Redis at `url` (redis://, rediss://, unix://, or kombu's redis+socket://).
+
+    Raises UsageError for anything else; the message never shows the URL, which may hold a password.
+    """
+    try:
+        return redis.Redis.from_url(redis_py_url(url))
+    except ValueError:
+        raise UsageError("--redis/REDIS_URL: not a Redis URL (redis://HOST:6379/0, rediss://, unix:///PATH)") from None
 
 
 def redis_py_url(broker_url: str) -> str:

@@ -86,7 +86,7 @@ def test_a_schedule_fires_once_its_batch_runs_and_the_list_shows_the_outcome(
     sim = sim_factory()
     hook_url, received = hook
     write_manifest(tmp_path, 3)
-    added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", soon(4), "--tz", "UTC", "--name", "nightly",
+    added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", soon(8), "--tz", "UTC", "--name", "nightly",
                          "--base-url", sim.base_url, "--notify", hook_url)  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert added.stdout.startswith("schedule nightly: once at ") and "  next: " in added.stdout
@@ -123,7 +123,7 @@ def test_two_beat_processes_fire_a_schedule_once(
     write_manifest(tmp_path, 2)
     beats = [processes("beat", "--redis", broker, log=log) for log in ("beat-a.log", "beat-b.log")]
     processes("worker", "--redis", broker, log="worker.log")
-    added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", soon(5), "--tz", "UTC", "--name", "nightly",
+    added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", soon(8), "--tz", "UTC", "--name", "nightly",
                          "--base-url", sim.base_url)  # fmt: skip
     assert added.returncode == 0, added.stderr
     wait_for(lambda: last_outcome(tmp_path, broker) == "done", timeout_s=60)
@@ -143,12 +143,14 @@ def test_a_removed_schedule_never_fires(tmp_path: Path, broker: str, processes: 
     write_manifest(tmp_path, 2)
     processes("beat", "--redis", broker, log="beat.log")
     processes("worker", "--redis", broker, log="worker.log")
-    added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", soon(4), "--tz", "UTC", "--name", "nightly",
+    at = soon(10)
+    added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", at, "--tz", "UTC", "--name", "nightly",
                          "--base-url", sim.base_url)  # fmt: skip
     assert added.returncode == 0, added.stderr
     removed = schedule_cli(tmp_path, broker, "remove", "nightly")
     assert removed.returncode == 0 and removed.stdout.strip() == "schedule nightly removed"
-    time.sleep(9)  # past its time, with beat ticking
+    past = datetime.fromisoformat(at).replace(tzinfo=UTC) + timedelta(seconds=6)  # with beat ticking all along
+    time.sleep(max(0.0, (past - datetime.now(UTC)).total_seconds()))
     assert beat_sends(tmp_path, "beat.log") == 0
     assert listed(tmp_path, broker) == []
     assert json.loads(run_cli(["batches", "--redis", broker, "--json"], tmp_path).stdout) == []
@@ -165,21 +167,25 @@ def test_a_firing_missed_while_no_beat_ran_fires_once_when_one_comes_back(
     added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--cron", f"{minute} * * * *", "--tz", "UTC",
                          "--name", "nightly", "--base-url", sim.base_url)  # fmt: skip
     assert added.returncode == 0, added.stderr
-    # The schedule last fired three hours ago, and no beat has run since: three slots were missed.
+    first = processes("beat", "--redis", broker, log="beat-1.log")
+    wait_for(lambda: "beat: Acquired lock" in (tmp_path / "beat-1.log").read_text(), timeout_s=30)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0 and beat_sends(tmp_path, "beat-1.log") == 0, "nothing was due"
+    # Three hours pass with no beat running: the entry now says it last fired three hours ago.
     app = create_app(redis_server.broker_url)
     when = When.from_options(f"{minute} * * * *", None, "UTC", now)
     beat.install(app, "nightly", when, QUEUE, since=now - timedelta(hours=3))
     assert listed(tmp_path, broker)[0]["next_shown"].endswith("overdue; is `wan-batch beat` running?")
     processes("worker", "--redis", broker, log="worker.log")
-    processes("beat", "--redis", broker, log="beat.log")
+    processes("beat", "--redis", broker, log="beat-2.log")
     wait_for(lambda: last_outcome(tmp_path, broker) == "done", timeout_s=60)
     time.sleep(6)
-    assert beat_sends(tmp_path, "beat.log") == 1, "once, not once per missed slot"
+    assert beat_sends(tmp_path, "beat-2.log") == 1, "once, not once per missed slot"
     [firing] = firings(tmp_path, broker)
-    missed = when.next_after(now - timedelta(hours=3))
-    assert missed is not None and firing["slot"] == missed.timestamp(), "it fires for the first slot it missed"
-    assert firing["late"] and firing["late_s"] > 2 * 3600
-    assert "(late by 2h" in schedule_cli(tmp_path, broker, "list").stdout
+    latest = when.next_times(now - timedelta(hours=3), 3)[-1]
+    assert latest <= datetime.now(UTC) and firing["slot"] == latest.timestamp(), "it fires for the latest slot"
+    assert firing["missed"] == 2 and firing["late"] and 25 * 60 < firing["late_s"] < 35 * 60
+    assert "no scheduler ran at its time; 2 earlier time(s) missed)" in schedule_cli(tmp_path, broker, "list").stdout
     [row] = listed(tmp_path, broker)
     next_run = datetime.fromisoformat(row["next_run"])
     assert next_run == when.next_after(datetime.now(UTC)) and next_run > datetime.now(UTC)
@@ -232,6 +238,10 @@ def test_a_schedule_of_a_broken_manifest_is_refused_with_the_errors_of_validate(
         (["--cron", "0 2 * * *", "--at", "2030-01-01T02:00"], "not both"),
         ([], "give --cron or --at"),
         (["--cron", "0 2 * * *", "--notify", "ftp://x/y"], "--notify: give an http(s) URL"),
+        (["--cron", "0 2 * * *", "--notify", "http://h:99999/x"], "--notify: give an http(s) URL"),
+        (["--cron", "0 2 * * *", "--notify", "http://[::1/x"], "--notify: give an http(s) URL"),
+        (["--cron", "0 2 * * *", "--tz", ""], '--tz: unknown time zone ""'),
+        (["--cron", "0 2 * * *", "--name", ""], "--name: '' is not a schedule name"),
         (["--cron", "0 2 * * *", "--name", "no/slash"], "--name: 'no/slash' is not a schedule name"),
         (["--cron", "0 2 * * *", "--base-url", "http://user:pw@h/"], "--base-url:"),
     ],
@@ -253,3 +263,15 @@ def test_a_taken_name_and_an_unknown_name_are_usage_errors(tmp_path: Path, broke
     for command in ("remove", "pause", "resume", "run-now", "show"):
         result = schedule_cli(tmp_path, broker, command, "nope")
         assert result.returncode == 2 and "no schedule 'nope'" in result.stderr, (command, result.stderr)
+
+
+def test_a_one_off_paused_past_its_time_says_it_will_not_fire(tmp_path: Path, broker: str) -> None:
+    write_manifest(tmp_path, 1)
+    at = soon(4)
+    assert schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", at, "--tz", "UTC").returncode == 0
+    assert schedule_cli(tmp_path, broker, "pause", "batch").returncode == 0
+    past = datetime.fromisoformat(at).replace(tzinfo=UTC) + timedelta(seconds=1)
+    time.sleep(max(0.0, (past - datetime.now(UTC)).total_seconds()))
+    resumed = schedule_cli(tmp_path, broker, "resume", "batch")
+    assert resumed.returncode == 0 and "its time passed while it was paused: it will not fire" in resumed.stdout
+    assert listed(tmp_path, broker)[0]["next_shown"] == "never (its time passed unfired)"

@@ -52,8 +52,9 @@ def end_batch(ctx: Context, batch_id: str, failed: int = 0) -> None:
     """End every job of the batch as a worker would: the first `failed` as model errors."""
     for n, record in enumerate(ctx.ledger.records(batch_id)):
         status = JobStatus.FAILED if n < failed else JobStatus.SUCCEEDED
-        error = {"error_type": "model_error", "error_message": "boom"} if n < failed else {}
-        assert ctx.ledger.move(batch_id, record.job.id, [], status, release=True, finished_at=time.time(), **error)
+        error = ("model_error", "boom") if n < failed else (None, None)
+        assert ctx.ledger.move(batch_id, record.job.id, [], status, release=True, finished_at=time.time(),
+                               error_type=error[0], error_message=error[1])  # fmt: skip
 
 
 def store_of(ctx: Context) -> ScheduleStore:
@@ -126,6 +127,72 @@ def test_a_waiting_firing_starts_even_if_the_end_of_the_one_before_was_never_tol
     later = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3")
     assert later.start == [waiting.id], "the waiting firing goes first"
     assert later.firing is not None and later.firing.outcome == "waiting"
+
+
+def test_redelivered_messages_of_a_waiting_firing_lose_nothing(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, overlap="queue")
+    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    assert running is not None and waiting is not None
+    store = store_of(ctx)
+    store.save_firing("nightly", waiting.model_copy(update={"outcome": "starting"}))  # cut off before "waiting"
+    again = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    assert again is not None and again.outcome == "waiting", "the firing recognises its own place in line"
+    end_batch(ctx, running.id)
+    assert schedules.batch_ended(ctx, running.id).start == [waiting.id]
+    # The worker starting it dies after marking it as starting; its message is delivered again.
+    store.save_firing("nightly", waiting.model_copy(update={"outcome": "starting", "trigger": "waited"}))
+    started = schedules.start_waiting(ctx, "nightly", waiting.id).firing
+    assert started is not None and started.outcome == "running" and ctx.ledger.batch(waiting.id) is not None
+
+
+def test_a_firing_held_up_in_setup_still_holds_the_schedule(ctx: Context, tmp_path: Path) -> None:
+    """Staleness counts from when setting up began (after waiting), not from when the firing came."""
+    add_schedule(ctx, tmp_path, overlap="skip")
+    store = store_of(ctx)
+    now = time.time()
+    long_waited = Firing(id="nightly-long-waited", slot=SLOT, fired_at=now - 2 * schedules.STARTING_STALE_S,
+                         trigger="waited", outcome="starting", started_at=now - 5)  # fmt: skip
+    store.save_firing("nightly", long_waited)
+    assert store.begin("nightly", long_waited.id, "skip", lambda _f: False)[0] == "go"
+    later = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t9").firing
+    assert later is not None and later.outcome == "skipped"
+    store.save_firing("nightly", long_waited.model_copy(update={"started_at": now - 2 * schedules.STARTING_STALE_S}))
+    latest = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t10").firing
+    assert latest is not None and latest.outcome == "running", "a setup cut off long ago holds nothing"
+
+
+def test_a_firing_that_blows_up_while_starting_is_an_error_and_frees_the_schedule(
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_schedule(ctx, tmp_path)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(schedules, "enqueue_batch", broken)  # no real peer fails this way on demand
+    failed = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert failed is not None and failed.outcome == "error"
+    assert failed.message == "could not start: RuntimeError: disk on fire"
+    monkeypatch.undo()
+    monkeypatch.setenv("FAL_KEY", "schedule-test-key")
+    again = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    assert again is not None and again.outcome == "running"
+
+
+def test_a_firing_that_waited_while_its_schedule_was_paused_does_not_start(ctx: Context, tmp_path: Path) -> None:
+    spec, _ = add_schedule(ctx, tmp_path, overlap="queue")
+    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    assert running is not None and waiting is not None
+    store_of(ctx).save(spec.model_copy(update={"paused": True}))
+    end_batch(ctx, running.id)
+    assert schedules.batch_ended(ctx, running.id).start == [waiting.id]
+    skipped = schedules.start_waiting(ctx, "nightly", waiting.id).firing
+    assert skipped is not None and skipped.outcome == "skipped" and skipped.message == "skipped: the schedule was paused"
+    assert ctx.ledger.batch(waiting.id) is None
+    store_of(ctx).save(spec)
+    assert schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3").firing.outcome == "running"  # type: ignore[union-attr]
 
 
 def test_the_stored_manifest_is_fired_unless_follow_file(ctx: Context, tmp_path: Path) -> None:
@@ -219,7 +286,12 @@ def test_the_sweep_ends_an_unattended_batch_whose_end_was_lost(ctx: Context, tmp
     assert fired is not None
     end_batch(ctx, fired.id)  # moved by hand: no step claimed the end
     assert operations.sweep(ctx, stale_after_s=300) == {fired.id: [FollowUp("end", "")]}
-    assert operations.sweep(ctx, stale_after_s=300) == {}, "once"
+    assert operations.sweep(ctx, stale_after_s=300) == {}, "not again while its end task may still run"
+    # That end task is lost too: claimed, never reported. Once it is stale, the sweep sends it again.
+    assert operations.sweep(ctx, stale_after_s=0) == {fired.id: [FollowUp("end", "")]}
+    schedules.batch_ended(ctx, fired.id)
+    assert operations.sweep(ctx, stale_after_s=0) == {}, "reported: nothing more to do"
+    assert store_of(ctx).firing("nightly", fired.id).outcome == "done"  # type: ignore[union-attr]
 
 
 def test_notify_posts_the_summary_and_retries_a_failed_delivery(
@@ -261,9 +333,12 @@ def test_notify_gives_up_after_its_tries_without_showing_the_url(
     assert "S3CR3T" not in firing.notified and "S3CR3T" not in caplog.text
 
 
-def test_a_late_firing_knows_how_late_it_was() -> None:
+def test_a_late_firing_knows_how_late_the_scheduler_sent_it() -> None:
     firing = Firing(id="x", slot=SLOT, fired_at=SLOT + 3 * HOUR, trigger="schedule", outcome="running")
     assert firing.late_s == 3 * HOUR and firing.batch_id == "x"
+    sent_on_time = firing.model_copy(update={"sent_at": SLOT + 0.5})
+    assert sent_on_time.late_s == 0.5, "a busy worker does not make the scheduler late"
+    assert firing.model_copy(update={"trigger": "run-now"}).late_s == 0.0
     assert Firing(id="y", slot=SLOT, fired_at=SLOT, trigger="schedule", outcome="skipped").batch_id is None
 
 
@@ -290,6 +365,15 @@ def test_an_entry_round_trips_through_redis_and_fires_after_its_start(redis_clie
     assert beat.next_due(app, "nightly") == when.next_after(later), "slots passed while paused are not made up"
     beat.uninstall(app, "nightly")
     assert beat.load(app, "nightly") is None and not redis_client.keys("wb:beat:schedule:*")
+
+
+def test_after_missed_slots_the_latest_one_fires_and_the_others_are_counted() -> None:
+    now = datetime(2026, 11, 21, 12, 40, tzinfo=UTC)
+    hourly = beat.WhenSchedule(When.from_options("10 * * * *", None, "UTC", now - timedelta(days=1)))
+    latest, missed = hourly.latest_slot(now - timedelta(hours=3), now)
+    assert (latest, missed) == (datetime(2026, 11, 21, 12, 10, tzinfo=UTC), 2)
+    assert hourly.latest_slot(now - timedelta(minutes=45), now) == (datetime(2026, 11, 21, 12, 10, tzinfo=UTC), 0)
+    assert hourly.latest_slot(now - timedelta(minutes=20), now) == (None, 0)
 
 
 def test_a_when_schedule_is_due_once_for_all_the_slots_it_missed() -> None:

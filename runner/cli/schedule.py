@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
-import redis
 from pydantic import ValidationError
 
 from jobs.errors import ManifestError
@@ -22,7 +21,7 @@ from runner import beat
 from runner.intake import RunRequest, UsageError, batch_id_for, load_batch
 from runner.providers import Provider
 from runner.schedules import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
-from runner.tasks import FIRE_TASK, QUEUE, create_app, redis_py_url
+from runner.tasks import FIRE_TASK, QUEUE, create_app, redis_client
 
 _NEXT_SHOWN = 3
 
@@ -33,7 +32,7 @@ def _redis_option(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _store(redis_url: str) -> ScheduleStore:
-    return ScheduleStore(redis.Redis.from_url(redis_py_url(redis_url)))
+    return ScheduleStore(redis_client(redis_url))
 
 
 @click.group()
@@ -65,10 +64,10 @@ def schedule() -> None:
 def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: str | None, out: Path,
         notify: str | None, replace: bool, redis_url: str, **options: Any) -> None:  # fmt: skip
     """Schedule MANIFEST: validated now, and stored as it is now (unless --follow-file)."""
-    name = name or batch_id_for(manifest)
+    name = batch_id_for(manifest) if name is None else name
     now = datetime.now(UTC)
     try:
-        when = When.from_options(cron, at, tz or local_zone(), now)
+        when = When.from_options(cron, at, local_zone() if tz is None else tz, now)
     except ScheduleError as exc:
         raise UsageError(str(exc)) from None
     _check_urls(notify, options["base_url"])
@@ -162,8 +161,13 @@ def pause(name: str, redis_url: str) -> None:
 def resume(name: str, redis_url: str) -> None:
     """Let NAME fire again, from its next time on (times passed while paused are not made up)."""
     spec = _set_paused(name, redis_url, False)
-    following = spec.schedule.next_after(datetime.now(UTC))
-    click.echo(f"schedule {name} resumed; next: {_shown_time(following, spec.schedule.tz) if following else 'never'}")
+    when = spec.schedule
+    following = when.next_after(datetime.now(UTC))
+    if following is None:
+        click.echo(f"schedule {name} resumed, but its time passed while it was paused: it will not fire; "
+                   f"`wan-batch schedule run-now {name}` fires it now")  # fmt: skip
+        return
+    click.echo(f"schedule {name} resumed; next: {_shown_time(following, when.tz)}")
 
 
 @schedule.command(name="run-now")
@@ -209,8 +213,12 @@ def _is_zone(name: str) -> bool:
 
 def _check_urls(notify: str | None, base_url: str | None) -> None:
     if notify is not None:
-        parts = urlsplit(notify)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(notify)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port out of range, a broken IPv6 host
+            valid = False
+        if not valid:
             raise UsageError("--notify: give an http(s) URL")
     if base_url is not None:
         try:
@@ -234,7 +242,7 @@ def _row(store: ScheduleStore, app: Any, name: str) -> dict[str, Any]:
     if spec.paused:
         next_shown = "paused"
     elif due is None:
-        next_shown = "never (it has fired)" if when.at is not None else "never"
+        next_shown = "never (it has fired)" if store.firings(name, 1) else "never (its time passed unfired)"
     elif due < datetime.now(UTC):
         next_shown = f"{_shown_time(due, when.tz)}: overdue; is `wan-batch beat` running?"
     else:
@@ -258,7 +266,10 @@ def _firing_dict(firing: Firing) -> dict[str, Any]:
 def _firing_line(firing: dict[str, Any], tz: str) -> str:
     fired = _shown_time(datetime.fromtimestamp(firing["fired_at"], UTC), tz)
     how = {"run-now": " (run-now)", "waited": " (started after waiting)"}.get(firing["trigger"], "")
-    late = f" (late by {_duration(firing['late_s'])}: no scheduler ran at its time)" if firing["late"] else ""
+    late = ""
+    if firing["late"]:
+        missed = f"; {firing['missed']} earlier time(s) missed" if firing["missed"] else ""
+        late = f" (late by {_duration(firing['late_s'])}: no scheduler ran at its time{missed})"
     head = f"{fired}{how}{late} {firing['id']}: {firing['outcome']}"
     summary = firing["summary"]
     if summary:
