@@ -30,6 +30,7 @@ from runner.pipeline import Context, FollowUp
 from runner.providers import Provider
 from runner.queue_api import QueueClient, QueueOptions
 from runner.retry import retry_delay_s
+from runner.schedule_store import Trigger
 from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _add_schedule_tasks(app: Celery, contexts: _ContextCache) -> None:
         if fired is not None:
             send_fired(app, fired)
 
-    def fire_schedule(self: Task, name: str, slot: float, trigger: schedules.Trigger = "schedule",
+    def fire_schedule(self: Task, name: str, slot: float, trigger: Trigger = "schedule",
                       sent_at: float | None = None, missed: int = 0) -> None:  # fmt: skip
         token = self.request.id or f"{name}:{slot}"
         send_fired(app, schedules.fire(contexts.get(), name, slot, trigger, token, sent_at, missed))

@@ -19,7 +19,7 @@ from jobs.status import JobStatus
 from runner import beat, operations, pipeline, schedules
 from runner.ledger import Ledger
 from runner.pipeline import Context, FollowUp
-from runner.schedules import Firing, ScheduleSpec, ScheduleStore
+from runner.schedule_store import NOTIFY_TRIES, STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore
 from runner.settings import WorkerSettings
 from runner.tasks import QUEUE, create_app
 from tests.sim_world import run_until_quiet
@@ -151,13 +151,13 @@ def test_a_firing_held_up_in_setup_still_holds_the_schedule(ctx: Context, tmp_pa
     add_schedule(ctx, tmp_path, overlap="skip")
     store = store_of(ctx)
     now = time.time()
-    long_waited = Firing(id="nightly-long-waited", slot=SLOT, fired_at=now - 2 * schedules.STARTING_STALE_S,
+    long_waited = Firing(id="nightly-long-waited", slot=SLOT, fired_at=now - 2 * STARTING_STALE_S,
                          trigger="waited", outcome="starting", started_at=now - 5)  # fmt: skip
     store.save_firing("nightly", long_waited)
     assert store.begin("nightly", long_waited.id, "skip", lambda _f: False)[0] == "go"
     later = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t9").firing
     assert later is not None and later.outcome == "skipped"
-    store.save_firing("nightly", long_waited.model_copy(update={"started_at": now - 2 * schedules.STARTING_STALE_S}))
+    store.save_firing("nightly", long_waited.model_copy(update={"started_at": now - 2 * STARTING_STALE_S}))
     latest = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t10").firing
     assert latest is not None and latest.outcome == "running", "a setup cut off long ago holds nothing"
 
@@ -325,11 +325,11 @@ def test_notify_gives_up_after_its_tries_without_showing_the_url(
     add_schedule(ctx, tmp_path, notify=url)
     fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
-    last = schedules.NOTIFY_TRIES - 1
+    last = NOTIFY_TRIES - 1
     assert schedules.notify(ctx, "nightly", fired.id, tries=last) is None
     firing = store_of(ctx).firing("nightly", fired.id)
     assert firing is not None and firing.notified is not None
-    assert firing.notified.startswith(f"failed after {schedules.NOTIFY_TRIES} tries (ConnectError from http://127.0.0.1:9/")
+    assert firing.notified.startswith(f"failed after {NOTIFY_TRIES} tries (ConnectError from http://127.0.0.1:9/")
     assert "S3CR3T" not in firing.notified and "S3CR3T" not in caplog.text
 
 

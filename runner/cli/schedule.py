@@ -20,7 +20,7 @@ from jobs.schedule import ScheduleError, When
 from runner import beat
 from runner.intake import RunRequest, UsageError, batch_id_for, load_batch
 from runner.providers import Provider
-from runner.schedules import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
+from runner.schedule_store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
 from runner.tasks import FIRE_TASK, QUEUE, create_app, redis_client
 
 _NEXT_SHOWN = 3
