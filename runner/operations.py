@@ -90,19 +90,23 @@ def list_batches(ledger: Ledger) -> list[tuple[BatchInfo, dict[JobStatus, int]]]
     return found
 
 
-def cancel_batch(ctx: Context, batch_id: str) -> Counter[str]:
-    """Stop a batch: no new submits, every request at fal cancelled; how many jobs ended how."""
+def cancel_batch(ctx: Context, batch_id: str) -> tuple[Counter[str], list[FollowUp]]:
+    """Stop a batch: no new submits, every request at fal cancelled.
+
+    Returns how many jobs ended how, and what to send (the end of an unattended batch).
+    """
     ctx.ledger.set_batch_state(batch_id, "cancelled")
     outcome: Counter[str] = Counter()
+    follow: list[FollowUp] = []
     for record in ctx.ledger.records(batch_id):
         if record.status.is_final:
             continue
         if record.status is S.COLLECTING:
             outcome["finishing"] += 1
             continue
-        pipeline.cancel_job(ctx, batch_id, record.job.id)
+        follow += pipeline.cancel_job(ctx, batch_id, record.job.id)
         outcome["cancelled"] += 1
-    return outcome
+    return outcome, follow
 
 
 def retry_jobs(

@@ -92,6 +92,8 @@ def test_cancel_stops_a_running_batch(tmp_path: Path, sim_factory: Any, redis_se
                         "--max-in-flight", "2"], tmp_path).returncode == 0  # fmt: skip
         wait_for(lambda: sim.stats()["submits"] >= 2)
         cancelled = run_cli(["cancel", "batch", "--redis", broker], tmp_path)
+        # Nobody follows a submitted batch: a worker writes its report once its last job ended.
+        wait_for(lambda: (tmp_path / "out" / "batch" / "report.json").exists(), timeout_s=30)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -102,6 +104,8 @@ def test_cancel_stops_a_running_batch(tmp_path: Path, sim_factory: Any, redis_se
     assert status["state"] == "cancelled" and status["counts"]["cancelled"] == 6
     batches = run_cli(["batches", "--redis", broker], tmp_path)
     assert batches.stdout.startswith("batch  cancelled  ") and "6 cancelled" in batches.stdout
+    report = json.loads((tmp_path / "out" / "batch" / "report.json").read_text())
+    assert report["summary"]["counts"]["cancelled"] == 6
 
 
 def test_retry_reruns_exactly_the_failed_rows_of_an_output_folder(tmp_path: Path, sim_factory: Any) -> None:

@@ -33,8 +33,8 @@ def test_cancel_stops_admission_and_cancels_requests_at_fal(world_factory: Any) 
     world = world_factory(jobs=4, max_in_flight=2, run_time="fixed:30")
     for submit in pipeline.admit_next(world.ctx, "b"):
         pipeline.submit_job(world.ctx, "b", submit.job_id)
-    outcome = operations.cancel_batch(world.ctx, "b")
-    assert outcome == {"cancelled": 4}
+    outcome, follow = operations.cancel_batch(world.ctx, "b")
+    assert outcome == {"cancelled": 4} and follow == [], "nothing to admit, no report to write (it is followed)"
     assert world.stats()["cancels"] == 2, "the two requests at fal were cancelled there"
     assert {world.job(f"j{n}").status for n in range(4)} == {S.CANCELLED}
     assert "CANCELLATION_REQUESTED" in (world.job("j0").error_message or "")

@@ -141,9 +141,10 @@ def watch(batch_id: str, redis_url: str | None, out: Path) -> None:
 @_where
 def cancel(batch_id: str, redis_url: str | None, out: Path) -> None:
     """Stop BATCH_ID: nothing new is submitted and every request at fal is cancelled."""
-    with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
+    with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
         _batch_view(ledger, batch_id)
-        outcome = operations.cancel_batch(_context(ledger, http), batch_id)
+        outcome, follow = operations.cancel_batch(_context(ledger, http), batch_id)
+        schedule(create_app(broker_url), batch_id, follow)
     click.echo(f"batch {batch_id} cancelled: {outcome['cancelled']} job(s) cancelled"
                + (f", {outcome['finishing']} finishing their downloads" if outcome["finishing"] else ""))  # fmt: skip
 
