@@ -37,6 +37,7 @@ from runner.schedule_store import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Fired:
     """What a firing step leaves to send: the batch's first submits, a firing that waited, a notification."""
@@ -257,4 +258,3 @@ def _utc(epoch_s: float) -> datetime:
 
 def _when(epoch_s: float) -> str:
     return _utc(epoch_s).strftime("%Y-%m-%d %H:%M:%S UTC")
-

@@ -116,9 +116,7 @@ def test_a_schedule_fires_once_its_batch_runs_and_the_list_shows_the_outcome(
     assert beat_sends(tmp_path, "beat.log") == 1
 
 
-def test_two_beat_processes_fire_a_schedule_once(
-    tmp_path: Path, broker: str, processes: Any, sim_factory: Any
-) -> None:
+def test_two_beat_processes_fire_a_schedule_once(tmp_path: Path, broker: str, processes: Any, sim_factory: Any) -> None:
     sim = sim_factory()
     write_manifest(tmp_path, 2)
     beats = [processes("beat", "--redis", broker, log=log) for log in ("beat-a.log", "beat-b.log")]
@@ -217,7 +215,9 @@ def test_run_now_pause_and_resume(tmp_path: Path, broker: str, processes: Any, s
 def test_a_schedule_of_a_broken_manifest_is_refused_with_the_errors_of_validate(tmp_path: Path, broker: str) -> None:
     manifest = write_manifest(tmp_path, 2)
     row = json.loads(manifest.read_text().splitlines()[0])
-    manifest.write_text(json.dumps({**row, "num_images": 9}) + "\n" + json.dumps({**row, "id": "b", "seed": "x"}) + "\n")
+    manifest.write_text(
+        json.dumps({**row, "num_images": 9}) + "\n" + json.dumps({**row, "id": "b", "seed": "x"}) + "\n"
+    )
     validated = run_cli(["validate", "batch.jsonl"], tmp_path)
     added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--cron", "0 2 * * *")
     assert added.returncode == validated.returncode == 1

@@ -116,9 +116,7 @@ def test_overlap_queue_waits_for_the_running_batch_then_starts(ctx: Context, tmp
     assert schedules.start_waiting(ctx, "nightly", waiting.id).firing is None, "a repeated start does nothing"
 
 
-def test_a_waiting_firing_starts_even_if_the_end_of_the_one_before_was_never_told(
-    ctx: Context, tmp_path: Path
-) -> None:
+def test_a_waiting_firing_starts_even_if_the_end_of_the_one_before_was_never_told(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, overlap="queue")
     running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
@@ -189,7 +187,9 @@ def test_a_firing_that_waited_while_its_schedule_was_paused_does_not_start(ctx: 
     end_batch(ctx, running.id)
     assert schedules.batch_ended(ctx, running.id).start == [waiting.id]
     skipped = schedules.start_waiting(ctx, "nightly", waiting.id).firing
-    assert skipped is not None and skipped.outcome == "skipped" and skipped.message == "skipped: the schedule was paused"
+    assert (
+        skipped is not None and skipped.outcome == "skipped" and skipped.message == "skipped: the schedule was paused"
+    )
     assert ctx.ledger.batch(waiting.id) is None
     store_of(ctx).save(spec)
     assert schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3").firing.outcome == "running"  # type: ignore[union-attr]
