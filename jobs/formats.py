@@ -255,7 +255,8 @@ def _read_yaml(out: ManifestFile, text: str) -> None:
     _report_repeats(out, doc)
     for key in doc:
         if key not in YAML_KEYS:
-            out.error(doc.key_lines.get(key), key, _unknown_key_message(key))
+            name = key if isinstance(key, str) else repr(key)  # YAML keys may be null, numbers, ...
+            out.error(doc.key_lines.get(key, doc.line), name, _unknown_key_message(name))
     _read_yaml_endpoint(out, doc)
     out.defaults = _read_yaml_layer(out, doc, "defaults")
     out.matrix = _read_yaml_layer(out, doc, "matrix")
@@ -275,6 +276,14 @@ def _unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(key, YAML_KEYS, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"expected one of {', '.join(YAML_KEYS)}"
     return f"unknown top-level key; {hint}"
+
+
+def _report_odd_keys(out: ManifestFile, mapping: _LocatedDict, where: str) -> bool:
+    """Report keys that are not field names (YAML allows null, numbers, ...); whether there were any."""
+    odd = [key for key in mapping if not isinstance(key, str)]
+    for key in odd:
+        out.error(mapping.key_lines.get(key, mapping.line), f"{where}.{key!r}", "a field name must be text")
+    return bool(odd)
 
 
 def _report_repeats(out: ManifestFile, mapping: _LocatedDict) -> None:
@@ -300,10 +309,11 @@ def _read_yaml_layer(out: ManifestFile, doc: _LocatedDict, key: str) -> Layer:
         out.error(doc.key_lines[key], key, "must be a mapping of field names to values")
         return Layer()
     _report_repeats(out, value)
+    _report_odd_keys(out, value, key)
     for reserved in ("id",):
         if reserved in value:
             out.error(value.key_lines[reserved], f"{key}.{reserved}", f"`{reserved}` belongs to a job, not to {key}")
-    values = {k: v for k, v in value.items() if k != "id"}
+    values = {k: v for k, v in value.items() if k != "id" and isinstance(k, str)}
     return Layer(values=values, key_lines=value.key_lines, line=doc.key_lines[key])
 
 
@@ -333,4 +343,6 @@ def _read_yaml_jobs(out: ManifestFile, doc: _LocatedDict) -> None:
             out.records.append(Record(number, Layer(line=line), broken=True))
             continue
         _report_repeats(out, item)
-        out.records.append(Record(number, Layer(values=dict(item), key_lines=item.key_lines, line=item.line)))
+        broken = _report_odd_keys(out, item, f"jobs[{number - 1}]")
+        layer = Layer(values=dict(item), key_lines=item.key_lines, line=item.line)
+        out.records.append(Record(number, layer, broken=broken))

@@ -282,3 +282,20 @@ def test_valid_rows_give_the_same_jobs_in_every_format(rows: list[dict[str, Any]
     assert len(expected) == len(rows)
     for batch in batches[1:]:
         assert [(job.id, job.input) for job in batch.jobs] == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("?", "m.yaml:1: None: unknown top-level key"),
+        ("1: x", "m.yaml:1: 1: unknown top-level key"),
+        (f"endpoint: {WAN25_I2I}\ndefaults: {{1: 2}}\njobs: [{{prompt: x}}]", "m.yaml:2: defaults.1: a field name must be text"),
+        (f"endpoint: {WAN25_I2I}\njobs:\n  - {{? , prompt: x}}", "m.yaml:3: jobs[0].None: a field name must be text"),
+        (f"endpoint: {WAN25_I2I}\nmatrix: {{null: [1]}}", "m.yaml:2: matrix.None: a field name must be text"),
+    ],
+)
+def test_yaml_keys_that_are_not_text_are_located_errors(body: str, expected: str) -> None:
+    """YAML allows null and numbers as keys; a field name must be text (found by the random-bytes test)."""
+    batch = parse_manifest("m.yaml", body.encode())
+    assert any(str(d).startswith(expected) for d in batch.diagnostics), batch.diagnostics
+    assert batch.errors
