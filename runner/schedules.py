@@ -22,7 +22,6 @@ import httpx
 
 from jobs.errors import ManifestError, WanBatchError
 from jobs.schedule import slot_label
-from jobs.status import JobStatus
 from runner.intake import Unattended, enqueue_batch, load_batch, provider_for, write_report
 from runner.pipeline import Context, FollowUp
 from runner.schedule_store import (
@@ -238,10 +237,7 @@ def _running(ctx: Context, store: ScheduleStore, name: str, firing_id: str) -> b
     if firing.outcome != "running":
         return False
     counts = ctx.ledger.counts(firing_id)
-    return any(n for status, n in counts.items() if status not in _FINAL)
-
-
-_FINAL = frozenset(s for s in JobStatus if s.is_final)
+    return any(n for status, n in counts.items() if not status.is_final)
 
 
 def _failed(store: ScheduleStore, spec: ScheduleSpec, firing: Firing, message: str) -> Fired:

@@ -128,9 +128,7 @@ def _guarded(app: Celery, context: Context, step: FollowUp, batch_id: str, work:
         return work(context)
     except Exception:
         log.exception("%s of batch %s failed unexpectedly", step.task, batch_id)
-        if step.tries < context.settings.max_call_retries:
-            delay_s = retry_delay_s(step.tries + 1, context.settings.retry, None, context.rng)
-            schedule(app, batch_id, [replace(step, delay_s=delay_s, tries=step.tries + 1)])
+        schedule(app, batch_id, _again_later(context, step))
         return None
 
 
@@ -144,13 +142,19 @@ def run_step(app: Celery, context: Context, step: FollowUp, batch_id: str) -> No
         follow = _STEPS[step.task](context, batch_id, step.job_id, step.token, step.tries)
     except Exception as exc:
         log.exception("%s of job %s of batch %s failed unexpectedly", step.task, step.job_id, batch_id)
-        if step.tries < context.settings.max_call_retries:
-            delay_s = retry_delay_s(step.tries + 1, context.settings.retry, None, context.rng)
-            follow = [replace(step, delay_s=delay_s, tries=step.tries + 1)]
-        else:
+        follow = _again_later(context, step)
+        if not follow:
             message = f"{step.task} failed {step.tries + 1} times: {type(exc).__name__}: {exc}"
             follow = pipeline.fail_job(context, batch_id, step.job_id, "internal_error", message[:500])
     schedule(app, batch_id, follow)
+
+
+def _again_later(context: Context, step: FollowUp) -> list[FollowUp]:
+    """`step` once more after a backoff, while it has failed fewer than `max_call_retries` times; [] after."""
+    if step.tries >= context.settings.max_call_retries:
+        return []
+    delay_s = retry_delay_s(step.tries + 1, context.settings.retry, None, context.rng)
+    return [replace(step, delay_s=delay_s, tries=step.tries + 1)]
 
 
 _STEPS: dict[str, Callable[[Context, str, str, int, int], list[FollowUp]]] = {
