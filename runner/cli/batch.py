@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -27,6 +27,15 @@ from runner.settings import MIB, InputSettings
 from runner.tasks import QUEUE, create_app
 
 MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def refuse_manifest(exc: ManifestError, verdict: str | None = None) -> NoReturn:
+    """Print every problem of a manifest that may not run (and what was not done), then exit 1."""
+    for diagnostic in exc.diagnostics:
+        click.echo(str(diagnostic), err=True)
+    if verdict is not None:
+        click.echo(verdict, err=True)
+    raise SystemExit(1)
 
 
 @click.command()
@@ -118,10 +127,7 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
     try:
         batch = load_batch(request)
     except ManifestError as exc:
-        for diagnostic in exc.diagnostics:
-            click.echo(str(diagnostic), err=True)
-        click.echo(f"{request.manifest}: not run; fix the errors above or pass --skip-invalid", err=True)
-        sys.exit(1)
+        refuse_manifest(exc, f"{request.manifest}: not run; fix the errors above or pass --skip-invalid")
     for warning in batch.warnings:
         click.echo(str(warning), err=True)
     try:

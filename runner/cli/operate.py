@@ -21,6 +21,7 @@ from jobs.errors import ManifestError
 from jobs.status import JobStatus
 from runner import operations
 from runner.batch_run import open_ledger, submit_batch
+from runner.cli.batch import refuse_manifest
 from runner.intake import RunRequest, UsageError, load_batch
 from runner.ledger import Ledger
 from runner.pipeline import Context
@@ -65,9 +66,7 @@ def submit(manifest: Path, **options: Any) -> None:
     try:
         info, synced = submit_batch(request, load_batch(request))
     except ManifestError as exc:
-        for diagnostic in exc.diagnostics:
-            click.echo(str(diagnostic), err=True)
-        raise SystemExit(1) from None
+        refuse_manifest(exc)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(info.id)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from jobs.errors import ManifestError
 from jobs.schedule import ScheduleError, When
 from runner import beat
+from runner.cli.batch import refuse_manifest
 from runner.intake import RunRequest, UsageError, batch_id_for, load_batch
 from runner.providers import Provider
 from runner.schedule_store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
@@ -76,10 +77,7 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
     try:
         batch = load_batch(request, data)
     except ManifestError as exc:
-        for diagnostic in exc.diagnostics:
-            click.echo(str(diagnostic), err=True)
-        click.echo(f"{manifest}: not scheduled: fix the errors above (or pass --skip-invalid)", err=True)
-        raise SystemExit(1) from None
+        refuse_manifest(exc, f"{manifest}: not scheduled: fix the errors above (or pass --skip-invalid)")
     try:
         spec = ScheduleSpec(name=name, when=when.to_dict(), manifest=str(manifest.resolve()), out=str(out.resolve()),
                             notify=notify, created_at=now.timestamp(), **options)  # fmt: skip
