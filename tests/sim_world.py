@@ -14,14 +14,14 @@ import redis
 
 from jobs.endpoints import WAN25_I2I
 from jobs.job import Job, canonical_json, fingerprint
-from runner import pipeline
-from runner.ledger import BatchInfo, Ledger
-from runner.pipeline import Context, FollowUp
-from runner.providers import Provider
-from runner.queue_api import QueueClient
+from runner.fal.providers import Provider
+from runner.fal.queue_api import QueueClient
+from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator
 from runner.simulator.clock import ManualClock
+from runner.steps import pipeline
+from runner.steps.pipeline import Context, FollowUp
 
 KEY = "pipeline-test-key"
 

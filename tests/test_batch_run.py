@@ -12,11 +12,11 @@ import redis
 from celery.signals import worker_init
 
 from jobs.status import JobStatus
-from runner.batch_run import FolderInUseError, StallWatch, hold_folder, run_batch
-from runner.embedded_redis import EmbeddedRedis
-from runner.intake import RunRequest, UsageError, batch_id_for, check_same_provider, load_batch, provider_for
-from runner.ledger import BatchInfo, Ledger
-from runner.providers import FAL_QUEUE_URL, Provider
+from runner.batches.intake import RunRequest, UsageError, batch_id_for, check_same_provider, load_batch, provider_for
+from runner.batches.run import FolderInUseError, StallWatch, hold_folder, run_batch
+from runner.embedded.server import EmbeddedRedis
+from runner.fal.providers import FAL_QUEUE_URL, Provider
+from runner.ledger.store import BatchInfo, Ledger
 from tests.test_run_e2e import write_manifest
 
 PASSWORD = "hunter2-secret-pw"

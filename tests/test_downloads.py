@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from jobs.errors import DownloadError
-from runner.downloads import download_file, extension_for_content_type, normalize_content_type
+from runner.fal.downloads import download_file, extension_for_content_type, normalize_content_type
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import redis
 
-from runner.embedded_redis import EmbeddedRedis, find_redis_server
+from runner.embedded.server import EmbeddedRedis, find_redis_server
 
 
 def client_of(server: EmbeddedRedis) -> redis.Redis:
@@ -65,7 +65,7 @@ def test_the_server_ignores_the_terminals_ctrl_c_and_dies_with_its_run(tmp_path:
 
     script = (
         "import sys, time, pathlib\n"
-        "from runner.embedded_redis import EmbeddedRedis\n"
+        "from runner.embedded.server import EmbeddedRedis\n"
         "EmbeddedRedis(pathlib.Path(sys.argv[1])).start()\n"
         "print('up', flush=True)\n"
         "time.sleep(60)\n"

@@ -6,7 +6,7 @@ import redis
 
 from jobs.job import Job
 from jobs.status import JobStatus
-from runner.ledger import BatchInfo, Ledger
+from runner.ledger.store import BatchInfo, Ledger
 
 S = JobStatus
 

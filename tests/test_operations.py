@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.status import JobStatus
-from runner import operations, pipeline
+from runner.batches import operations
 from runner.simulator import FaultRates
+from runner.steps import pipeline
 from tests.sim_world import run_until_quiet
 
 S = JobStatus

@@ -6,12 +6,12 @@ from typing import Any
 
 from jobs.endpoints import WAN25_I2I
 from jobs.status import JobStatus
-from runner import pipeline
-from runner.ledger import BatchInfo
-from runner.pipeline import FollowUp
-from runner.queue_api import QueueClient
+from runner.fal.queue_api import QueueClient
+from runner.ledger.store import BatchInfo
 from runner.settings import WorkerSettings
 from runner.simulator import FaultRates
+from runner.steps import pipeline
+from runner.steps.pipeline import FollowUp
 from tests.sim_world import run_until_quiet
 
 S = JobStatus
@@ -169,7 +169,7 @@ def test_an_unexpected_error_from_the_submit_call_is_never_sent_again(world_fact
 
 
 def test_a_job_fal_did_not_start_in_time_runs_again(world_factory: Any) -> None:
-    from runner.queue_api import QueueOptions
+    from runner.fal.queue_api import QueueOptions
 
     world = world_factory(jobs=2, max_in_flight=2, concurrency=1, run_time="fixed:5")
     client = QueueClient(world.http, world.provider, QueueOptions(start_timeout_s=2))

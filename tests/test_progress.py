@@ -8,7 +8,7 @@ from rich.console import Console
 from jobs.job import Job
 from jobs.record import JobRecord
 from jobs.status import JobStatus
-from runner.progress import ProgressBar, failure_lines
+from runner.cli.progress import ProgressBar, failure_lines
 
 S = JobStatus
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from runner.providers import FAL_QUEUE_URL, Provider
+from runner.fal.providers import FAL_QUEUE_URL, Provider
 
 KEY = "key-id:SECRET0123456789"
 TOKEN = "tok-abcdef0123456789"

@@ -30,10 +30,10 @@ from jobs.errors import (
     TransientQueueError,
 )
 from jobs.outputs import ModelOutput
-from runner.downloads import download_file
-from runner.providers import Provider
-from runner.queue_api import QueueClient, QueueOptions, QueueStatus, Submission, call_with_retries, user_agent
-from runner.retry import RetryPolicy
+from runner.fal.downloads import download_file
+from runner.fal.providers import Provider
+from runner.fal.queue_api import QueueClient, QueueOptions, QueueStatus, Submission, call_with_retries, user_agent
+from runner.fal.retry import RetryPolicy
 from runner.simulator import FaultRates, ManualClock, RunningSimulator, SimConfig, run_simulator
 
 KEY = "fal-key-id:SECRETkey0123456789"

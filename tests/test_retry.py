@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from runner.retry import (
+from runner.fal.retry import (
     RetryPolicy,
     header_value,
     is_retryable_status,

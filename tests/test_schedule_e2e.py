@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from jobs.schedule import When
-from runner import beat
+from runner.schedules import beat
 from runner.tasks import QUEUE, create_app
 from tests.test_operate_e2e import wait_for
 from tests.test_run_e2e import WAN_BATCH, cli_env, run_cli, write_manifest

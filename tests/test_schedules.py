@@ -16,11 +16,13 @@ import redis
 
 from jobs.schedule import When
 from jobs.status import JobStatus
-from runner import beat, operations, pipeline, schedules
-from runner.ledger import Ledger
-from runner.pipeline import Context, FollowUp
-from runner.schedule_store import NOTIFY_TRIES, STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore
+from runner.batches import operations
+from runner.ledger.store import Ledger
+from runner.schedules import beat, firings
+from runner.schedules.store import NOTIFY_TRIES, STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore
 from runner.settings import WorkerSettings
+from runner.steps import pipeline
+from runner.steps.pipeline import Context, FollowUp
 from runner.tasks import QUEUE, create_app
 from tests.sim_world import run_until_quiet
 from tests.test_run_e2e import write_manifest
@@ -63,7 +65,7 @@ def store_of(ctx: Context) -> ScheduleStore:
 
 def test_a_firing_enqueues_a_batch_in_its_dated_folder_with_low_priority(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path)
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="message-1")
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="message-1")
     assert fired.firing is not None and fired.firing.outcome == "running"
     assert fired.firing.id == "nightly-2026-11-22T0200"
     info = ctx.ledger.batch(fired.firing.id)
@@ -76,10 +78,10 @@ def test_a_firing_enqueues_a_batch_in_its_dated_folder_with_low_priority(ctx: Co
 
 def test_a_slot_fires_once_however_many_schedulers_send_it(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path)
-    first = schedules.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
-    second = schedules.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-b")
+    first = firings.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
+    second = firings.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-b")
     assert first.firing is not None and second.firing is None and not second.follow
-    redelivered = schedules.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
+    redelivered = firings.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
     assert redelivered.firing == first.firing and not redelivered.follow, "a redelivered message does not redo it"
     assert ctx.ledger.batch_ids() == ["nightly-2026-11-22T0200"]
     assert len(store_of(ctx).firings("nightly")) == 1
@@ -87,60 +89,60 @@ def test_a_slot_fires_once_however_many_schedulers_send_it(ctx: Context, tmp_pat
 
 def test_overlap_skip_names_the_running_batch(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, overlap="skip")
-    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
-    skipped = schedules.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
+    running = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    skipped = firings.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
     assert running is not None and skipped is not None
     assert skipped.outcome == "skipped" and skipped.batch_id is None
     assert skipped.message == f"skipped: {running.id} was still running (overlap: skip)"
     assert ctx.ledger.batch(skipped.id) is None
     end_batch(ctx, running.id)
-    assert schedules.batch_ended(ctx, running.id).start == []
-    third = schedules.fire(ctx, "nightly", SLOT + 48 * HOUR, "schedule", token="t3").firing
+    assert firings.batch_ended(ctx, running.id).start == []
+    third = firings.fire(ctx, "nightly", SLOT + 48 * HOUR, "schedule", token="t3").firing
     assert third is not None and third.outcome == "running", "once the last batch ended, the next one runs"
 
 
 def test_overlap_queue_waits_for_the_running_batch_then_starts(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, overlap="queue")
-    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
-    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
-    extra = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3").firing
+    running = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    extra = firings.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3").firing
     assert running is not None and waiting is not None and extra is not None
     assert waiting.outcome == "waiting" and waiting.message == f"waits for {running.id} to end (overlap: queue)"
     assert extra.outcome == "skipped" and "one firing already waits" in (extra.message or "")
     end_batch(ctx, running.id)
-    ended = schedules.batch_ended(ctx, running.id)
+    ended = firings.batch_ended(ctx, running.id)
     assert ended.start == [waiting.id]
-    started = schedules.start_waiting(ctx, "nightly", waiting.id)
+    started = firings.start_waiting(ctx, "nightly", waiting.id)
     assert started.firing is not None and started.firing.outcome == "running" and started.firing.trigger == "waited"
     assert ctx.ledger.batch(waiting.id) is not None
-    assert schedules.start_waiting(ctx, "nightly", waiting.id).firing is None, "a repeated start does nothing"
+    assert firings.start_waiting(ctx, "nightly", waiting.id).firing is None, "a repeated start does nothing"
 
 
 def test_a_waiting_firing_starts_even_if_the_end_of_the_one_before_was_never_told(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, overlap="queue")
-    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
-    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    running = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
     assert running is not None and waiting is not None
     end_batch(ctx, running.id)  # ... and its end task is lost
-    later = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3")
+    later = firings.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3")
     assert later.start == [waiting.id], "the waiting firing goes first"
     assert later.firing is not None and later.firing.outcome == "waiting"
 
 
 def test_redelivered_messages_of_a_waiting_firing_lose_nothing(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, overlap="queue")
-    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
-    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    running = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
     assert running is not None and waiting is not None
     store = store_of(ctx)
     store.save_firing("nightly", waiting.model_copy(update={"outcome": "starting"}))  # cut off before "waiting"
-    again = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    again = firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
     assert again is not None and again.outcome == "waiting", "the firing recognises its own place in line"
     end_batch(ctx, running.id)
-    assert schedules.batch_ended(ctx, running.id).start == [waiting.id]
+    assert firings.batch_ended(ctx, running.id).start == [waiting.id]
     # The worker starting it dies after marking it as starting; its message is delivered again.
     store.save_firing("nightly", waiting.model_copy(update={"outcome": "starting", "trigger": "waited"}))
-    started = schedules.start_waiting(ctx, "nightly", waiting.id).firing
+    started = firings.start_waiting(ctx, "nightly", waiting.id).firing
     assert started is not None and started.outcome == "running" and ctx.ledger.batch(waiting.id) is not None
 
 
@@ -153,10 +155,10 @@ def test_a_firing_held_up_in_setup_still_holds_the_schedule(ctx: Context, tmp_pa
                          trigger="waited", outcome="starting", started_at=now - 5)  # fmt: skip
     store.save_firing("nightly", long_waited)
     assert store.begin("nightly", long_waited.id, "skip", lambda _f: False)[0] == "go"
-    later = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t9").firing
+    later = firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t9").firing
     assert later is not None and later.outcome == "skipped"
     store.save_firing("nightly", long_waited.model_copy(update={"started_at": now - 2 * STARTING_STALE_S}))
-    latest = schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t10").firing
+    latest = firings.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t10").firing
     assert latest is not None and latest.outcome == "running", "a setup cut off long ago holds nothing"
 
 
@@ -168,42 +170,42 @@ def test_a_firing_that_blows_up_while_starting_is_an_error_and_frees_the_schedul
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(schedules, "enqueue_batch", broken)  # no real peer fails this way on demand
-    failed = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    monkeypatch.setattr(firings, "enqueue_batch", broken)  # no real peer fails this way on demand
+    failed = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert failed is not None and failed.outcome == "error"
     assert failed.message == "could not start: RuntimeError: disk on fire"
     monkeypatch.undo()
     monkeypatch.setenv("FAL_KEY", "schedule-test-key")
-    again = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    again = firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
     assert again is not None and again.outcome == "running"
 
 
 def test_a_firing_that_waited_while_its_schedule_was_paused_does_not_start(ctx: Context, tmp_path: Path) -> None:
     spec, _ = add_schedule(ctx, tmp_path, overlap="queue")
-    running = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
-    waiting = schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
+    running = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    waiting = firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t2").firing
     assert running is not None and waiting is not None
     store_of(ctx).save(spec.model_copy(update={"paused": True}))
     end_batch(ctx, running.id)
-    assert schedules.batch_ended(ctx, running.id).start == [waiting.id]
-    skipped = schedules.start_waiting(ctx, "nightly", waiting.id).firing
+    assert firings.batch_ended(ctx, running.id).start == [waiting.id]
+    skipped = firings.start_waiting(ctx, "nightly", waiting.id).firing
     assert (
         skipped is not None and skipped.outcome == "skipped" and skipped.message == "skipped: the schedule was paused"
     )
     assert ctx.ledger.batch(waiting.id) is None
     store_of(ctx).save(spec)
-    assert schedules.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3").firing.outcome == "running"  # type: ignore[union-attr]
+    assert firings.fire(ctx, "nightly", SLOT + 2 * HOUR, "schedule", token="t3").firing.outcome == "running"  # type: ignore[union-attr]
 
 
 def test_the_stored_manifest_is_fired_unless_follow_file(ctx: Context, tmp_path: Path) -> None:
     _, manifest = add_schedule(ctx, tmp_path, jobs=3)
     manifest.write_text(manifest.read_text().splitlines()[0] + "\n")  # the file now has one row
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None and ctx.ledger.batch(fired.id).jobs == 3  # type: ignore[union-attr]
     store_of(ctx).save(store_of(ctx).get("nightly").model_copy(update={"follow_file": True}))
     end_batch(ctx, fired.id)
-    schedules.batch_ended(ctx, fired.id)
-    followed = schedules.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
+    firings.batch_ended(ctx, fired.id)
+    followed = firings.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
     assert followed is not None and ctx.ledger.batch(followed.id).jobs == 1  # type: ignore[union-attr]
 
 
@@ -211,13 +213,13 @@ def test_a_manifest_that_broke_makes_an_error_firing_and_frees_the_schedule(ctx:
     _, manifest = add_schedule(ctx, tmp_path, follow_file=True, notify="https://hooks.example.test/T0K3N")
     row = json.loads(manifest.read_text().splitlines()[0])
     manifest.write_text(json.dumps({**row, "num_images": 9}) + "\n")
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1")
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1")
     assert fired.firing is not None and fired.firing.outcome == "error" and fired.notify
     assert fired.firing.message is not None and fired.firing.message.startswith("the manifest does not validate: ")
     assert f"{manifest}:1: " in fired.firing.message and "num_images" in fired.firing.message
     assert ctx.ledger.batch_ids() == [], "nothing was submitted"
     manifest.write_text(json.dumps(row) + "\n")
-    again = schedules.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
+    again = firings.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
     assert again is not None and again.outcome == "running", "the failed firing holds nothing"
 
 
@@ -225,29 +227,29 @@ def test_paused_and_removed_schedules_fire_nothing_scheduled(ctx: Context, tmp_p
     spec, _ = add_schedule(ctx, tmp_path)
     store = store_of(ctx)
     store.save(spec.model_copy(update={"paused": True}))
-    assert schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing is None
-    now = schedules.fire(ctx, "nightly", SLOT + 60, "run-now", token="t2").firing
+    assert firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing is None
+    now = firings.fire(ctx, "nightly", SLOT + 60, "run-now", token="t2").firing
     assert now is not None and now.id == "nightly-2026-11-22T0201-now", "run-now fires a paused schedule"
     store.remove("nightly")
-    assert schedules.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t3").firing is None
+    assert firings.fire(ctx, "nightly", SLOT + HOUR, "schedule", token="t3").firing is None
     assert store.names() == [] and store.firings("nightly") == []
 
 
 def test_two_firings_in_one_minute_get_their_own_batches(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, overlap="queue")
-    first = schedules.fire(ctx, "nightly", SLOT + 1.25, "run-now", token="t1").firing
-    second = schedules.fire(ctx, "nightly", SLOT + 1.5, "run-now", token="t2").firing
+    first = firings.fire(ctx, "nightly", SLOT + 1.25, "run-now", token="t1").firing
+    second = firings.fire(ctx, "nightly", SLOT + 1.5, "run-now", token="t2").firing
     assert first is not None and second is not None
     assert (first.id, second.id) == ("nightly-2026-11-22T0200-now", "nightly-2026-11-22T0200-now-2")
 
 
 def test_the_end_of_a_scheduled_batch_stores_its_summary_and_report(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, jobs=3)
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
     end_batch(ctx, fired.id, failed=1)
     assert ctx.ledger.claim_end(fired.id)
-    ended = schedules.batch_ended(ctx, fired.id)
+    ended = firings.batch_ended(ctx, fired.id)
     firing = store_of(ctx).firing("nightly", fired.id)
     assert firing is not None and ended.firing == firing and not ended.notify
     assert firing.outcome == "done" and firing.summary is not None and firing.ended_at is not None
@@ -259,7 +261,7 @@ def test_the_end_of_a_scheduled_batch_stores_its_summary_and_report(ctx: Context
 
 def test_the_last_job_to_end_claims_the_end_once_and_again_after_a_retry(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, jobs=2)
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
     assert not ctx.ledger.claim_end(fired.id), "jobs are still waiting"
     end_batch(ctx, fired.id, failed=1)
@@ -282,14 +284,14 @@ def test_a_pipeline_step_that_ends_the_last_job_sends_the_end(world_factory: Any
 
 def test_the_sweep_ends_an_unattended_batch_whose_end_was_lost(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, jobs=2)
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
     end_batch(ctx, fired.id)  # moved by hand: no step claimed the end
     assert operations.sweep(ctx, stale_after_s=300) == {fired.id: [FollowUp("end", "")]}
     assert operations.sweep(ctx, stale_after_s=300) == {}, "not again while its end task may still run"
     # That end task is lost too: claimed, never reported. Once it is stale, the sweep sends it again.
     assert operations.sweep(ctx, stale_after_s=0) == {fired.id: [FollowUp("end", "")]}
-    schedules.batch_ended(ctx, fired.id)
+    firings.batch_ended(ctx, fired.id)
     assert operations.sweep(ctx, stale_after_s=0) == {}, "reported: nothing more to do"
     assert store_of(ctx).firing("nightly", fired.id).outcome == "done"  # type: ignore[union-attr]
 
@@ -300,13 +302,13 @@ def test_notify_posts_the_summary_and_retries_a_failed_delivery(
     url, handler = hook
     caplog.set_level(logging.INFO)
     add_schedule(ctx, tmp_path, jobs=2, notify=url)
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
     end_batch(ctx, fired.id, failed=1)
-    assert schedules.batch_ended(ctx, fired.id).notify
+    assert firings.batch_ended(ctx, fired.id).notify
     handler.answers = [503]
-    assert schedules.notify(ctx, "nightly", fired.id, tries=0) == 5.0, "a failed delivery is tried again later"
-    assert schedules.notify(ctx, "nightly", fired.id, tries=1) is None
+    assert firings.notify(ctx, "nightly", fired.id, tries=0) == 5.0, "a failed delivery is tried again later"
+    assert firings.notify(ctx, "nightly", fired.id, tries=1) is None
     firing = store_of(ctx).firing("nightly", fired.id)
     assert firing is not None and firing.notified == "sent (HTTP 200)"
     payload = handler.received[-1]["json"]
@@ -323,10 +325,10 @@ def test_notify_gives_up_after_its_tries_without_showing_the_url(
 ) -> None:
     url = "http://127.0.0.1:9/hooks/S3CR3T"  # nothing listens on the discard port
     add_schedule(ctx, tmp_path, notify=url)
-    fired = schedules.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
     last = NOTIFY_TRIES - 1
-    assert schedules.notify(ctx, "nightly", fired.id, tries=last) is None
+    assert firings.notify(ctx, "nightly", fired.id, tries=last) is None
     firing = store_of(ctx).firing("nightly", fired.id)
     assert firing is not None and firing.notified is not None
     assert firing.notified.startswith(f"failed after {NOTIFY_TRIES} tries (ConnectError from http://127.0.0.1:9/")

@@ -4,7 +4,7 @@ from pathlib import Path
 from jobs.job import Job
 from jobs.record import JobRecord, OutputFile
 from jobs.status import JobStatus
-from runner.storage import BatchFolder, write_atomically
+from runner.steps.folder import BatchFolder, write_atomically
 
 
 def test_write_atomically_replaces_whole_files(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import redis
 
 from jobs.job import Job
 from jobs.status import JobStatus
-from runner.ledger import BatchInfo, Ledger
-from runner.pipeline import Context, FollowUp
+from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import WorkerSettings
+from runner.steps.pipeline import Context, FollowUp
 from runner.tasks import QUEUE, TASKS, create_app, redis_py_url, run_step
 
 

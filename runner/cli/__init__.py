@@ -7,8 +7,8 @@ from typing import Any
 import click
 import redis
 
+from runner.batches.intake import UsageError
 from runner.cli import batch, operate, schedule, sim
-from runner.intake import UsageError
 
 
 class _Group(click.Group):

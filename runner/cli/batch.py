@@ -18,11 +18,11 @@ from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import ManifestError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.status import JobStatus
-from runner.batch_run import open_ledger, report_batch, run_batch
+from runner.batches.intake import RunRequest, RunResult, UsageError, load_batch
+from runner.batches.manifests import load_manifest
+from runner.batches.run import open_ledger, report_batch, run_batch
+from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
-from runner.intake import RunRequest, RunResult, UsageError, load_batch
-from runner.manifests import load_manifest
-from runner.progress import ProgressBar, failure_lines
 from runner.settings import MIB, InputSettings
 from runner.tasks import QUEUE, create_app
 

@@ -19,14 +19,14 @@ import httpx
 
 from jobs.errors import ManifestError
 from jobs.status import JobStatus
-from runner import operations
-from runner.batch_run import open_ledger, submit_batch
+from runner.batches import operations
+from runner.batches.intake import RunRequest, UsageError, load_batch
+from runner.batches.run import open_ledger, submit_batch
 from runner.cli.batch import refuse_manifest
-from runner.intake import RunRequest, UsageError, load_batch
-from runner.ledger import Ledger
-from runner.pipeline import Context
-from runner.progress import ProgressBar
+from runner.cli.progress import ProgressBar
+from runner.ledger.store import Ledger
 from runner.settings import WorkerSettings, credential_from_env
+from runner.steps.pipeline import Context
 from runner.tasks import create_app, queue_clients, schedule
 
 _WATCH_EVERY_S = 0.5

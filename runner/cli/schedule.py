@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from jobs.errors import ManifestError
 from jobs.schedule import ScheduleError, When
-from runner import beat
+from runner.batches.intake import RunRequest, UsageError, batch_id_for, load_batch
 from runner.cli.batch import refuse_manifest
-from runner.intake import RunRequest, UsageError, batch_id_for, load_batch
-from runner.providers import Provider
-from runner.schedule_store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
+from runner.fal.providers import Provider
+from runner.schedules import beat
+from runner.schedules.store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
 from runner.tasks import FIRE_TASK, QUEUE, create_app, redis_client
 
 _NEXT_SHOWN = 3

@@ -1,8 +1,8 @@
 """Schedules: a manifest that `wan-batch beat` fires on a cron or at a time, each firing a normal batch.
 
 A schedule's settings and the manifest's content as it was when scheduled
-live in Redis beside the batches (`runner.schedule_store`); celery-redbeat keeps when
-each fires next (`runner.beat`). A firing runs on a worker (`fire`): it
+live in Redis beside the batches (`runner.schedules.store`); celery-redbeat keeps when
+each fires next (`runner.schedules.beat`). A firing runs on a worker (`fire`): it
 claims its slot, so two schedulers never make two batches of one slot;
 applies the overlap policy; and enqueues the batch in OUT/<schedule>/<date-time>.
 When the batch's last job ends (`batch_ended`), its summary is stored with the
@@ -22,9 +22,8 @@ import httpx
 
 from jobs.errors import ManifestError, WanBatchError
 from jobs.schedule import slot_label
-from runner.intake import Unattended, enqueue_batch, load_batch, provider_for, write_report
-from runner.pipeline import Context, FollowUp
-from runner.schedule_store import (
+from runner.batches.intake import Unattended, enqueue_batch, load_batch, provider_for, write_report
+from runner.schedules.store import (
     NOTIFY_TRIES,
     STARTING_STALE_S,
     Firing,
@@ -33,6 +32,7 @@ from runner.schedule_store import (
     Trigger,
     shown_url,
 )
+from runner.steps.pipeline import Context, FollowUp
 
 log = logging.getLogger(__name__)
 

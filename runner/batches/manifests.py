@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jobs.diagnostics import Diagnostic, dedupe
 from jobs.manifest import Batch, ManifestOptions, parse_manifest
-from runner.local_images import check_batch_images
+from runner.fal.local_images import check_batch_images
 from runner.settings import InputSettings
 
 

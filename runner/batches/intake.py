@@ -20,14 +20,14 @@ from jobs.errors import ManifestError, WanBatchError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.record import JobRecord
 from jobs.status import JobStatus
-from runner.ledger import BatchInfo, Ledger
-from runner.manifests import load_manifest
-from runner.operations import resume_lost
-from runner.pipeline import Context, FollowUp
-from runner.providers import FAL_QUEUE_URL, Provider
+from runner.batches.manifests import load_manifest
+from runner.batches.operations import resume_lost
+from runner.fal.providers import FAL_QUEUE_URL, Provider
+from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
 from runner.simulator.config import SimConfig
-from runner.storage import BatchFolder
+from runner.steps.folder import BatchFolder
+from runner.steps.pipeline import Context, FollowUp
 
 
 class UsageError(WanBatchError):

@@ -22,10 +22,7 @@ from celery import Celery
 
 from jobs.manifest import Batch
 from jobs.status import FINAL, JobStatus
-from runner import pipeline
-from runner.embedded_redis import EmbeddedRedis
-from runner.embedded_worker import EmbeddedWorker
-from runner.intake import (
+from runner.batches.intake import (
     RunRequest,
     RunResult,
     UsageError,
@@ -34,12 +31,15 @@ from runner.intake import (
     record_batch,
     write_report,
 )
-from runner.ledger import BatchInfo, Ledger
-from runner.operations import resume_lost
-from runner.pipeline import Context
-from runner.providers import Provider
+from runner.batches.operations import resume_lost
+from runner.embedded.server import EmbeddedRedis
+from runner.embedded.worker import EmbeddedWorker
+from runner.fal.providers import Provider
+from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator
+from runner.steps import pipeline
+from runner.steps.pipeline import Context
 from runner.tasks import create_app, queue_clients, redis_client, schedule
 
 _FOLLOW_EVERY_S = 0.2

@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field
 from jobs.job import Job
 from jobs.record import JobRecord
 from jobs.status import JobStatus
-from runner import ledger_scripts
-from runner.keys import Keys
+from runner.ledger import scripts as ledger_scripts
+from runner.ledger.keys import Keys
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(JobRecord))
 _RECENT_RUN_TIMES = 50

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from jobs.outputs import ModelOutput
 from jobs.record import JobRecord, OutputFile
-from runner.downloads import download_file, extension_for_content_type
-from runner.ledger import BatchInfo
-from runner.storage import BatchFolder
+from runner.fal.downloads import download_file, extension_for_content_type
+from runner.ledger.store import BatchInfo
+from runner.steps.folder import BatchFolder
 
 
 def save_outputs(

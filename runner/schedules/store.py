@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 from redis.client import Pipeline
 
 from jobs.schedule import When
-from runner.intake import RunRequest, UsageError
-from runner.keys import Keys
+from runner.batches.intake import RunRequest, UsageError
+from runner.ledger.keys import Keys
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: A firing this long after its slot is shown as late.

@@ -2,7 +2,7 @@
 
 Every failure becomes a classified error of `jobs.errors` (transient, permanent,
 auth, unconfirmed submit); nothing here sleeps. `call_with_retries` is the
-loop for callers outside Celery; tasks reschedule with `runner.retry` instead.
+loop for callers outside Celery; tasks reschedule with `runner.fal.retry` instead.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from jobs.errors import (
     SubmitUnconfirmedError,
     TransientQueueError,
 )
-from runner.providers import Provider
-from runner.retry import (
+from runner.fal.providers import Provider
+from runner.fal.retry import (
     RetryPolicy,
     header_value,
     is_retryable_status,

@@ -30,13 +30,13 @@ from jobs.errors import (
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.record import Attempt, JobRecord
 from jobs.status import FINAL, JobStatus
-from runner.collect import save_outputs
-from runner.ledger import BatchInfo, Ledger
-from runner.local_images import LocalImageError, inline_local_images
-from runner.queue_api import QueueClient, QueueStatus, Submission
-from runner.retry import retry_delay_s
+from runner.fal.local_images import LocalImageError, inline_local_images
+from runner.fal.queue_api import QueueClient, QueueStatus, Submission
+from runner.fal.retry import retry_delay_s
+from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import WorkerSettings
-from runner.storage import BatchFolder
+from runner.steps.collect import save_outputs
+from runner.steps.folder import BatchFolder
 
 log = logging.getLogger(__name__)
 S = JobStatus

@@ -9,9 +9,9 @@ from typing import Any
 
 from jobs.record import Attempt, JobRecord
 from jobs.status import JobStatus
-from runner import pipeline
-from runner.ledger import BatchInfo, Ledger
-from runner.pipeline import Context, FollowUp
+from runner.ledger.store import BatchInfo, Ledger
+from runner.steps import pipeline
+from runner.steps.pipeline import Context, FollowUp
 
 S = JobStatus
 #: A submit that has not come back in this long lost its worker (the client's submit timeout is 120 s).

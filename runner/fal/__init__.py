@@ -1,0 +1,1 @@
+"""fal over HTTP: the queue client, providers and their credentials, retry predicates, downloads, local images."""
