@@ -11,6 +11,30 @@ class WanBatchError(Exception):
     """Base class of the project's errors; its message is safe to show a user."""
 
 
+class UsageError(WanBatchError):
+    """The command cannot run as asked (a missing credential, a clashing batch id); the CLI exits 2."""
+
+
+class FolderInUseError(UsageError):
+    """Another embedded `wan-batch run` holds the output folder."""
+
+
+class EmbeddedRedisError(WanBatchError):
+    """The private redis-server of `wan-batch run` could not be found or started."""
+
+
+class EmbeddedWorkerError(WanBatchError):
+    """The in-process Celery worker of `wan-batch run` did not start."""
+
+
+class LocalImageError(WanBatchError):
+    """A local image that cannot be sent: missing, not an image, or too large."""
+
+
+class ScheduleError(WanBatchError):
+    """A schedule that cannot be: the message names the option (--cron, --at, --tz) and what is wrong."""
+
+
 class ManifestError(WanBatchError):
     """A manifest that cannot run; carries every located problem found."""
 

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jobs.errors import WanBatchError
+from jobs.errors import ScheduleError
 
 #: How far past `after` a cron is searched: 8 years holds a Feb 29 even across 2100.
 _HORIZON_DAYS = 8 * 366
@@ -36,10 +36,6 @@ _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 #: Longest length of each month, Feb 29 included.
 _MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-class ScheduleError(WanBatchError):
-    """A schedule that cannot be: the message names the option (--cron, --at, --tz) and what is wrong."""
 
 
 @dataclass(frozen=True)

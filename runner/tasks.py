@@ -21,9 +21,8 @@ import redis
 from celery import Celery, Task
 from pydantic import SecretStr
 
-from jobs.errors import AuthError
+from jobs.errors import AuthError, UsageError
 from runner.batches import operations
-from runner.batches.intake import UsageError
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient, QueueOptions
 from runner.fal.retry import retry_delay_s

@@ -11,9 +11,10 @@ import pytest
 import redis
 from celery.signals import worker_init
 
+from jobs.errors import FolderInUseError, UsageError
 from jobs.status import JobStatus
-from runner.batches.intake import RunRequest, UsageError, batch_id_for, check_same_provider, load_batch, provider_for
-from runner.batches.run import FolderInUseError, StallWatch, hold_folder, run_batch
+from runner.batches.intake import RunRequest, batch_id_for, check_same_provider, load_batch, provider_for
+from runner.batches.run import StallWatch, hold_folder, run_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.fal.providers import FAL_QUEUE_URL, Provider
 from runner.ledger.store import BatchInfo, Ledger

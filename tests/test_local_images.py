@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
+from jobs.errors import LocalImageError
 from jobs.images import encode_data_uri
 from jobs.manifest import ManifestOptions, parse_manifest
-from runner.fal.local_images import LocalImageError, check_batch_images, inline_local_images
+from runner.fal.local_images import check_batch_images, inline_local_images
 
 MakeImage = Callable[..., Path]
 

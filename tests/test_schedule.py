@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.errors import WanBatchError
-from jobs.schedule import Cron, ScheduleError, When, slot_label
+from jobs.errors import ScheduleError, WanBatchError
+from jobs.schedule import Cron, When, slot_label
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, ValidationError
 
-from jobs.errors import ManifestError, WanBatchError
+from jobs.errors import ManifestError, UsageError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.record import JobRecord
 from jobs.status import JobStatus
@@ -28,10 +28,6 @@ from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_
 from runner.simulator.config import SimConfig
 from runner.steps.folder import BatchFolder
 from runner.steps.pipeline import Context, FollowUp
-
-
-class UsageError(WanBatchError):
-    """The command cannot run as asked (a missing credential, a clashing batch id)."""
 
 
 class RunRequest(BaseModel):

@@ -20,17 +20,10 @@ import httpx
 import redis
 from celery import Celery
 
+from jobs.errors import FolderInUseError, UsageError
 from jobs.manifest import Batch
 from jobs.status import FINAL, JobStatus
-from runner.batches.intake import (
-    RunRequest,
-    RunResult,
-    UsageError,
-    enqueue_batch,
-    provider_for,
-    record_batch,
-    write_report,
-)
+from runner.batches.intake import RunRequest, RunResult, enqueue_batch, provider_for, record_batch, write_report
 from runner.batches.operations import resume_lost
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
@@ -43,10 +36,6 @@ from runner.steps.pipeline import Context
 from runner.tasks import create_app, queue_clients, redis_client, schedule
 
 _FOLLOW_EVERY_S = 0.2
-
-
-class FolderInUseError(UsageError):
-    """Another embedded `wan-batch run` holds the output folder."""
 
 
 Progress = Callable[[dict[JobStatus, int], int], None]

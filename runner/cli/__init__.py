@@ -7,7 +7,7 @@ from typing import Any
 import click
 import redis
 
-from runner.batches.intake import UsageError
+from jobs.errors import UsageError
 from runner.cli import batch, operate, schedule, sim
 
 

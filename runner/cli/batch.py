@@ -15,10 +15,10 @@ from typing import Any, NoReturn
 import click
 
 from jobs.endpoints import KNOWN_ENDPOINTS
-from jobs.errors import ManifestError
+from jobs.errors import ManifestError, UsageError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.status import JobStatus
-from runner.batches.intake import RunRequest, RunResult, UsageError, load_batch
+from runner.batches.intake import RunRequest, RunResult, load_batch
 from runner.batches.manifests import load_manifest
 from runner.batches.run import open_ledger, report_batch, run_batch
 from runner.cli.progress import ProgressBar, failure_lines

@@ -17,10 +17,10 @@ from typing import Any
 import click
 import httpx
 
-from jobs.errors import ManifestError
+from jobs.errors import ManifestError, UsageError
 from jobs.status import JobStatus
 from runner.batches import operations
-from runner.batches.intake import RunRequest, UsageError, load_batch
+from runner.batches.intake import RunRequest, load_batch
 from runner.batches.run import open_ledger, submit_batch
 from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar

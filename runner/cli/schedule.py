@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 from pydantic import ValidationError
 
-from jobs.errors import ManifestError
-from jobs.schedule import ScheduleError, When
-from runner.batches.intake import RunRequest, UsageError, batch_id_for, load_batch
+from jobs.errors import ManifestError, ScheduleError, UsageError
+from jobs.schedule import When
+from runner.batches.intake import RunRequest, batch_id_for, load_batch
 from runner.cli.batch import refuse_manifest
 from runner.fal.providers import Provider
 from runner.schedules import beat

@@ -23,14 +23,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from jobs.errors import EmbeddedRedisError
+
 #: Longest unix socket path Linux takes (sun_path is 108 bytes with its NUL).
 _MAX_SOCKET_PATH = 100
 _START_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
-
-
-class EmbeddedRedisError(RuntimeError):
-    """The private redis-server could not be found or started."""
 
 
 def find_redis_server() -> str:

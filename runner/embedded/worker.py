@@ -9,6 +9,8 @@ from celery import Celery
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
+from jobs.errors import EmbeddedWorkerError
+
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 60.0
 
@@ -41,7 +43,7 @@ class EmbeddedWorker:
         self.stop()
 
     def start(self) -> None:
-        """Start consuming; returns once the worker takes tasks. Raises RuntimeError if it cannot."""
+        """Start consuming; returns once the worker takes tasks. Raises EmbeddedWorkerError if it cannot."""
         self._app.finalize()
         # The worker looks tasks up through Celery's current and default app (as celery.contrib.testing does).
         self._app.set_current()
@@ -61,7 +63,7 @@ class EmbeddedWorker:
         self._thread = threading.Thread(target=self._controller.start, name="celery-worker", daemon=True)
         self._thread.start()
         if not self._controller.ready.wait(_START_TIMEOUT_S):
-            raise RuntimeError("the embedded Celery worker did not start")
+            raise EmbeddedWorkerError("the embedded Celery worker did not start")
 
     def stop(self) -> None:
         """Warm shutdown: finish the tasks running now, leave the rest in Redis for the next run."""

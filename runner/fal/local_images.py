@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from jobs.diagnostics import Diagnostic
 from jobs.endpoints import resolve_endpoint
-from jobs.errors import WanBatchError
+from jobs.errors import LocalImageError
 from jobs.images import (
     ImageRefKind,
     classify_image_ref,
@@ -21,10 +21,6 @@ from jobs.images import (
 )
 from jobs.job import Job
 from jobs.manifest import Batch
-
-
-class LocalImageError(WanBatchError):
-    """A local image that cannot be sent: missing, not an image, or too large."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import redis
 from pydantic import BaseModel, Field
 from redis.client import Pipeline
 
+from jobs.errors import UsageError
 from jobs.schedule import When
-from runner.batches.intake import RunRequest, UsageError
+from runner.batches.intake import RunRequest
 from runner.ledger.keys import Keys
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -21,6 +21,7 @@ import httpx
 
 from jobs.errors import (
     DownloadError,
+    LocalImageError,
     PermanentQueueError,
     QueueAPIError,
     ResultNotReadyError,
@@ -30,7 +31,7 @@ from jobs.errors import (
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.record import Attempt, JobRecord
 from jobs.status import FINAL, JobStatus
-from runner.fal.local_images import LocalImageError, inline_local_images
+from runner.fal.local_images import inline_local_images
 from runner.fal.queue_api import QueueClient, QueueStatus, Submission
 from runner.fal.retry import retry_delay_s
 from runner.ledger.store import BatchInfo, Ledger
