@@ -181,12 +181,6 @@ class Ledger:
         moved, _ = self._transition(keys=keys, args=args)
         return bool(moved)
 
-    def update(self, batch_id: str, job_id: str, **values: Any) -> None:
-        """Store `values` on the job without changing its status."""
-        stamped = {**values, "updated_at": time.time()}
-        mapping: dict[Any, str] = {name: json.dumps(value) for name, value in stamped.items()}
-        self.redis.hset(self.keys.job(batch_id, job_id), mapping=mapping)
-
     def requeue(self, batch_id: str, job_id: str, history: list[dict[str, Any]]) -> bool:
         """Put a failed or cancelled job back in line for a new attempt, keeping its history.
 
@@ -228,10 +222,6 @@ class Ledger:
     def recent_run_times(self, batch_id: str) -> list[float]:
         return [float(v) for v in self.redis.lrange(self.keys.run_times(batch_id), 0, -1)]
 
-    def job_ids_with(self, batch_id: str, statuses: Iterable[JobStatus]) -> list[str]:
-        """Ids of the batch's jobs in one of `statuses`, in manifest order (a full scan)."""
-        wanted = set(statuses)
-        return [record.job.id for record in self.records(batch_id) if record.status in wanted]
 
 
 def _decode_record(raw: dict[Any, Any]) -> JobRecord:

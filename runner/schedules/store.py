@@ -200,9 +200,6 @@ class ScheduleStore:
         raws = self.redis.hmget(self.keys.firings(name), ids) if ids else []
         return [Firing.model_validate_json(raw) for raw in raws if raw]
 
-    def has_firing(self, name: str, firing_id: str) -> bool:
-        return bool(self.redis.hexists(self.keys.firings(name), firing_id))
-
     def _trim(self, name: str) -> None:
         old = self.redis.zrange(self.keys.firing_order(name), 0, -KEEP_FIRINGS - 1)
         if old:

@@ -30,7 +30,7 @@ from jobs.errors import (
 )
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.record import Attempt, JobRecord
-from jobs.status import FINAL, JobStatus
+from jobs.status import JobStatus
 from runner.fal.local_images import inline_local_images
 from runner.fal.queue_api import QueueClient, QueueStatus, Submission
 from runner.fal.retry import retry_delay_s
@@ -41,7 +41,6 @@ from runner.steps.folder import BatchFolder
 
 log = logging.getLogger(__name__)
 S = JobStatus
-NOT_FINAL = [s for s in JobStatus if s not in FINAL]
 
 
 @dataclass(frozen=True)
