@@ -29,7 +29,8 @@ from runner.embedded.server import EmbeddedRedis
 from runner.schedules import beat
 from runner.schedules.store import ScheduleSpec, ScheduleStore
 from runner.simulator import SimConfig, run_simulator
-from runner.tasks import QUEUE, create_app
+from runner.steps.dispatch import QUEUE
+from runner.tasks import create_app
 
 KEY = "bench-key"
 LEAD_S = 8.0

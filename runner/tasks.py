@@ -12,33 +12,25 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-import httpx
-import redis
 from celery import Celery, Task
-from pydantic import SecretStr
 
-from jobs.errors import AuthError, UsageError
 from runner.batches import operations
-from runner.fal.providers import Provider
-from runner.fal.queue_api import QueueClient, QueueOptions
 from runner.fal.retry import retry_delay_s
+from runner.ledger.connection import redis_py_url
 from runner.ledger.keys import Keys
-from runner.ledger.store import BatchInfo, Ledger
 from runner.schedules import firings
 from runner.schedules.store import Trigger
-from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
 from runner.steps import pipeline
-from runner.steps.pipeline import Context, FollowUp
+from runner.steps.context import Context, context_from_env
+from runner.steps.dispatch import QUEUE, TASKS, send_steps
+from runner.steps.pipeline import FollowUp
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-QUEUE = "wan-batch"
-TASKS = {"submit": "wan_batch.submit", "poll": "wan_batch.poll", "collect": "wan_batch.collect",
-         "end": "wan_batch.batch_end"}  # fmt: skip
 SWEEP_TASK = "wan_batch.sweep"
 FIRE_TASK = "wan_batch.fire_schedule"
 START_WAITING_TASK = "wan_batch.start_waiting"
@@ -75,7 +67,7 @@ def create_app(broker_url: str | None = None, context_factory: Callable[[], Cont
     def sweep() -> None:
         context = contexts.get()
         for batch_id, follow in operations.sweep(context, context.settings.sweep_stale_after_s).items():
-            schedule(app, batch_id, follow)
+            send_steps(app, batch_id, follow)
 
     for kind, step in (("submit", submit), ("poll", poll), ("collect", collect)):
         app.task(name=TASKS[kind], ignore_result=True, shared=False)(step)
@@ -116,7 +108,7 @@ def _add_schedule_tasks(app: Celery, contexts: _ContextCache) -> None:
 def send_fired(app: Celery, fired: firings.Fired) -> None:
     """Send what a firing step left: its batch's submits, firings that waited, the notification."""
     for batch_id, follow in fired.follow.items():
-        schedule(app, batch_id, follow)
+        send_steps(app, batch_id, follow)
     for firing_id in fired.start:
         app.send_task(START_WAITING_TASK, args=[fired.schedule, firing_id], queue=QUEUE)
     if fired.notify and fired.firing is not None:
@@ -129,7 +121,7 @@ def _guarded(app: Celery, context: Context, step: FollowUp, batch_id: str, work:
         return work(context)
     except Exception:
         log.exception("%s of batch %s failed unexpectedly", step.task, batch_id)
-        schedule(app, batch_id, _again_later(context, step))
+        send_steps(app, batch_id, _again_later(context, step))
         return None
 
 
@@ -147,7 +139,7 @@ def run_step(app: Celery, context: Context, step: FollowUp, batch_id: str) -> No
         if not follow:
             message = f"{step.task} failed {step.tries + 1} times: {type(exc).__name__}: {exc}"
             follow = pipeline.fail_job(context, batch_id, step.job_id, "internal_error", message[:500])
-    schedule(app, batch_id, follow)
+    send_steps(app, batch_id, follow)
 
 
 def _again_later(context: Context, step: FollowUp) -> list[FollowUp]:
@@ -163,47 +155,6 @@ _STEPS: dict[str, Callable[[Context, str, str, int, int], list[FollowUp]]] = {
     "poll": pipeline.poll_job,
     "collect": pipeline.collect_job,
 }
-
-
-def schedule(app: Celery, batch_id: str, follow_ups: Iterable[FollowUp]) -> None:
-    """Send each follow-up as its task, after its delay."""
-    for follow in follow_ups:
-        app.send_task(
-            TASKS[follow.task],
-            args=[batch_id, follow.job_id],
-            kwargs={"token": follow.token, "tries": follow.tries},
-            countdown=follow.delay_s or None,
-            queue=QUEUE,
-        )
-
-
-def context_from_env(redis_url: str, settings: WorkerSettings | None = None) -> Context:
-    """A worker's context from its environment: the ledger's Redis and its own credentials."""
-    ledger = Ledger(redis_client(redis_url))
-    http = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
-    return Context(ledger, http, queue_clients(http, credential_from_env), settings or WorkerSettings())
-
-
-def queue_clients(http: httpx.Client, credential: Callable[[Any], str | None]) -> Callable[[BatchInfo], QueueClient]:
-    """A cached QueueClient per provider and options; the credential comes from this side."""
-    cache: dict[tuple[Any, ...], QueueClient] = {}
-    lock = threading.Lock()
-
-    def client_for(batch: BatchInfo) -> QueueClient:
-        key = (batch.provider_url, batch.auth_scheme, batch.priority, batch.start_timeout_s)
-        with lock:
-            if key not in cache:
-                secret = credential(batch.auth_scheme)
-                if secret is None:
-                    raise AuthError(f"this worker has no {CREDENTIAL_ENV[batch.auth_scheme]} in its environment")
-                provider = Provider(
-                    base_url=batch.provider_url, auth_scheme=batch.auth_scheme, credential=SecretStr(secret)
-                )
-                options = QueueOptions(priority=batch.priority, start_timeout_s=batch.start_timeout_s)
-                cache[key] = QueueClient(http, provider, options)
-            return cache[key]
-
-    return client_for
 
 
 class _ContextCache:
@@ -253,23 +204,14 @@ def _sweep_every_s() -> float:
     return float(raw) if raw else SWEEP_EVERY_S
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A client of the Redis at `url` (redis://, rediss://, unix://, or kombu's redis+socket://).
-
-    Raises UsageError for anything else; the message never shows the URL, which may hold a password.
-    """
-    try:
-        return redis.Redis.from_url(redis_py_url(url))
-    except ValueError:
-        raise UsageError("--redis/REDIS_URL: not a Redis URL (redis://HOST:6379/0, rediss://, unix:///PATH)") from None
+_app: Celery | None = None
 
 
-def redis_py_url(broker_url: str) -> str:
-    """kombu's `redis+socket:///path` as redis-py's `unix:///path`."""
-    if broker_url.startswith("redis+socket://"):
-        return "unix://" + broker_url.removeprefix("redis+socket://")
-    return broker_url
-
-
-#: For `celery -A runner.tasks worker`: configured from REDIS_URL when a worker starts.
-app = create_app()
+def __getattr__(name: str) -> Celery:
+    """`app` for `celery -A runner.tasks worker|flower`, built from REDIS_URL when Celery asks, not at import."""
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = create_app()
+    return _app

@@ -21,7 +21,8 @@ from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator
 from runner.simulator.clock import ManualClock
 from runner.steps import pipeline
-from runner.steps.pipeline import Context, FollowUp
+from runner.steps.context import Context
+from runner.steps.pipeline import FollowUp
 
 KEY = "pipeline-test-key"
 

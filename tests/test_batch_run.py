@@ -18,6 +18,7 @@ from runner.batches.run import StallWatch, hold_folder, run_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.fal.providers import FAL_QUEUE_URL, Provider
 from runner.ledger.store import BatchInfo, Ledger
+from runner.tasks import create_app
 from tests.test_run_e2e import write_manifest
 
 PASSWORD = "hunter2-secret-pw"
@@ -187,7 +188,7 @@ def test_stall_watch_tells_once_when_nothing_moves() -> None:
 def test_sim_with_a_shared_redis_is_refused(tmp_path: Path) -> None:
     run = request(sim=True, redis_url="redis://127.0.0.1:1/0", out=tmp_path / "out")
     with pytest.raises(UsageError, match="--sim cannot be used with --redis"):
-        run_batch(run, load_batch(RunRequest(manifest=write_manifest(tmp_path, 1))), lambda _c, _n: None)
+        run_batch(run, load_batch(RunRequest(manifest=write_manifest(tmp_path, 1))), create_app, lambda _c, _n: None)
     assert not (tmp_path / "out").exists()
 
 
@@ -223,7 +224,7 @@ def test_the_first_jobs_are_admitted_before_the_embedded_worker_starts(tmp_path:
 
     worker_init.connect(on_worker_init, weak=False)
     try:
-        result = run_batch(run, load_batch(run), lambda _c, _n: None)
+        result = run_batch(run, load_batch(run), create_app, lambda _c, _n: None)
     finally:
         worker_init.disconnect(on_worker_init)
     assert result.counts[JobStatus.SUCCEEDED] == 3

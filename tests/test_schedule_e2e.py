@@ -16,7 +16,8 @@ import redis
 
 from jobs.schedule import When
 from runner.schedules import beat
-from runner.tasks import QUEUE, create_app
+from runner.steps.dispatch import QUEUE
+from runner.tasks import create_app
 from tests.test_operate_e2e import wait_for
 from tests.test_run_e2e import WAN_BATCH, cli_env, run_cli, write_manifest
 

@@ -22,8 +22,10 @@ from runner.schedules import beat, firings
 from runner.schedules.store import NOTIFY_TRIES, STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore
 from runner.settings import WorkerSettings
 from runner.steps import pipeline
-from runner.steps.pipeline import Context, FollowUp
-from runner.tasks import QUEUE, create_app
+from runner.steps.context import Context
+from runner.steps.dispatch import QUEUE
+from runner.steps.pipeline import FollowUp
+from runner.tasks import create_app
 from tests.sim_world import run_until_quiet
 from tests.test_run_e2e import write_manifest
 

@@ -13,10 +13,13 @@ import redis
 
 from jobs.job import Job
 from jobs.status import JobStatus
+from runner.ledger.connection import redis_py_url
 from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import WorkerSettings
-from runner.steps.pipeline import Context, FollowUp
-from runner.tasks import QUEUE, TASKS, create_app, redis_py_url, run_step
+from runner.steps.context import Context
+from runner.steps.dispatch import QUEUE, TASKS
+from runner.steps.pipeline import FollowUp
+from runner.tasks import create_app, run_step
 
 
 def broken_context(client: redis.Redis, tmp_path: Path, max_call_retries: int) -> Context:

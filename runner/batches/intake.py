@@ -26,8 +26,9 @@ from runner.fal.providers import FAL_QUEUE_URL, Provider
 from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
 from runner.simulator.config import SimConfig
+from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
-from runner.steps.pipeline import Context, FollowUp
+from runner.steps.pipeline import FollowUp
 
 
 class RunRequest(BaseModel):

@@ -11,7 +11,8 @@ from jobs.record import Attempt, JobRecord
 from jobs.status import JobStatus
 from runner.ledger.store import BatchInfo, Ledger
 from runner.steps import pipeline
-from runner.steps.pipeline import Context, FollowUp
+from runner.steps.context import Context
+from runner.steps.pipeline import FollowUp
 
 S = JobStatus
 #: A submit that has not come back in this long lost its worker (the client's submit timeout is 120 s).

@@ -28,12 +28,12 @@ from runner.batches.operations import resume_lost
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
 from runner.fal.providers import Provider
+from runner.ledger.connection import redis_client
 from runner.ledger.store import BatchInfo, Ledger
-from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator
 from runner.steps import pipeline
-from runner.steps.pipeline import Context
-from runner.tasks import create_app, queue_clients, redis_client, schedule
+from runner.steps.context import Context, make_context
+from runner.steps.dispatch import send_steps
 
 _FOLLOW_EVERY_S = 0.2
 
@@ -41,6 +41,8 @@ _FOLLOW_EVERY_S = 0.2
 Progress = Callable[[dict[JobStatus, int], int], None]
 #: Called once with the idle seconds when a shared-Redis run sees no job move.
 StallHint = Callable[[float], None]
+#: Builds the Celery app of a broker URL, with a factory of the context its tasks use (None: from the environment).
+AppFactory = Callable[[str, Callable[[], Context] | None], Celery]
 
 
 @dataclass
@@ -62,7 +64,9 @@ class StallWatch:
             self.on_stall(self.after_s)
 
 
-def run_batch(request: RunRequest, batch: Batch, on_progress: Progress, on_stall: StallHint | None = None) -> RunResult:
+def run_batch(
+    request: RunRequest, batch: Batch, make_app: AppFactory, on_progress: Progress, on_stall: StallHint | None = None
+) -> RunResult:
     """Run every job of `batch` to a final status; a rerun resumes where the last one stopped.
 
     Raises UsageError, before anything is recorded, when the run cannot go as asked.
@@ -82,12 +86,12 @@ def run_batch(request: RunRequest, batch: Batch, on_progress: Progress, on_stall
         synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)))
         secret = provider.credential.get_secret_value()
-        context = Context(ledger, http, queue_clients(http, lambda _scheme: secret), WorkerSettings())
-        app = create_app(broker_url, context_factory=lambda: context)
+        context = make_context(ledger, http, lambda _scheme: secret)
+        app = make_app(broker_url, lambda: context)
         # New poll tokens before any worker of this run takes a task: poll chains left by the last run stop.
         # Embedded, the last run's worker is surely gone; on a shared Redis, others may be mid-submit.
         resumed = pipeline.resume_batch(context, info.id) if embedded else resume_lost(context, info.id)
-        schedule(app, info.id, resumed)
+        send_steps(app, info.id, resumed)
         stall = None if embedded or on_stall is None else StallWatch(request.stall_hint_s, on_stall)
         try:
             with ExitStack() as worker:  # stopped (warm) before the report is written
@@ -148,7 +152,7 @@ def _follow(app: Celery, context: Context, batch_id: str, on_progress: Progress,
             return
         if stall is not None:
             stall.see(counts, time.monotonic())
-        schedule(app, batch_id, pipeline.admit_next(context, batch_id))
+        send_steps(app, batch_id, pipeline.admit_next(context, batch_id))
         time.sleep(_FOLLOW_EVERY_S)
 
 
@@ -204,13 +208,13 @@ def open_ledger(redis_url: str | None, out: Path) -> Iterator[tuple[Ledger, str]
             yield Ledger(client), broker_url
 
 
-def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int]]:
+def submit_batch(request: RunRequest, batch: Batch, make_app: AppFactory) -> tuple[BatchInfo, dict[str, int]]:
     """Record and enqueue a batch in a shared Redis for its workers, without waiting."""
     if request.redis_url is None:
         raise UsageError("submit needs a shared Redis (--redis or REDIS_URL); on this machine use `wan-batch run`")
     provider = provider_for(request)
     with open_ledger(request.redis_url, request.out) as (ledger, broker_url), httpx.Client() as http:
         # Only admission happens here: workers make every call to fal, with their own credentials.
-        context = Context(ledger, http, queue_clients(http, lambda _scheme: None), WorkerSettings())
-        app = create_app(broker_url)
-        return enqueue_batch(context, request, batch, provider, lambda batch_id, f: schedule(app, batch_id, f))
+        context = make_context(ledger, http, lambda _scheme: None)
+        app = make_app(broker_url, None)
+        return enqueue_batch(context, request, batch, provider, lambda batch_id, f: send_steps(app, batch_id, f))

@@ -24,7 +24,8 @@ from runner.batches.run import open_ledger, report_batch, run_batch
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
 from runner.settings import MIB, InputSettings
-from runner.tasks import QUEUE, create_app
+from runner.steps.dispatch import QUEUE
+from runner.tasks import create_app
 
 MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -132,7 +133,7 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
         click.echo(str(warning), err=True)
     try:
         with _sigterm_as_interrupt(), ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
-            result = run_batch(request, batch, bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)))
+            result = run_batch(request, batch, create_app, bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)))
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     except KeyboardInterrupt as exc:

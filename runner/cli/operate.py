@@ -25,9 +25,9 @@ from runner.batches.run import open_ledger, submit_batch
 from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar
 from runner.ledger.store import Ledger
-from runner.settings import WorkerSettings, credential_from_env
-from runner.steps.pipeline import Context
-from runner.tasks import create_app, queue_clients, schedule
+from runner.steps.context import Context, make_context
+from runner.steps.dispatch import send_steps
+from runner.tasks import create_app
 
 _WATCH_EVERY_S = 0.5
 
@@ -47,7 +47,7 @@ def _batch_view(ledger: Ledger, batch_id: str) -> operations.BatchView:
 
 
 def _context(ledger: Ledger, http: httpx.Client) -> Context:
-    return Context(ledger, http, queue_clients(http, credential_from_env), WorkerSettings())
+    return make_context(ledger, http)
 
 
 @click.command()
@@ -64,7 +64,7 @@ def submit(manifest: Path, **options: Any) -> None:
     """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once."""
     request = RunRequest(manifest=manifest, **options)
     try:
-        info, synced = submit_batch(request, load_batch(request))
+        info, synced = submit_batch(request, load_batch(request), create_app)
     except ManifestError as exc:
         refuse_manifest(exc)
     except UsageError as exc:
@@ -143,7 +143,7 @@ def cancel(batch_id: str, redis_url: str | None, out: Path) -> None:
     with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
         _batch_view(ledger, batch_id)
         outcome, follow = operations.cancel_batch(_context(ledger, http), batch_id)
-        schedule(create_app(broker_url), batch_id, follow)
+        send_steps(create_app(broker_url), batch_id, follow)
     click.echo(f"batch {batch_id} cancelled: {outcome['cancelled']} job(s) cancelled"
                + (f", {outcome['finishing']} finishing their downloads" if outcome["finishing"] else ""))  # fmt: skip
 
@@ -163,7 +163,7 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
         _batch_view(ledger, batch_id)
         requeued, follow = operations.retry_jobs(_context(ledger, http), batch_id, [JobStatus(s) for s in statuses],
                                                  error_types or None, ids)  # fmt: skip
-        schedule(create_app(broker_url), batch_id, follow)
+        send_steps(create_app(broker_url), batch_id, follow)
     click.echo(f"batch {batch_id}: {len(requeued)} job(s) queued for a new attempt" + _next_step(redis_url))
 
 
@@ -177,7 +177,7 @@ def resume(batch_id: str, redis_url: str | None, out: Path, submit_lost_after_s:
     with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
         _batch_view(ledger, batch_id)
         follow = operations.resume_lost(_context(ledger, http), batch_id, lost_after_s=submit_lost_after_s)
-        schedule(create_app(broker_url), batch_id, follow)
+        send_steps(create_app(broker_url), batch_id, follow)
     click.echo(f"batch {batch_id}: {len(follow)} task(s) sent again" + _next_step(redis_url))
 
 

@@ -20,9 +20,11 @@ from jobs.schedule import When
 from runner.batches.intake import RunRequest, batch_id_for, load_batch
 from runner.cli.batch import refuse_manifest
 from runner.fal.providers import Provider
+from runner.ledger.connection import redis_client
 from runner.schedules import beat
 from runner.schedules.store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
-from runner.tasks import FIRE_TASK, QUEUE, create_app, redis_client
+from runner.steps.dispatch import QUEUE
+from runner.tasks import FIRE_TASK, create_app
 
 _NEXT_SHOWN = 3
 

@@ -32,7 +32,8 @@ from runner.schedules.store import (
     Trigger,
     shown_url,
 )
-from runner.steps.pipeline import Context, FollowUp
+from runner.steps.context import Context
+from runner.steps.pipeline import FollowUp
 
 log = logging.getLogger(__name__)
 

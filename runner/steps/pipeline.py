@@ -10,14 +10,9 @@ step whose job has moved on, or whose poll token is stale, does nothing.
 from __future__ import annotations
 
 import logging
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
-
-import httpx
 
 from jobs.errors import (
     DownloadError,
@@ -32,11 +27,11 @@ from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.record import Attempt, JobRecord
 from jobs.status import JobStatus
 from runner.fal.local_images import inline_local_images
-from runner.fal.queue_api import QueueClient, QueueStatus, Submission
+from runner.fal.queue_api import QueueStatus, Submission
 from runner.fal.retry import retry_delay_s
-from runner.ledger.store import BatchInfo, Ledger
-from runner.settings import WorkerSettings
+from runner.ledger.store import BatchInfo
 from runner.steps.collect import save_outputs
+from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
 
 log = logging.getLogger(__name__)
@@ -54,19 +49,6 @@ class FollowUp:
     token: int = 0
     #: Transient failures of this call so far.
     tries: int = 0
-
-
-@dataclass
-class Context:
-    """What a step needs, built once per worker process."""
-
-    ledger: Ledger
-    http: httpx.Client
-    #: The queue client of a batch's provider (credentials come from the worker's side).
-    queue_client: Callable[[BatchInfo], QueueClient]
-    settings: WorkerSettings = field(default_factory=WorkerSettings)
-    rng: random.Random = field(default_factory=random.Random)
-    clock: Callable[[], float] = time.time
 
 
 def admit_next(ctx: Context, batch_id: str) -> list[FollowUp]:

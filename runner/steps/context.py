@@ -1,0 +1,74 @@
+"""What a step needs (the ledger, an HTTP client, a queue client per provider, settings), built in one place."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from pydantic import SecretStr
+
+from jobs.errors import AuthError
+from runner.fal.providers import Provider
+from runner.fal.queue_api import QueueClient, QueueOptions
+from runner.ledger.connection import redis_client
+from runner.ledger.store import BatchInfo, Ledger
+from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
+
+#: Where a process finds the credential of an auth scheme (None: it has none).
+CredentialSource = Callable[[Literal["Key", "Bearer"]], str | None]
+
+
+@dataclass
+class Context:
+    """What a step needs, built once per worker process."""
+
+    ledger: Ledger
+    http: httpx.Client
+    #: The queue client of a batch's provider (credentials come from the worker's side).
+    queue_client: Callable[[BatchInfo], QueueClient]
+    settings: WorkerSettings = field(default_factory=WorkerSettings)
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+
+
+def make_context(
+    ledger: Ledger,
+    http: httpx.Client,
+    credential: CredentialSource = credential_from_env,
+    settings: WorkerSettings | None = None,
+) -> Context:
+    """A context whose queue clients take their credential from `credential` (the environment by default)."""
+    return Context(ledger, http, queue_clients(http, credential), settings or WorkerSettings())
+
+
+def context_from_env(redis_url: str, settings: WorkerSettings | None = None) -> Context:
+    """A worker's context from its environment: the ledger's Redis and its own credentials."""
+    http = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
+    return make_context(Ledger(redis_client(redis_url)), http, credential_from_env, settings)
+
+
+def queue_clients(http: httpx.Client, credential: CredentialSource) -> Callable[[BatchInfo], QueueClient]:
+    """A cached QueueClient per provider and options; the credential comes from this side."""
+    cache: dict[tuple[Any, ...], QueueClient] = {}
+    lock = threading.Lock()
+
+    def client_for(batch: BatchInfo) -> QueueClient:
+        key = (batch.provider_url, batch.auth_scheme, batch.priority, batch.start_timeout_s)
+        with lock:
+            if key not in cache:
+                secret = credential(batch.auth_scheme)
+                if secret is None:
+                    raise AuthError(f"this worker has no {CREDENTIAL_ENV[batch.auth_scheme]} in its environment")
+                provider = Provider(
+                    base_url=batch.provider_url, auth_scheme=batch.auth_scheme, credential=SecretStr(secret)
+                )
+                options = QueueOptions(priority=batch.priority, start_timeout_s=batch.start_timeout_s)
+                cache[key] = QueueClient(http, provider, options)
+            return cache[key]
+
+    return client_for
