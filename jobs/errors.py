@@ -35,6 +35,10 @@ class ScheduleError(WanBatchError):
     """A schedule that cannot be: the message names the option (--cron, --at, --tz) and what is wrong."""
 
 
+class IllegalMoveError(WanBatchError):
+    """A move of a job that `jobs.lifecycle.TRANSITIONS` does not allow from its status: a bug, never a user's."""
+
+
 class ManifestError(WanBatchError):
     """A manifest that cannot run; carries every located problem found."""
 

@@ -65,6 +65,12 @@ class JobRecord:
     error_type: str | None = None
     error_message: str | None = None
     history: tuple[Attempt, ...] = field(default=())
+    #: Moves applied to the job so far: a move is applied only to the revision its mover read.
+    revision: int = 0
+    #: Transient failures in a row of the call the job's step makes now (status, result, download...).
+    call_failures: int = 0
+    #: Unexpected errors in a row of the job's step.
+    step_errors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

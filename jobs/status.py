@@ -1,4 +1,4 @@
-"""The one status enum of a job, and which moves between statuses are allowed."""
+"""The one status enum of a job; the moves between statuses are in `jobs.lifecycle`."""
 
 from __future__ import annotations
 

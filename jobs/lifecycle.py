@@ -1,0 +1,378 @@
+"""A job's lifecycle in one place: the moves between statuses with their guards, and what each outcome leads to.
+
+Pure data and functions. `TRANSITIONS` is the table of moves; `plan` checks
+a move against it and says exactly what changes (the ledger applies a plan
+atomically, `runner.ledger.store.Ledger.apply`). `decide` maps what a step
+saw (a failed call, a step that blew up) to what happens next: the same call
+again after a delay, a new attempt, or the end of the job. Each has its own
+budget: transient failures of one call in a row, unexpected errors of one
+step in a row, and attempts (submits) of the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.backoff import Backoff, backoff_delay_s
+from jobs.errors import IllegalMoveError
+from jobs.record import Attempt, JobRecord, OutputFile
+from jobs.status import FINAL, JobStatus
+
+S = JobStatus
+
+
+class Move(str, Enum):
+    """A change of a job; each has one row in `TRANSITIONS`."""
+
+    #: A manifest row is recorded, or recorded again with a new input: it waits for a slot.
+    RECORD = "record"
+    #: A slot of the in-flight window is free: the job takes it and its submit is due.
+    ADMIT = "admit"
+    #: The submit call is about to be made: from now on the request may reach fal.
+    SEND = "send"
+    #: The submit call failed before a byte left: nothing reached fal; it is tried again.
+    UNSENT = "unsent"
+    #: fal answered the submit: its request_id is stored and the job is polled.
+    ACCEPT = "accept"
+    #: fal says IN_QUEUE (again, when fal requeues a request it retries on its side).
+    SEEN_QUEUED = "seen_queued"
+    #: fal says IN_PROGRESS.
+    SEEN_RUNNING = "seen_running"
+    #: fal says COMPLETED: the result and every output file are fetched at once.
+    COMPLETE = "complete"
+    #: The result was not ready after all: the job is polled again.
+    NOT_READY = "not_ready"
+    #: The same call or step again, later; only the counters of failures change.
+    RETRY = "retry"
+    #: The attempt failed in a way a new one may cure: the job is submitted again, keeping its slot.
+    RESUBMIT = "resubmit"
+    #: Every output file is saved.
+    SUCCEED = "succeed"
+    #: Given up; `error_type` says why.
+    FAIL = "fail"
+    #: Stopped by the user.
+    CANCEL = "cancel"
+    #: The user retries a failed or cancelled job: it goes back in line.
+    REQUEUE = "requeue"
+
+
+class Slot(str, Enum):
+    """What a move does to the job's slot in the batch's in-flight window."""
+
+    #: Takes a slot (only when one is free).
+    TAKE = "take"
+    #: Neither takes nor frees one: the job holds one before and after, or none before and after.
+    KEEP = "keep"
+    #: Frees the job's slot; the next waiting job may take it.
+    RELEASE = "release"
+
+
+class Guard(str, Enum):
+    """What must still hold when a move is applied, checked atomically with it."""
+
+    #: The job is exactly as the mover read it (its revision), so a late step never undoes a newer one.
+    AS_SEEN = "as_seen"
+    #: The batch admits jobs (it is open) and its window has a free slot.
+    ROOM = "room"
+    #: The row is new, or its input changed and no request of it can be at fal.
+    NEW_INPUT = "new_input"
+
+
+class Step(str, Enum):
+    """The step due for a job in a status: what a worker does next for it."""
+
+    SUBMIT = "submit"
+    POLL = "poll"
+    COLLECT = "collect"
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: frozenset[JobStatus]
+    #: None: the status stays what it was.
+    target: JobStatus | None
+    slot: Slot
+    guard: Guard
+    #: The job's step got somewhere: the counts of failures in a row start again from 0.
+    progress: bool = True
+
+
+#: fal has the request and may be running it: it is polled, and cancelled there when given up.
+AT_FAL: Final = frozenset({S.QUEUED, S.RUNNING})
+
+TRANSITIONS: Final[dict[Move, Transition]] = {
+    Move.RECORD: Transition(frozenset({S.WAITING, *FINAL}), S.WAITING, Slot.KEEP, Guard.NEW_INPUT),
+    Move.ADMIT: Transition(frozenset({S.WAITING}), S.ADMITTED, Slot.TAKE, Guard.ROOM),
+    # Sending is not yet progress: a submit that keeps failing before it leaves must use up its budget.
+    Move.SEND: Transition(frozenset({S.ADMITTED}), S.SUBMITTING, Slot.KEEP, Guard.AS_SEEN, progress=False),
+    Move.UNSENT: Transition(frozenset({S.SUBMITTING}), S.ADMITTED, Slot.KEEP, Guard.AS_SEEN, progress=False),
+    Move.ACCEPT: Transition(frozenset({S.SUBMITTING}), S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
+    Move.SEEN_QUEUED: Transition(AT_FAL, S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
+    Move.SEEN_RUNNING: Transition(AT_FAL, S.RUNNING, Slot.KEEP, Guard.AS_SEEN),
+    Move.COMPLETE: Transition(AT_FAL, S.COLLECTING, Slot.KEEP, Guard.AS_SEEN),
+    Move.NOT_READY: Transition(frozenset({S.COLLECTING}), S.RUNNING, Slot.KEEP, Guard.AS_SEEN),
+    Move.RETRY: Transition(
+        frozenset({S.ADMITTED, *AT_FAL, S.COLLECTING}), None, Slot.KEEP, Guard.AS_SEEN, progress=False
+    ),
+    Move.RESUBMIT: Transition(frozenset({*AT_FAL, S.COLLECTING}), S.ADMITTED, Slot.KEEP, Guard.AS_SEEN),
+    Move.SUCCEED: Transition(frozenset({S.COLLECTING}), S.SUCCEEDED, Slot.RELEASE, Guard.AS_SEEN),
+    Move.FAIL: Transition(frozenset(s for s in JobStatus if not s.is_final), S.FAILED, Slot.RELEASE, Guard.AS_SEEN),
+    # A job being collected already ran (its files are paid for): it is left to finish.
+    Move.CANCEL: Transition(
+        frozenset({S.WAITING, S.ADMITTED, S.SUBMITTING, *AT_FAL}), S.CANCELLED, Slot.RELEASE, Guard.AS_SEEN
+    ),
+    Move.REQUEUE: Transition(frozenset({S.FAILED, S.CANCELLED}), S.WAITING, Slot.KEEP, Guard.AS_SEEN),
+}
+
+#: The step due for a job in each status; waiting and final jobs have none.
+STEP_OF: Final[dict[JobStatus, Step]] = {
+    S.ADMITTED: Step.SUBMIT,
+    # Found so by a step, the submit's worker died mid-call: the submit step decides what became of it.
+    S.SUBMITTING: Step.SUBMIT,
+    S.QUEUED: Step.POLL,
+    S.RUNNING: Step.POLL,
+    S.COLLECTING: Step.COLLECT,
+}
+
+
+class Keep(Enum):
+    """The value of a `JobUpdate` field that the move leaves as it is."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """The fields a move sets, typed; a field left at KEEP is not touched, None clears it."""
+
+    attempts: int | Keep = KEEP
+    request_id: str | Keep | None = KEEP
+    status_url: str | Keep | None = KEEP
+    response_url: str | Keep | None = KEEP
+    cancel_url: str | Keep | None = KEEP
+    queued_at: float | Keep | None = KEEP
+    submitted_at: float | Keep | None = KEEP
+    started_at: float | Keep | None = KEEP
+    completed_at: float | Keep | None = KEEP
+    finished_at: float | Keep | None = KEEP
+    inference_s: float | Keep | None = KEEP
+    queue_position: int | Keep | None = KEEP
+    last_queued_at: float | Keep | None = KEEP
+    polls: int | Keep = KEEP
+    last_log: str | Keep | None = KEEP
+    outputs: tuple[OutputFile, ...] | Keep = KEEP
+    error_type: str | Keep | None = KEEP
+    error_message: str | Keep | None = KEEP
+    history: tuple[Attempt, ...] | Keep = KEEP
+    call_failures: int | Keep = KEEP
+    step_errors: int | Keep = KEEP
+
+    def changes(self) -> dict[str, Any]:
+        """The fields it sets, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not KEEP}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What applying a move to a job changes, for the ledger to do atomically."""
+
+    move: Move
+    source: JobStatus
+    target: JobStatus
+    slot: Slot
+    guard: Guard
+    #: The revision of the job the move was planned from: it is applied only to that one.
+    revision: int
+    #: The job as it is after the move.
+    record: JobRecord
+    #: The stored fields the move changes, as JSON-ready values (status and revision apart).
+    fields: dict[str, Any]
+
+    @property
+    def step(self) -> Step | None:
+        """The step due after the move; None for a waiting or final job."""
+        return STEP_OF.get(self.target)
+
+
+def allowed(move: Move, status: JobStatus) -> bool:
+    return status in TRANSITIONS[move].sources
+
+
+def plan(record: JobRecord, move: Move, update: JobUpdate, now: float) -> Plan:
+    """The plan of `move` on `record` with `update`, stamped `now`; raises IllegalMoveError when not allowed.
+
+    A move that is progress (most but RETRY, SEND, UNSENT) starts the counts of failures in a row
+    again from 0, unless `update` sets them.
+    """
+    row = TRANSITIONS[move]
+    if record.status not in row.sources:
+        raise IllegalMoveError(f"{move.value} is not allowed from {record.status.value} (job {record.job.id})")
+    changes = update.changes()
+    if row.progress:
+        changes = {"call_failures": 0, "step_errors": 0, **changes}
+    changes["updated_at"] = now
+    target = row.target or record.status
+    after = replace(record, status=target, revision=record.revision + 1, **changes)
+    stored = after.to_dict()
+    return Plan(move, record.status, target, row.slot, row.guard, record.revision, after,
+                {name: stored[name] for name in changes})
+
+
+# --- what happens next ---------------------------------------------------------------------------------------
+
+
+class Call(str, Enum):
+    """The calls a step makes to fal."""
+
+    SUBMIT = "submit"
+    STATUS = "status"
+    RESULT = "result"
+    DOWNLOAD = "download"
+
+
+@dataclass(frozen=True)
+class CallFailed:
+    """A call to fal that failed, as classified where it was made."""
+
+    call: Call
+    error_type: str
+    message: str
+    #: Repeating the same call may succeed: a transport error, 408/409/429, a proxy's 5xx, a cut-short download.
+    transient: bool = False
+    status_code: int | None = None
+    #: fal's `X-Fal-Retryable`: may a new attempt succeed? None when fal gave no hint.
+    job_retryable: bool | None = None
+    #: The server's `Retry-After`, in seconds.
+    retry_after_s: float | None = None
+    #: A submit whose answer was lost after the request may have left: fal may have queued it.
+    unconfirmed: bool = False
+    #: The result was asked for before the request completed.
+    not_ready: bool = False
+
+
+@dataclass(frozen=True)
+class StepCrashed:
+    """A step that raised an exception nobody expected (a bug, a Redis blip, a full disk)."""
+
+    message: str
+
+
+Seen = CallFailed | StepCrashed
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """The same call (or step) again after `delay_s`; `budget` names the count of failures it adds to."""
+
+    delay_s: float
+    budget: Literal["call_failures", "step_errors"]
+
+
+@dataclass(frozen=True)
+class SubmitAgain:
+    """A new attempt: fal has nothing running for this one."""
+
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """The job ends FAILED; with `cancel_at_fal`, its request may still run at fal and is cancelled there."""
+
+    error_type: str
+    message: str
+    cancel_at_fal: bool = False
+
+
+Decision = RetryLater | SubmitAgain | GiveUp
+
+
+class Limits(BaseModel):
+    """The budgets of `decide`, and how long each kind of retry waits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Transient failures in a row of a submit or a download before the job fails.
+    call_retries: int = Field(default=8, ge=0)
+    #: Transient failures in a row of status or result calls (about an hour at the 30 s cap). Never a
+    #: resubmit: fal may still be running it.
+    unreachable_calls: int = Field(default=120, ge=0)
+    #: Unexpected errors in a row of one step before the job fails as `internal_error`.
+    step_errors: int = Field(default=8, ge=0)
+    #: Between calls that failed in passing (fal_client's numbers).
+    call_backoff: Backoff = Backoff()
+    #: Between runs of a step that blew up: long enough for a Redis or a disk to come back.
+    step_backoff: Backoff = Backoff(base_s=1.0, cap_s=60.0)
+    #: Between polls of a request whose status said COMPLETED but whose result was not ready.
+    not_ready_backoff: Backoff = Backoff(base_s=0.1, cap_s=30.0, jitter=0.0)
+
+
+def decide(seen: Seen, record: JobRecord, max_attempts: int, limits: Limits, rand: float) -> Decision:
+    """What follows what a step saw of `record`; `rand` in [0, 1) draws the jitter of a delay."""
+    if isinstance(seen, StepCrashed):
+        return _after_crash(seen, record, limits, rand)
+    if seen.call is Call.SUBMIT:
+        return _after_submit(seen, record, limits, rand)
+    if seen.not_ready or seen.transient:
+        return _call_again(seen, record, limits, rand)
+    if seen.call is Call.DOWNLOAD:
+        return GiveUp(seen.error_type, seen.message)
+    if seen.status_code == 404:  # fal no longer has the request (or its result): nothing runs, so run it again
+        return _new_attempt(SubmitAgain(seen.error_type, seen.message), record, max_attempts)
+    model_error = seen.call is Call.RESULT and (seen.status_code or 0) >= 500 and seen.job_retryable is not False
+    if model_error:  # a model's 5xx or a start timeout: a new attempt may succeed
+        return _new_attempt(SubmitAgain(seen.error_type, seen.message), record, max_attempts)
+    return GiveUp(seen.error_type, seen.message, cancel_at_fal=record.status in AT_FAL)
+
+
+def _after_crash(seen: StepCrashed, record: JobRecord, limits: Limits, rand: float) -> Decision:
+    if record.status is S.SUBMITTING:  # the request may have left: never sent again
+        return GiveUp("submit_unconfirmed", f"{seen.message}; fal may have queued it, so it is not sent again")
+    if record.step_errors < limits.step_errors:
+        return RetryLater(backoff_delay_s(record.step_errors + 1, limits.step_backoff, rand), "step_errors")
+    message = f"failed {record.step_errors + 1} times: {seen.message}"
+    return GiveUp("internal_error", message, cancel_at_fal=record.status in AT_FAL)
+
+
+def _after_submit(seen: CallFailed, record: JobRecord, limits: Limits, rand: float) -> Decision:
+    if seen.unconfirmed:
+        return GiveUp("submit_unconfirmed", f"{seen.message}; it is not sent again")
+    if not seen.transient:
+        return GiveUp(seen.error_type, seen.message)
+    if record.call_failures < limits.call_retries:
+        delay_s = backoff_delay_s(record.call_failures + 1, limits.call_backoff, rand, seen.retry_after_s)
+        return RetryLater(delay_s, "call_failures")
+    return GiveUp(seen.error_type, seen.message)
+
+
+def _call_again(seen: CallFailed, record: JobRecord, limits: Limits, rand: float) -> Decision:
+    """A status, result or download call that failed in passing, or a result that was not ready."""
+    if seen.call is Call.DOWNLOAD:
+        budget, backoff = limits.call_retries, limits.call_backoff
+    elif seen.not_ready:
+        budget, backoff = limits.unreachable_calls, limits.not_ready_backoff
+    else:
+        budget, backoff = limits.unreachable_calls, limits.call_backoff
+    if record.call_failures < budget:
+        return RetryLater(backoff_delay_s(record.call_failures + 1, backoff, rand, seen.retry_after_s), "call_failures")
+    if seen.call is Call.DOWNLOAD:
+        return GiveUp(seen.error_type, seen.message)
+    if seen.call is Call.RESULT:
+        return GiveUp("result_unreachable", seen.message)
+    # fal may still run it: never a resubmit, and it is cancelled there rather than left running unwatched.
+    message = f"{seen.message}; fal may still run it, so it is not submitted again"
+    return GiveUp("status_unreachable", message, cancel_at_fal=record.status in AT_FAL)
+
+
+def _new_attempt(again: SubmitAgain, record: JobRecord, max_attempts: int) -> Decision:
+    if record.attempts >= max_attempts:
+        return GiveUp(again.error_type, again.message)
+    return again
