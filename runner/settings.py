@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.lifecycle import Limits
 from jobs.polling import PollPolicy
-from runner.fal.retry import RetryPolicy
 
 MIB = 1024 * 1024
 #: Environment variables a worker reads its credential from, by auth scheme.
@@ -22,20 +22,33 @@ class InputSettings(BaseModel):
     max_image_bytes: int = Field(default=10 * MIB, gt=0)
 
 
-class WorkerSettings(BaseModel):
-    """How a worker talks to fal: retries, polling and download limits."""
+class TimerSettings(BaseModel):
+    """How workers hand out and hold the timers of `runner.ledger.timers`."""
 
-    retry: RetryPolicy = RetryPolicy()
+    model_config = ConfigDict(frozen=True)
+
+    #: A dispatcher looks for due timers at least this often (it also wakes for the ones its worker set).
+    tick_s: float = Field(default=0.25, gt=0)
+    #: A timer sent as a message comes due again after this long unless a worker began it: the
+    #: message may have died with a worker that had taken it.
+    claim_s: float = Field(default=30.0, gt=0)
+    #: A worker running a timer holds it this long, renewed every third of it while it runs: when the
+    #: worker dies, another takes the timer over within this long.
+    lease_s: float = Field(default=15.0, gt=0)
+    #: Most timers one look claims.
+    batch_size: int = Field(default=200, gt=0)
+
+
+class WorkerSettings(BaseModel):
+    """How a worker talks to fal: budgets and delays of retries, polling, timers and download limits."""
+
+    limits: Limits = Limits()
     poll: PollPolicy = PollPolicy()
+    timers: TimerSettings = TimerSettings()
     #: Largest output file accepted.
     max_output_bytes: int = Field(default=256 * MIB, gt=0)
-    #: Transient failures of a submit or a download before the job fails.
-    max_call_retries: int = Field(default=8, ge=0)
-    #: Transient failures of status or result calls before the job fails (about an hour at the
-    #: 30 s cap). Never a resubmit: fal may still be running it.
-    max_unreachable_calls: int = Field(default=120, ge=0)
-    #: A job of an open batch untouched this long is resumed by the sweep; every live poll
-    #: chain touches its job at least every 30 s.
+    #: The sweep (`wan-batch beat`) gives a timer back to a job of an open batch unchanged this long
+    #: that has none (a safety net: every job that holds a slot has one).
     sweep_stale_after_s: float = Field(default=300.0, gt=0)
 
 
@@ -43,3 +56,17 @@ def credential_from_env(scheme: Literal["Key", "Bearer"]) -> str | None:
     """The credential for `scheme` from the environment, or None; never logged."""
     value = os.environ.get(CREDENTIAL_ENV[scheme], "").strip()
     return value or None
+
+
+def keep_days_from_env() -> float | None:
+    """`WAN_BATCH_KEEP_DAYS`: how long a scheduled batch's ledger entries are kept after it ended (None: forever).
+
+    Raises ValueError for anything but a number of days >= 0.
+    """
+    raw = os.environ.get("WAN_BATCH_KEEP_DAYS", "").strip()
+    if not raw:
+        return None
+    days = float(raw)
+    if not days >= 0:
+        raise ValueError(f"WAN_BATCH_KEEP_DAYS must be a number of days >= 0, got {raw!r}")
+    return days

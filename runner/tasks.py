@@ -1,9 +1,12 @@
-"""The Celery app: three thin tasks that run a pipeline step and schedule what it returns.
+"""The Celery app: one task that runs a due timer, the scheduler's tasks, and the dispatcher of each worker.
 
 `create_app` builds an app; nothing connects until a worker starts or a task
-is sent. The module-level `app` reads `REDIS_URL` when first configured, so
-`celery -A runner.tasks worker` and `wan-batch worker` run the same tasks.
-Polls are tasks sent with a countdown: no worker ever sleeps waiting for fal.
+is sent, and importing this module builds none (`app` is made when Celery
+asks for it: `celery -A runner.tasks worker` and `wan-batch worker` run the
+same tasks). What must happen next to a job, a batch or a schedule is a
+timer in Redis (`runner.ledger.timers`); every worker's dispatcher sends the
+due ones as `wan_batch.timer` messages, and a worker that runs one holds it
+under a lease. No worker ever sleeps waiting for fal.
 """
 
 from __future__ import annotations
@@ -13,39 +16,72 @@ import os
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 
+from jobs.backoff import Backoff, backoff_delay_s
+from jobs.lifecycle import STEP_OF
 from runner.batches import operations
-from runner.fal.retry import retry_delay_s
 from runner.ledger.connection import redis_py_url
 from runner.ledger.keys import Keys
+from runner.ledger.timers import Timer, TimerKind, worker_mark
 from runner.schedules import firings
 from runner.schedules.store import Trigger
 from runner.steps import pipeline
 from runner.steps.context import Context, context_from_env
-from runner.steps.dispatch import QUEUE, TASKS, send_steps
-from runner.steps.pipeline import FollowUp
+from runner.steps.dispatch import QUEUE, TIMER_TASK, Dispatcher
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 SWEEP_TASK = "wan_batch.sweep"
 FIRE_TASK = "wan_batch.fire_schedule"
-START_WAITING_TASK = "wan_batch.start_waiting"
-NOTIFY_TASK = "wan_batch.notify"
 #: How often beat looks at its schedule at most (seconds); RedBeat's lock lapses after 5 times this.
 BEAT_MAX_INTERVAL_S = 5
 #: How often `wan-batch beat` runs the sweep (seconds; WAN_BATCH_SWEEP_EVERY_S overrides).
 SWEEP_EVERY_S = 60.0
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-#: Redis redelivers an unacknowledged message after this long; every poll delay is far shorter.
-VISIBILITY_TIMEOUT_S = 3600
+#: Redis hands a message a worker took but never acknowledged to another after this long. Timers, not
+#: messages, hold what must happen next, so this only bounds how late a firing held by a dead worker is.
+VISIBILITY_TIMEOUT_S = 300
+#: Between tries of writing an ended batch's report that failed (a full disk, a folder gone).
+END_BACKOFF = Backoff(base_s=5.0, cap_s=300.0)
+
+
+class Runtime:
+    """What the tasks of one app share in a worker process: the context, and the dispatcher once it runs."""
+
+    def __init__(self, app: Celery, factory: Callable[[], Context]) -> None:
+        self.app = app
+        self._factory = factory
+        self._context: Context | None = None
+        self._lock = threading.Lock()
+        self.dispatcher: Dispatcher | None = None
+
+    def context(self) -> Context:
+        """Built on first use in each process (after a worker forks, not before)."""
+        with self._lock:
+            if self._context is None:
+                self._context = self._factory()
+                self._context.rng = random.Random()
+            return self._context
+
+    def start_dispatcher(self) -> None:
+        ctx = self.context()
+        self.dispatcher = Dispatcher(self.app, ctx.timers, ctx.settings.timers, ctx.clock)
+        self.dispatcher.start()
+
+    def stop_dispatcher(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+
+    def wake_at(self, due_at: float | None) -> None:
+        if self.dispatcher is not None and due_at is not None:
+            self.dispatcher.wake_at(due_at)
 
 
 def create_app(broker_url: str | None = None, context_factory: Callable[[], Context] | None = None) -> Celery:
-    """A Celery app with the runner's tasks.
+    """A Celery app with the runner's tasks, whose workers run a dispatcher of due timers.
 
     `context_factory` builds what the steps need, once per process; by
     default from the environment (`REDIS_URL`, `FAL_KEY` or
@@ -53,124 +89,106 @@ def create_app(broker_url: str | None = None, context_factory: Callable[[], Cont
     """
     app = Celery("wan_batch", set_as_current=False)
     app.add_defaults(lambda: _config(broker_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL))
-    contexts = _ContextCache(context_factory or (lambda: context_from_env(app.conf.broker_url)))
+    runtime = Runtime(app, context_factory or (lambda: context_from_env(app.conf.broker_url)))
 
-    def submit(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
-        run_step(app, contexts.get(), FollowUp("submit", job_id, token=token, tries=tries), batch_id)
-
-    def poll(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
-        run_step(app, contexts.get(), FollowUp("poll", job_id, token=token, tries=tries), batch_id)
-
-    def collect(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
-        run_step(app, contexts.get(), FollowUp("collect", job_id, token=token, tries=tries), batch_id)
+    def timer(kind: str, owner: str, item: str = "") -> None:
+        run_timer(runtime, Timer(TimerKind(kind), owner, item))
 
     def sweep() -> None:
-        context = contexts.get()
-        for batch_id, follow in operations.sweep(context, context.settings.sweep_stale_after_s).items():
-            send_steps(app, batch_id, follow)
-
-    for kind, step in (("submit", submit), ("poll", poll), ("collect", collect)):
-        app.task(name=TASKS[kind], ignore_result=True, shared=False)(step)
-    app.task(name=SWEEP_TASK, ignore_result=True, shared=False)(sweep)
-    _add_schedule_tasks(app, contexts)
-    return app
-
-
-def _add_schedule_tasks(app: Celery, contexts: _ContextCache) -> None:
-    """The tasks around a batch's end and the schedules: report, fire, start what waited, notify."""
-
-    def batch_end(batch_id: str, job_id: str, token: int = 0, tries: int = 0) -> None:
-        step = FollowUp("end", job_id, tries=tries)
-        fired = _guarded(app, contexts.get(), step, batch_id, lambda ctx: firings.batch_ended(ctx, batch_id))
-        if fired is not None:
-            send_fired(app, fired)
+        context = runtime.context()
+        for batch_id, count in operations.sweep(context, context.settings.sweep_stale_after_s).items():
+            log.warning("sweep: %d job(s) of batch %s had no timer; given one", count, batch_id)
 
     def fire_schedule(self: Task, name: str, slot: float, trigger: Trigger = "schedule",
                       sent_at: float | None = None, missed: int = 0) -> None:  # fmt: skip
         token = self.request.id or f"{name}:{slot}"
-        send_fired(app, firings.fire(contexts.get(), name, slot, trigger, token, sent_at, missed))
+        context = runtime.context()
+        after_firing(runtime, context, firings.fire(context, name, slot, trigger, token, sent_at, missed))
 
-    def start_waiting(name: str, firing_id: str) -> None:
-        send_fired(app, firings.start_waiting(contexts.get(), name, firing_id))
+    class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Runs the dispatcher of due timers beside the worker's pool."""
 
-    def notify(name: str, firing_id: str, tries: int = 0) -> None:
-        delay_s = firings.notify(contexts.get(), name, firing_id, tries)
-        if delay_s is not None:
-            app.send_task(NOTIFY_TASK, args=[name, firing_id], kwargs={"tries": tries + 1}, countdown=delay_s,
-                          queue=QUEUE)  # fmt: skip
+        label = "wan-batch dispatcher"
 
-    app.task(name=TASKS["end"], ignore_result=True, shared=False)(batch_end)
+        def start(self, worker: Any) -> None:
+            runtime.start_dispatcher()
+
+        def stop(self, worker: Any) -> None:
+            runtime.stop_dispatcher()
+
+    app.task(name=TIMER_TASK, ignore_result=True, shared=False)(timer)
+    app.task(name=SWEEP_TASK, ignore_result=True, shared=False)(sweep)
     app.task(name=FIRE_TASK, ignore_result=True, shared=False, bind=True)(fire_schedule)
-    app.task(name=START_WAITING_TASK, ignore_result=True, shared=False)(start_waiting)
-    app.task(name=NOTIFY_TASK, ignore_result=True, shared=False)(notify)
+    app.steps["worker"].add(DispatcherStep)
+    return app
 
 
-def send_fired(app: Celery, fired: firings.Fired) -> None:
-    """Send what a firing step left: its batch's submits, firings that waited, the notification."""
-    for batch_id, follow in fired.follow.items():
-        send_steps(app, batch_id, follow)
-    for firing_id in fired.start:
-        app.send_task(START_WAITING_TASK, args=[fired.schedule, firing_id], queue=QUEUE)
-    if fired.notify and fired.firing is not None:
-        app.send_task(NOTIFY_TASK, args=[fired.schedule, fired.firing.id], queue=QUEUE)
-
-
-def _guarded(app: Celery, context: Context, step: FollowUp, batch_id: str, work: Callable[[Context], T]) -> T | None:
-    """Run `work`; when it blows up, send `step` again after a backoff, a few times, then give up loudly."""
+def run_timer(runtime: Runtime, timer: Timer) -> None:
+    """Run a due timer this worker got a message for, if no other worker runs it now."""
+    ctx = runtime.context()
+    mark = worker_mark()
+    if ctx.timers.begin(timer, mark, ctx.clock(), ctx.settings.timers.lease_s) != "ok":
+        return  # another worker runs it, or the message is stale
+    dispatcher = runtime.dispatcher
+    if dispatcher is not None:
+        dispatcher.hold(timer, mark)
     try:
-        return work(context)
+        _HANDLERS[timer.kind](runtime, ctx, timer, mark)
+    finally:
+        if dispatcher is not None:
+            dispatcher.release(timer)
+
+
+def _run_step(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
+    admitted = pipeline.run_job_step(ctx, timer.owner, timer.item, mark)
+    record = ctx.ledger.record(timer.owner, timer.item)
+    # Still held: no move set the job's next step (it moved on meanwhile); set it from what the job is now.
+    due = ctx.clock() + 1.0 if record is not None and record.status in STEP_OF else None
+    ctx.timers.finish(timer, mark, due)
+    if admitted:
+        runtime.wake_at(ctx.clock())
+    runtime.wake_at(ctx.timers.due_at(timer))
+
+
+def _end_batch(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
+    try:
+        fired = firings.batch_ended(ctx, timer.owner)
     except Exception:
-        log.exception("%s of batch %s failed unexpectedly", step.task, batch_id)
-        send_steps(app, batch_id, _again_later(context, step))
-        return None
+        log.exception("writing the report of batch %s failed; trying again later", timer.owner)
+        delay_s = backoff_delay_s(ctx.timers.tries(timer) + 1, END_BACKOFF, ctx.rng.random())
+        ctx.timers.finish(timer, mark, ctx.clock() + delay_s)
+        return
+    ctx.timers.finish(timer, mark, None)
+    after_firing(runtime, ctx, fired)
 
 
-def run_step(app: Celery, context: Context, step: FollowUp, batch_id: str) -> None:
-    """Run one pipeline step and schedule what it returns; a step that blows up never strands its job.
-
-    An unexpected error runs the same step again after a backoff (steps are
-    safe to repeat); when that keeps failing, the job fails as `internal_error`.
-    """
-    try:
-        follow = _STEPS[step.task](context, batch_id, step.job_id, step.token, step.tries)
-    except Exception as exc:
-        log.exception("%s of job %s of batch %s failed unexpectedly", step.task, step.job_id, batch_id)
-        follow = _again_later(context, step)
-        if not follow:
-            message = f"{step.task} failed {step.tries + 1} times: {type(exc).__name__}: {exc}"
-            follow = pipeline.fail_job(context, batch_id, step.job_id, "internal_error", message[:500])
-    send_steps(app, batch_id, follow)
+def _notify(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
+    delay_s = firings.notify(ctx, timer.owner, timer.item, ctx.timers.tries(timer))
+    ctx.timers.finish(timer, mark, None if delay_s is None else ctx.clock() + delay_s)
 
 
-def _again_later(context: Context, step: FollowUp) -> list[FollowUp]:
-    """`step` once more after a backoff, while it has failed fewer than `max_call_retries` times; [] after."""
-    if step.tries >= context.settings.max_call_retries:
-        return []
-    delay_s = retry_delay_s(step.tries + 1, context.settings.retry, None, context.rng)
-    return [replace(step, delay_s=delay_s, tries=step.tries + 1)]
+def _start_waiting(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
+    fired = firings.start_waiting(ctx, timer.owner, timer.item)
+    ctx.timers.finish(timer, mark, None)
+    after_firing(runtime, ctx, fired)
 
 
-_STEPS: dict[str, Callable[[Context, str, str, int, int], list[FollowUp]]] = {
-    "submit": lambda ctx, batch_id, job_id, _token, tries: pipeline.submit_job(ctx, batch_id, job_id, tries),
-    "poll": pipeline.poll_job,
-    "collect": pipeline.collect_job,
+def after_firing(runtime: Runtime, ctx: Context, fired: firings.Fired) -> None:
+    """Set the timers a firing step leaves: firings that waited start, the notification goes out."""
+    due = [Timer(TimerKind.START, fired.schedule, firing_id) for firing_id in fired.start]
+    if fired.notify and fired.firing is not None:
+        due.append(Timer(TimerKind.NOTIFY, fired.schedule, fired.firing.id))
+    ctx.timers.schedule(due, ctx.clock())
+    if due or fired.batch_id:
+        runtime.wake_at(ctx.clock())
+
+
+_HANDLERS: dict[TimerKind, Callable[[Runtime, Context, Timer, str], None]] = {
+    TimerKind.STEP: _run_step,
+    TimerKind.END: _end_batch,
+    TimerKind.NOTIFY: _notify,
+    TimerKind.START: _start_waiting,
 }
-
-
-class _ContextCache:
-    """Builds the context on first use in each process (after a worker forks, not before)."""
-
-    def __init__(self, factory: Callable[[], Context]) -> None:
-        self._factory = factory
-        self._context: Context | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Context:
-        with self._lock:
-            if self._context is None:
-                self._context = self._factory()
-                self._context.rng = random.Random()
-            return self._context
 
 
 def _config(broker_url: str) -> dict[str, Any]:
@@ -182,13 +200,13 @@ def _config(broker_url: str) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_ignore_result": True,
         "task_default_queue": QUEUE,
-        # A task that dies with its worker is delivered again; every step is safe to repeat.
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 4,
+        # A message is acknowledged when its task starts: the timer, not the message, is the record of
+        # what must happen, and it comes back when the worker that took it dies.
+        "task_acks_late": False,
+        "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        # `wan-batch beat`: resume jobs of open batches that stopped moving (lost messages).
+        # `wan-batch beat`: a safety net that gives timers back to jobs that lost theirs.
         "beat_schedule": {"sweep": {"task": SWEEP_TASK, "schedule": _sweep_every_s(), "options": {"queue": QUEUE}}},
         # ... and fire the schedules (`wan-batch schedule`), kept with RedBeat in the same Redis.
         "beat_scheduler": "runner.schedules.beat:Scheduler",

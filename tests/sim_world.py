@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,17 +14,22 @@ import redis
 
 from jobs.endpoints import WAN25_I2I
 from jobs.job import Job, canonical_json, fingerprint
+from jobs.lifecycle import JobUpdate, Move, plan
+from jobs.record import JobRecord
+from jobs.status import JobStatus
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient
 from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.timers import Timer, TimerKind
 from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator
 from runner.simulator.clock import ManualClock
-from runner.steps import pipeline
 from runner.steps.context import Context
-from runner.steps.pipeline import FollowUp
+from runner.tasks import Runtime, create_app, run_timer
 
 KEY = "pipeline-test-key"
+#: Far enough ahead that every timer is due: tests move the simulator's clock instead of waiting.
+EVERYTHING_DUE = 10**12
 
 
 @dataclass
@@ -35,8 +40,9 @@ class World:
     folder: Path
     http: httpx.Client
     provider: Provider
+    runtime: Runtime
 
-    def job(self, job_id: str) -> Any:
+    def job(self, job_id: str) -> JobRecord:
         record = self.ctx.ledger.record("b", job_id)
         assert record is not None
         return record
@@ -44,6 +50,27 @@ class World:
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.sim.stats()
         return stats
+
+    def due(self) -> list[Timer]:
+        """Every timer set, soonest first (none is claimed)."""
+        members = self.ctx.ledger.redis.zrange(self.ctx.ledger.keys.timers, 0, -1)
+        return [Timer.from_member(m) for m in members]
+
+    def run(self, timer: Timer) -> None:
+        """Run one timer as a worker that got its message would."""
+        self.ctx.timers.claim_due(EVERYTHING_DUE, 30.0, 1000)
+        run_timer(self.runtime, timer)
+
+    def step(self, job_id: str) -> None:
+        """Run the step of `job_id` that is due."""
+        self.run(Timer.step("b", job_id))
+
+    def force(self, job_id: str, move: Move, **values: Any) -> JobRecord:
+        """Apply a move to a job by hand (to set up a case); its next step is due now."""
+        record = self.job(job_id)
+        applied = self.ctx.ledger.apply("b", plan(record, move, JobUpdate(**values), self.ctx.clock()))
+        assert applied is not None
+        return applied.record
 
 
 def make_jobs(count: int) -> list[Job]:
@@ -60,7 +87,7 @@ def world_factory(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
     clients: list[httpx.Client] = []
 
     def make(jobs: int = 2, max_in_flight: int = 2, max_attempts: int = 3, settings: WorkerSettings | None = None,
-             **sim: Any) -> World:  # fmt: skip
+             report_when_done: bool = False, **sim: Any) -> World:  # fmt: skip
         clock = ManualClock()
         config = SimConfig(key=KEY, seed=1, **{"concurrency": 2, "run_time": "fixed:1", **sim})
         context = run_simulator(config, clock=clock)
@@ -73,11 +100,12 @@ def world_factory(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
         (tmp_path / "m.jsonl").write_text("")
         ledger.save_batch(BatchInfo(id="b", manifest=str(tmp_path / "m.jsonl"), folder=str(tmp_path / "out" / "b"),
                                     created_at=0.0, max_in_flight=max_in_flight, max_attempts=max_attempts,
-                                    provider_url=running.base_url))  # fmt: skip
+                                    provider_url=running.base_url, report_when_done=report_when_done))  # fmt: skip
         ledger.sync_jobs("b", make_jobs(jobs), now=0.0)
         ctx = Context(ledger, http, lambda _b: QueueClient(http, provider), settings or WorkerSettings(),
                       random.Random(1))  # fmt: skip
-        return World(ctx, running, clock, tmp_path / "out" / "b", http, provider)
+        runtime = Runtime(create_app("redis://unused:1/0"), lambda: ctx)
+        return World(ctx, running, clock, tmp_path / "out" / "b", http, provider, runtime)
 
     yield make
     for http in clients:
@@ -86,23 +114,21 @@ def world_factory(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
         context.__exit__(None, None, None)
 
 
-def run_until_quiet(world: World, follow: list[FollowUp], advance_s: float = 1.5, rounds: int = 20,
-                    on_end: Callable[[FollowUp], None] | None = None) -> None:  # fmt: skip
-    """Run follow-ups as a worker would, moving the simulator's clock instead of waiting; ends go to `on_end`."""
-    steps = {"submit": lambda f: pipeline.submit_job(world.ctx, "b", f.job_id, f.tries),
-             "poll": lambda f: pipeline.poll_job(world.ctx, "b", f.job_id, f.token, f.tries),
-             "collect": lambda f: pipeline.collect_job(world.ctx, "b", f.job_id, f.token, f.tries),
-             "end": lambda f: _ended(f, on_end)}  # fmt: skip
+def run_until_quiet(world: World, advance_s: float = 1.5, rounds: int = 40) -> list[Timer]:
+    """Run due timers as workers would, moving the simulator's clock instead of waiting; the ones run.
+
+    Each round runs every timer set; the clock moves before a round that has
+    more than submits to do, so polls find the simulator further along.
+    """
+    ran: list[Timer] = []
     for _ in range(rounds):
-        if not follow:
-            return
-        if any(f.task != "submit" for f in follow):
+        due = world.due()
+        if not due:
+            return ran
+        statuses = {world.ctx.ledger.record(t.owner, t.item).status for t in due if t.kind is TimerKind.STEP}  # type: ignore[union-attr]
+        if statuses - {JobStatus.ADMITTED}:
             world.clock.advance(advance_s)
-        follow = [nxt for f in follow for nxt in steps[f.task](f)]
-    raise AssertionError(f"still busy after {rounds} rounds: {follow}")
-
-
-def _ended(follow: FollowUp, on_end: Callable[[FollowUp], None] | None) -> list[FollowUp]:
-    assert on_end is not None, f"unexpected end of the batch: {follow}"
-    on_end(follow)
-    return []
+        for timer in due:
+            world.run(timer)
+            ran.append(timer)
+    raise AssertionError(f"still busy after {rounds} rounds: {world.due()}")

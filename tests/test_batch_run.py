@@ -14,7 +14,7 @@ from celery.signals import worker_init
 from jobs.errors import FolderInUseError, UsageError
 from jobs.status import JobStatus
 from runner.batches.intake import RunRequest, batch_id_for, check_same_provider, load_batch, provider_for
-from runner.batches.run import StallWatch, hold_folder, run_batch
+from runner.batches.run import StallWatch, Watchers, hold_folder, run_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.fal.providers import FAL_QUEUE_URL, Provider
 from runner.ledger.store import BatchInfo, Ledger
@@ -188,7 +188,7 @@ def test_stall_watch_tells_once_when_nothing_moves() -> None:
 def test_sim_with_a_shared_redis_is_refused(tmp_path: Path) -> None:
     run = request(sim=True, redis_url="redis://127.0.0.1:1/0", out=tmp_path / "out")
     with pytest.raises(UsageError, match="--sim cannot be used with --redis"):
-        run_batch(run, load_batch(RunRequest(manifest=write_manifest(tmp_path, 1))), create_app, lambda _c, _n: None)
+        run_batch(run, load_batch(RunRequest(manifest=write_manifest(tmp_path, 1))), create_app, Watchers(lambda _c, _n: None))
     assert not (tmp_path / "out").exists()
 
 
@@ -212,7 +212,7 @@ def test_an_output_folder_held_by_another_process_is_refused(tmp_path: Path) -> 
 
 
 def test_the_first_jobs_are_admitted_before_the_embedded_worker_starts(tmp_path: Path) -> None:
-    """A rerun gives unfinished jobs new poll tokens before a worker can run a poll chain of the last run."""
+    """The window is filled, each submit due, before a worker of this run takes a step."""
     manifest = write_manifest(tmp_path, 3)
     run = RunRequest(manifest=manifest, out=tmp_path / "out", sim=True, sim_run_time="fixed:0.05", max_in_flight=2)
     socket_path = EmbeddedRedis(run.out / ".wan-batch" / "redis").socket_path
@@ -224,7 +224,7 @@ def test_the_first_jobs_are_admitted_before_the_embedded_worker_starts(tmp_path:
 
     worker_init.connect(on_worker_init, weak=False)
     try:
-        result = run_batch(run, load_batch(run), create_app, lambda _c, _n: None)
+        result = run_batch(run, load_batch(run), create_app, Watchers(lambda _c, _n: None))
     finally:
         worker_init.disconnect(on_worker_init)
     assert result.counts[JobStatus.SUCCEEDED] == 3

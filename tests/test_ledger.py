@@ -1,3 +1,5 @@
+"""The ledger on a real Redis: moves applied atomically with their counters, indexes, window, timers and ends."""
+
 import threading
 from collections import Counter
 
@@ -5,8 +7,11 @@ import pytest
 import redis
 
 from jobs.job import Job
+from jobs.lifecycle import JobUpdate, Move, plan
+from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.timers import Timer, Timers, worker_mark
 
 S = JobStatus
 
@@ -15,12 +20,23 @@ def make_job(n: int, prompt: str = "p") -> Job:
     return Job(f"j{n}", "fal-ai/echo", {"prompt": f"{prompt}{n}"}, f"fp-{prompt}{n}", "m.csv", n + 1, n)
 
 
-def open_batch(ledger: Ledger, jobs: int, max_in_flight: int = 2, batch_id: str = "b") -> list[Job]:
+def open_batch(ledger: Ledger, jobs: int, max_in_flight: int = 2, batch_id: str = "b", **info: object) -> list[Job]:
     ledger.save_batch(BatchInfo(id=batch_id, manifest="m.csv", folder="/out/b", created_at=1.0,
-                                max_in_flight=max_in_flight))  # fmt: skip
+                                max_in_flight=max_in_flight, **info))  # type: ignore[arg-type]  # fmt: skip
     made = [make_job(n) for n in range(jobs)]
     ledger.sync_jobs(batch_id, made, now=2.0)
     return made
+
+
+def move(ledger: Ledger, job_id: str, what: Move, due_at: float | None = None, **values: object) -> JobRecord | None:
+    record = ledger.record("b", job_id)
+    assert record is not None
+    applied = ledger.apply("b", plan(record, what, JobUpdate(**values), now=10.0), due_at)  # type: ignore[arg-type]
+    return None if applied is None else applied.record
+
+
+def index(ledger: Ledger, status: JobStatus) -> list[str]:
+    return ledger.job_ids("b", [status])
 
 
 def test_batch_round_trip(redis_client: redis.Redis) -> None:
@@ -32,80 +48,112 @@ def test_batch_round_trip(redis_client: redis.Redis) -> None:
     assert ledger.batch_ids() == ["b1"]
 
 
-def test_sync_is_idempotent_and_counts_are_kept(redis_client: redis.Redis) -> None:
+def test_sync_is_idempotent_and_counts_and_indexes_are_kept(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
     jobs = open_batch(ledger, 3)
     assert ledger.sync_jobs("b", jobs, now=3.0) == Counter(kept=3)
-    assert ledger.counts("b")[S.WAITING] == 3
+    assert ledger.counts("b")[S.WAITING] == 3 and index(ledger, S.WAITING) == ["j0", "j1", "j2"]
     assert [r.job.id for r in ledger.records("b")] == ["j0", "j1", "j2"]
     assert ledger.batch("b").jobs == 3  # type: ignore[union-attr]
     record = ledger.record("b", "j1")
     assert record is not None and record.job == jobs[1] and record.status is S.WAITING and record.queued_at == 2.0
 
 
-def test_admission_fills_the_window_and_a_release_admits_the_next(redis_client: redis.Redis) -> None:
-    ledger = Ledger(redis_client)
+def test_admission_fills_the_window_sets_submits_due_and_a_release_admits_the_next(redis_client: redis.Redis) -> None:
+    ledger, timers = Ledger(redis_client), Timers(redis_client)
     open_batch(ledger, 5, max_in_flight=2)
     assert ledger.admit("b") == ["j0", "j1"]
     assert ledger.admit("b") == []
     assert ledger.in_flight("b") == 2
-    assert ledger.move("b", "j0", [S.ADMITTED], S.SUBMITTING)
-    assert ledger.move("b", "j0", [S.SUBMITTING], S.QUEUED, request_id="r-0", attempts=1)
-    assert ledger.move("b", "j0", [S.QUEUED], S.SUCCEEDED, release=True)
-    assert ledger.admit("b") == ["j2"]
+    assert timers.due_at(Timer.step("b", "j0")) is not None, "its submit is due"
+    assert move(ledger, "j0", Move.SEND, attempts=1) is not None
+    assert move(ledger, "j0", Move.ACCEPT, due_at=50.0, request_id="r-0") is not None
+    assert timers.due_at(Timer.step("b", "j0")) == 50.0, "its first poll"
+    applied = ledger.apply("b", plan(ledger.record("b", "j0"), Move.FAIL, JobUpdate(error_type="x"), 11.0))  # type: ignore[arg-type]
+    assert applied is not None and applied.admitted == ["j2"], "the freed slot admitted the next, in the same step"
+    assert timers.due_at(Timer.step("b", "j0")) is None, "a final job has no step"
     counts = ledger.counts("b")
-    assert (counts[S.WAITING], counts[S.ADMITTED], counts[S.SUCCEEDED]) == (2, 2, 1)
-    assert ledger.record("b", "j0").request_id == "r-0"  # type: ignore[union-attr]
+    assert (counts[S.WAITING], counts[S.ADMITTED], counts[S.FAILED]) == (2, 2, 1)
+    assert sorted(index(ledger, S.ADMITTED)) == ["j1", "j2"] and index(ledger, S.FAILED) == ["j0"]
+    assert ledger.job_for_request("r-0") == ("b", "j0")
+
+
+def test_a_move_is_applied_only_to_the_revision_its_mover_read(redis_client: redis.Redis) -> None:
+    """A late step of attempt 1 must not undo attempt 2."""
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 1)
+    ledger.admit("b")
+    move(ledger, "j0", Move.SEND, attempts=1)
+    seen = ledger.record("b", "j0")
+    assert seen is not None
+    move(ledger, "j0", Move.ACCEPT, request_id="r-2")
+    late = plan(seen, Move.ACCEPT, JobUpdate(request_id="r-1"), now=11.0)
+    assert ledger.apply("b", late) is None
+    assert ledger.record("b", "j0").request_id == "r-2"  # type: ignore[union-attr]
+    assert ledger.job_for_request("r-1") is None
 
 
 def test_a_refused_move_changes_nothing(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
     open_batch(ledger, 1)
-    assert not ledger.move("b", "j0", [S.ADMITTED], S.SUBMITTING, request_id="x")
-    assert not ledger.move("b", "missing", [], S.FAILED)
     record = ledger.record("b", "j0")
-    assert record is not None and record.status is S.WAITING and record.request_id is None
-    assert ledger.counts("b")[S.SUBMITTING] == 0
+    assert record is not None
+    admitted = ledger.admit("b")
+    stale = plan(record, Move.CANCEL, JobUpdate(error_type="cancelled"), now=5.0)
+    assert admitted == ["j0"] and ledger.apply("b", stale) is None
+    again = ledger.record("b", "j0")
+    assert again is not None and again.status is S.ADMITTED and again.error_type is None
+    assert ledger.counts("b")[S.CANCELLED] == 0 and index(ledger, S.CANCELLED) == []
 
 
 def test_only_one_of_many_racing_workers_wins_a_move(redis_client: redis.Redis) -> None:
-    """The guard that keeps a redelivered submit task from submitting twice."""
+    """The guard that keeps two workers from sending the same job."""
     ledger = Ledger(redis_client)
     open_batch(ledger, 1)
     ledger.admit("b")
+    seen = ledger.record("b", "j0")
+    assert seen is not None
     wins: list[bool] = []
-    threads = [threading.Thread(target=lambda: wins.append(ledger.move("b", "j0", [S.ADMITTED], S.SUBMITTING)))
-               for _ in range(20)]  # fmt: skip
+    threads = [threading.Thread(target=lambda: wins.append(
+        ledger.apply("b", plan(seen, Move.SEND, JobUpdate(attempts=1), now=3.0)) is not None)) for _ in range(20)]  # fmt: skip
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert sorted(wins) == [False] * 19 + [True]
+    assert ledger.counts("b")[S.SUBMITTING] == 1
 
 
 def test_window_holds_under_concurrent_admission(redis_client: redis.Redis) -> None:
+    """Four workers admit and end jobs at once: each job is handed to one of them, the window is never exceeded."""
     ledger = Ledger(redis_client)
     open_batch(ledger, 200, max_in_flight=7)
-    admitted: list[str] = []
+    handed: list[str] = []
     lock = threading.Lock()
 
     def worker() -> None:
-        for _ in range(30):
-            got = ledger.admit("b")
+        queue = ledger.admit("b")
+        while queue:
+            job_id = queue.pop()
+            assert ledger.in_flight("b") <= 7
+            record = ledger.record("b", job_id)
+            assert record is not None
+            applied = ledger.apply("b", plan(record, Move.FAIL, JobUpdate(error_type="x"), now=10.0))
+            assert applied is not None, "a job handed to this worker is this worker's"
+            queue += applied.admitted
             with lock:
-                admitted.extend(got)
-            for job_id in got:
-                assert ledger.in_flight("b") <= 7
-                ledger.move("b", job_id, [S.ADMITTED], S.SUCCEEDED, release=True)
+                handed.append(job_id)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(admitted) == len(set(admitted))
-    assert ledger.counts("b")[S.SUCCEEDED] == len(admitted)
-    assert ledger.counts("b")[S.WAITING] == 200 - len(admitted)
+    assert sorted(handed) == sorted(f"j{n}" for n in range(200)), "each job handed out exactly once"
+    counts = ledger.counts("b")
+    assert counts[S.FAILED] == 200 and ledger.in_flight("b") == 0
+    assert len(index(ledger, S.FAILED)) == 200 and ledger.failures_by_type("b") == {"x": 200}
+    assert ledger.batch("b").state == "done"  # type: ignore[union-attr]
 
 
 def test_a_cancelled_batch_admits_nothing(redis_client: redis.Redis) -> None:
@@ -119,13 +167,44 @@ def test_a_changed_row_runs_again_unless_it_is_at_fal(redis_client: redis.Redis)
     ledger = Ledger(redis_client)
     jobs = open_batch(ledger, 2)
     ledger.admit("b")
-    ledger.move("b", "j0", [], S.SUCCEEDED, release=True, outputs=[])
-    ledger.move("b", "j1", [], S.QUEUED, request_id="r1")
+    move(ledger, "j0", Move.FAIL, error_type="x")
+    move(ledger, "j1", Move.SEND)
     edited = [Job(j.id, j.endpoint, {"prompt": "new"}, "fp-new-" + j.id, j.file, j.line, j.row) for j in jobs]
     assert ledger.sync_jobs("b", edited, now=9.0) == Counter(changed=1, in_flight=1)
     again = ledger.record("b", "j0")
     assert again is not None and again.status is S.WAITING and again.job.input == {"prompt": "new"}
+    assert again.error_type is None and again.attempts == 0
+    assert ledger.failures_by_type("b") == {}
     assert ledger.admit("b") == ["j0"]
+
+
+def test_the_batch_ends_with_its_last_job_and_an_unattended_one_gets_its_end_timer(redis_client: redis.Redis) -> None:
+    ledger, timers = Ledger(redis_client), Timers(redis_client)
+    open_batch(ledger, 2, report_when_done=True)
+    ledger.admit("b")
+    first = ledger.apply("b", plan(ledger.record("b", "j0"), Move.FAIL, JobUpdate(), 10.0))  # type: ignore[arg-type]
+    assert first is not None and not first.ended and ledger.batch("b").state == "open"  # type: ignore[union-attr]
+    last = ledger.apply("b", plan(ledger.record("b", "j1"), Move.CANCEL, JobUpdate(), 12.0))  # type: ignore[arg-type]
+    assert last is not None and last.ended
+    info = ledger.batch("b")
+    assert info is not None and (info.state, info.ended_at) == ("done", 12.0)
+    assert timers.due_at(Timer.end("b")) == 12.0
+    requeued = ledger.apply("b", plan(ledger.record("b", "j0"), Move.REQUEUE, JobUpdate(), 13.0))  # type: ignore[arg-type]
+    assert requeued is not None
+    info = ledger.batch("b")
+    assert info is not None and (info.state, info.ended_at) == ("open", None), "a retried batch is open again"
+    assert timers.due_at(Timer.end("b")) is None
+
+
+def test_a_batch_whose_jobs_are_all_final_at_sync_is_done(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    jobs = open_batch(ledger, 1)
+    ledger.admit("b")
+    move(ledger, "j0", Move.CANCEL)
+    ledger.save_batch(ledger.batch("b").model_copy(update={"state": "open", "ended_at": None}))  # type: ignore[union-attr]
+    ledger.sync_jobs("b", jobs, now=20.0)  # a rerun with nothing new
+    ledger.admit("b")
+    assert ledger.batch("b").state == "done"  # type: ignore[union-attr]
 
 
 def test_run_times_keep_the_latest(redis_client: redis.Redis) -> None:
@@ -136,14 +215,6 @@ def test_run_times_keep_the_latest(redis_client: redis.Redis) -> None:
     assert len(recent) == 50 and recent[0] == 59.0
 
 
-def test_poll_tokens_supersede_older_chains(redis_client: redis.Redis) -> None:
-    ledger = Ledger(redis_client)
-    open_batch(ledger, 1)
-    first = ledger.next_poll_token("b", "j0")
-    second = ledger.next_poll_token("b", "j0")
-    assert second == first + 1 == ledger.poll_token("b", "j0")
-
-
 @pytest.mark.parametrize("jobs", [2500])
 def test_large_batches_sync_in_chunks(redis_client: redis.Redis, jobs: int) -> None:
     ledger = Ledger(redis_client)
@@ -152,25 +223,34 @@ def test_large_batches_sync_in_chunks(redis_client: redis.Redis, jobs: int) -> N
     assert [r.job.id for r in ledger.records("b")] == [f"j{n}" for n in range(jobs)]
 
 
-def test_a_move_can_be_guarded_on_what_the_step_saw(redis_client: redis.Redis) -> None:
-    """A late step of attempt 1 must not undo attempt 2."""
+def test_job_ids_by_last_change_and_latest(redis_client: redis.Redis) -> None:
     ledger = Ledger(redis_client)
-    open_batch(ledger, 1)
+    open_batch(ledger, 3, max_in_flight=3)
     ledger.admit("b")
-    ledger.move("b", "j0", [], S.QUEUED, request_id="r-1")
-    token = ledger.next_poll_token("b", "j0")
-    assert ledger.move("b", "j0", [S.QUEUED], S.ADMITTED, expect={"request_id": "r-1"}, request_id=None)
-    ledger.move("b", "j0", [], S.QUEUED, request_id="r-2")
-    # the stale step still believes the job is attempt r-1 with the old poll token
-    assert not ledger.move("b", "j0", [S.QUEUED], S.ADMITTED, expect={"request_id": "r-1"}, request_id=None)
-    assert not ledger.move("b", "j0", [S.QUEUED], S.FAILED, expect={"poll_token": token - 1})
-    assert ledger.move("b", "j0", [S.QUEUED], S.RUNNING, expect={"request_id": "r-2", "poll_token": token})
-    record = ledger.record("b", "j0")
-    assert record is not None and (record.status, record.request_id) == (S.RUNNING, "r-2")
+    for n, job_id in enumerate(("j2", "j0", "j1")):
+        ledger.apply("b", plan(ledger.record("b", job_id), Move.FAIL, JobUpdate(), 100.0 + n))  # type: ignore[arg-type]
+    assert ledger.job_ids("b", [S.FAILED]) == ["j2", "j0", "j1"]
+    assert ledger.job_ids("b", [S.FAILED], changed_before=101.5) == ["j2", "j0"]
+    assert ledger.job_ids("b", [S.FAILED], latest=2) == ["j0", "j1"]
 
 
-def test_an_unset_field_is_expected_as_none(redis_client: redis.Redis) -> None:
-    ledger = Ledger(redis_client)
-    open_batch(ledger, 1)
-    assert ledger.move("b", "j0", [S.WAITING], S.WAITING, expect={"request_id": None, "error_type": None})
-    assert not ledger.move("b", "j0", [S.WAITING], S.WAITING, expect={"request_id": "x"})
+def test_timers_are_claimed_once_begun_by_one_worker_and_come_back_when_it_dies(redis_client: redis.Redis) -> None:
+    timers = Timers(redis_client)
+    timer = Timer.step("b", "j0")
+    timers.schedule([timer], due_at=100.0)
+    assert timers.claim_due(99.0, 30.0, 10) == []
+    assert timers.claim_due(100.0, 30.0, 10) == [timer]
+    assert timers.claim_due(100.0, 30.0, 10) == [], "claimed: not sent twice"
+    first, second = worker_mark(), worker_mark()
+    assert timers.begin(timer, first, 101.0, lease_s=15.0) == "ok"
+    assert timers.begin(timer, second, 102.0, lease_s=15.0) == "busy"
+    assert timers.renew({timer: first}, 110.0, 15.0) == 1 and timers.due_at(timer) == 125.0
+    assert timers.claim_due(124.0, 30.0, 10) == []
+    assert timers.claim_due(126.0, 30.0, 10, take_over=False) == [], "a dispatcher just back waits for renewals"
+    assert timers.claim_due(126.0, 30.0, 10) == [timer], "its worker stopped renewing: it died"
+    assert timers.begin(timer, second, 127.0, lease_s=15.0) == "ok"
+    assert not timers.finish(timer, first, None), "the dead worker's mark no longer holds it"
+    assert timers.finish(timer, second, 200.0) and timers.tries(timer) == 1
+    assert timers.begin(timer, first, 150.0, lease_s=15.0) == "early", "a stale message for a later time"
+    timers.forget([timer])
+    assert timers.begin(timer, first, 250.0, lease_s=15.0) == "gone"

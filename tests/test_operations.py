@@ -1,102 +1,177 @@
-"""Operating an existing batch: view, cancel, retry, resume and sweep, against the simulator and Redis."""
+"""Operating an existing batch: view, cancel, retry, resume, sweep and purge, against the simulator and Redis."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from jobs.lifecycle import Move
 from jobs.status import JobStatus
 from runner.batches import operations
+from runner.ledger.timers import Timer, worker_mark
 from runner.simulator import FaultRates
-from runner.steps import pipeline
-from tests.sim_world import run_until_quiet
+from tests.sim_world import EVERYTHING_DUE, run_until_quiet
 
 S = JobStatus
 
 
 def test_view_shows_counts_jobs_at_fal_and_errors_by_type(world_factory: Any) -> None:
     world = world_factory(jobs=3, max_in_flight=2, concurrency=1, run_time="fixed:10")
-    for submit in pipeline.admit_next(world.ctx, "b"):
-        for poll in pipeline.submit_job(world.ctx, "b", submit.job_id):
-            world.clock.advance(0.5)
-            pipeline.poll_job(world.ctx, "b", poll.job_id, poll.token)
-    pipeline.fail_job(world.ctx, "b", "j1", "runner_server_error", "boom")
+    world.ctx.ledger.admit("b")
+    for job_id in ("j0", "j1"):
+        world.step(job_id)
+        world.clock.advance(0.5)
+        world.step(job_id)
+    world.force("j1", Move.FAIL, error_type="runner_server_error", error_message="boom")
     view = operations.view_batch(world.ctx.ledger, "b")
     assert view is not None and not view.finished
     assert view.counts[S.FAILED] == 1
-    assert [(r.job.id, r.status) for r in view.in_flight] == [("j0", S.RUNNING), ("j2", S.ADMITTED)]
-    assert list(view.errors) == ["runner_server_error"]
+    assert [(r.job.id, r.status) for r in view.in_flight] == [("j2", S.ADMITTED), ("j0", S.RUNNING)]
+    assert view.failures == {"runner_server_error": 1}
     data = view.to_dict()
-    assert data["errors"]["runner_server_error"]["latest"][0] == {"job_id": "j1", "row": 1, "message": "boom"}
+    assert data["errors"]["runner_server_error"] == {"count": 1, "latest": [{"job_id": "j1", "row": 1, "message": "boom"}]}
     assert operations.view_batch(world.ctx.ledger, "nope") is None
+
+
+def commands_of(redis: Any, call: Any) -> int:
+    """How many commands Redis ran for `call()` (INFO itself apart)."""
+
+    def total() -> int:
+        stats = redis.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+    before = total()
+    call()
+    return total() - before
+
+
+def test_status_reads_indexes_not_every_job(world_factory: Any) -> None:
+    """`status` costs the same with 300 or 3,000 jobs waiting: it reads the few that hold a slot."""
+    from tests.sim_world import make_jobs
+
+    world = world_factory(jobs=300, max_in_flight=2)
+    world.ctx.ledger.admit("b")
+    few = commands_of(world.ctx.ledger.redis, lambda: operations.view_batch(world.ctx.ledger, "b"))
+    world.ctx.ledger.sync_jobs("b", make_jobs(3000), now=1.0)
+    many = commands_of(world.ctx.ledger.redis, lambda: operations.view_batch(world.ctx.ledger, "b"))
+    view = operations.view_batch(world.ctx.ledger, "b")
+    assert view is not None and view.counts[S.WAITING] == 2998 and len(view.in_flight) == 2
+    assert many == few < 20
 
 
 def test_cancel_stops_admission_and_cancels_requests_at_fal(world_factory: Any) -> None:
     world = world_factory(jobs=4, max_in_flight=2, run_time="fixed:30")
-    for submit in pipeline.admit_next(world.ctx, "b"):
-        pipeline.submit_job(world.ctx, "b", submit.job_id)
-    outcome, follow = operations.cancel_batch(world.ctx, "b")
-    assert outcome == {"cancelled": 4} and follow == [], "nothing to admit, no report to write (it is followed)"
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.step("j1")
+    outcome = operations.cancel_batch(world.ctx, "b")
+    assert outcome == {"cancelled": 4}
     assert world.stats()["cancels"] == 2, "the two requests at fal were cancelled there"
     assert {world.job(f"j{n}").status for n in range(4)} == {S.CANCELLED}
     assert "CANCELLATION_REQUESTED" in (world.job("j0").error_message or "")
-    assert world.ctx.ledger.batch("b").state == "cancelled"  # type: ignore[union-attr]
-    assert pipeline.admit_next(world.ctx, "b") == []
-    assert world.ctx.ledger.in_flight("b") == 0
+    info = world.ctx.ledger.batch("b")
+    assert info is not None and info.state == "cancelled" and info.ended_at is not None
+    assert world.ctx.ledger.admit("b") == []
+    assert world.ctx.ledger.in_flight("b") == 0 and world.due() == [], "no step of theirs is left to run"
+
+
+def test_cancel_leaves_a_job_being_collected_to_finish(world_factory: Any) -> None:
+    world = world_factory(jobs=1, run_time="fixed:1")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.clock.advance(2.0)
+    world.force("j0", Move.COMPLETE)  # its poll saw it COMPLETED; the download is under way
+    assert operations.cancel_batch(world.ctx, "b") == {"finishing": 1}
+    world.step("j0")
+    assert world.job("j0").status is S.SUCCEEDED
 
 
 def test_retry_requeues_exactly_the_chosen_failures(world_factory: Any) -> None:
     world = world_factory(jobs=4, max_in_flight=4)
-    run_until_quiet(world, pipeline.admit_next(world.ctx, "b"))
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
     assert world.ctx.ledger.counts("b")[S.SUCCEEDED] == 4
-    # Make two of them failed, of different kinds (the simulator succeeded them all).
-    world.ctx.ledger.move("b", "j1", [S.SUCCEEDED], S.FAILED, error_type="runner_server_error")
-    world.ctx.ledger.move("b", "j2", [S.SUCCEEDED], S.FAILED, error_type="download_failed")
-    requeued, follow = operations.retry_jobs(world.ctx, "b", error_types=["download_failed"])
+    # Make two of them failed, of different kinds, as if they had (the simulator succeeded them all).
+    for job_id, error_type in (("j1", "runner_server_error"), ("j2", "download_failed")):
+        record = world.job(job_id)
+        world.ctx.ledger.redis.hset(world.ctx.ledger.keys.job("b", job_id), "status", "collecting")
+        world.ctx.ledger.redis.hincrby(world.ctx.ledger.keys.counts("b"), "succeeded", -1)
+        world.ctx.ledger.redis.hincrby(world.ctx.ledger.keys.counts("b"), "collecting", 1)
+        world.ctx.ledger.redis.sadd(world.ctx.ledger.keys.in_flight("b"), job_id)
+        assert record is not None
+        world.force(job_id, Move.FAIL, error_type=error_type)
+    requeued = operations.retry_jobs(world.ctx, "b", error_types=["download_failed"])
     assert requeued == ["j2"]
-    assert [f.job_id for f in follow] == ["j2"]
-    run_until_quiet(world, follow)
+    assert [t.item for t in world.due()] == ["j2"], "admitted at once: its submit is due"
+    run_until_quiet(world)
     again = world.job("j2")
     assert (again.status, again.attempts) == (S.SUCCEEDED, 2)
     assert [a.error_type for a in again.history] == ["download_failed"]
     assert world.job("j1").status is S.FAILED, "not chosen, not retried"
-    assert operations.retry_jobs(world.ctx, "b", statuses=[S.SUCCEEDED, S.FAILED], job_ids=["j0"])[0] == []
+    assert operations.retry_jobs(world.ctx, "b", statuses=[S.SUCCEEDED, S.FAILED], job_ids=["j0"]) == []
     assert world.stats()["submits"] == 5
+    assert world.ctx.ledger.batch("b").state == "done"  # type: ignore[union-attr]
 
 
-def test_resume_renews_polls_and_writes_off_only_long_lost_submits(world_factory: Any) -> None:
+def test_resume_gives_every_unfinished_step_out_again_but_leaves_running_ones(world_factory: Any) -> None:
     world = world_factory(jobs=3, max_in_flight=3, run_time="fixed:30")
-    submits = pipeline.admit_next(world.ctx, "b")
-    [old_poll] = pipeline.submit_job(world.ctx, "b", submits[0].job_id)
-    world.ctx.ledger.move("b", "j1", [S.ADMITTED], S.SUBMITTING, attempts=1)  # a worker is sending it now
-    follow = operations.resume_lost(world.ctx, "b")
-    assert [(f.task, f.job_id) for f in follow] == [("poll", "j0"), ("submit", "j2")]
-    assert follow[0].token == old_poll.token + 1, "the old poll chain is superseded"
-    assert world.job("j1").status is S.SUBMITTING, "a fresh submit is left to its worker"
-    world.ctx.clock = lambda: world.job("j1").updated_at + operations.SUBMIT_LOST_AFTER_S + 1
-    operations.resume_lost(world.ctx, "b")
-    assert (world.job("j1").status, world.job("j1").error_type) == (S.FAILED, "submit_unconfirmed")
+    world.ctx.ledger.admit("b")
+    world.step("j0")  # polled in a while
+    world.ctx.timers.claim_due(EVERYTHING_DUE, 30.0, 10)
+    running = Timer.step("b", "j1")
+    assert world.ctx.timers.begin(running, worker_mark(), time.time(), 60.0) == "ok"  # a live worker runs it
+    assert operations.resume_batch(world.ctx, "b") == 2
+    now = time.time()
+    assert world.ctx.timers.due_at(Timer.step("b", "j0")) <= now  # type: ignore[operator]
+    assert world.ctx.timers.due_at(running) > now + 30, "left to its worker"  # type: ignore[operator]
+    assert operations.resume_batch(world.ctx, "b", owners_gone=True) == 3
+    assert world.ctx.timers.due_at(running) <= time.time()  # type: ignore[operator]
     assert world.stats()["submits"] == 1
 
 
-def test_sweep_takes_only_stale_jobs_of_open_unfinished_batches(world_factory: Any) -> None:
+def test_sweep_gives_a_timer_back_to_a_job_that_lost_it(world_factory: Any) -> None:
     world = world_factory(jobs=2, max_in_flight=2, run_time="fixed:30")
-    for submit in pipeline.admit_next(world.ctx, "b"):
-        pipeline.submit_job(world.ctx, "b", submit.job_id)
-    assert operations.sweep(world.ctx, stale_after_s=300) == {"b": []}
-    now = world.job("j0").updated_at
-    world.ctx.clock = lambda: now + 301
-    swept = operations.sweep(world.ctx, stale_after_s=300)
-    assert sorted(f.job_id for f in swept["b"]) == ["j0", "j1"]
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.step("j1")
+    assert operations.sweep(world.ctx, stale_after_s=300) == {}
+    world.ctx.timers.forget([Timer.step("b", "j0")])  # what no move ever does
+    later = time.time() + 301
+    world.ctx.clock = lambda: later
+    assert operations.sweep(world.ctx, stale_after_s=300) == {"b": 1}
+    assert world.ctx.timers.due_at(Timer.step("b", "j0")) == later
     world.ctx.ledger.set_batch_state("b", "cancelled")
+    world.ctx.timers.forget([Timer.step("b", "j0")])
     assert operations.sweep(world.ctx, stale_after_s=300) == {}
 
 
 def test_model_failures_then_retry_succeeds(world_factory: Any) -> None:
     world = world_factory(jobs=1, max_attempts=1, faults=FaultRates(model_error=1.0), fault_limit=1)
-    run_until_quiet(world, pipeline.admit_next(world.ctx, "b"))
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
     assert world.job("j0").status is S.FAILED
-    requeued, follow = operations.retry_jobs(world.ctx, "b")
-    run_until_quiet(world, follow)
+    assert world.ctx.ledger.batch("b").state == "done"  # type: ignore[union-attr]
+    requeued = operations.retry_jobs(world.ctx, "b")
+    assert world.ctx.ledger.batch("b").state == "open", "a retried batch runs again"  # type: ignore[union-attr]
+    run_until_quiet(world)
     record = world.job("j0")
     assert requeued == ["j0"] and record.status is S.SUCCEEDED
     assert record.attempts == 2 and len(record.history) == 1
+    assert world.ctx.ledger.failures_by_type("b") == {}
+
+
+def test_purge_removes_only_finished_batches_and_never_their_files(world_factory: Any) -> None:
+    world = world_factory(jobs=2, max_in_flight=2)
+    world.ctx.ledger.admit("b")
+    removed, unfinished = operations.purge_batches(world.ctx.ledger, None, "b")
+    assert removed == [] and unfinished == ["b"], "it is running"
+    run_until_quiet(world)
+    request_id = world.job("j0").request_id
+    files = sorted(p.relative_to(world.folder) for p in world.folder.rglob("*"))
+    assert operations.purge_batches(world.ctx.ledger, 3600.0)[0] == [], "it ended just now"
+    removed, unfinished = operations.purge_batches(world.ctx.ledger, 0.0)
+    assert [(p.batch_id, p.jobs) for p in removed] == [("b", 2)] and unfinished == []
+    redis = world.ctx.ledger.redis
+    assert [k for k in redis.scan_iter("wb:batch:b*")] == [] and world.ctx.ledger.batch_ids() == []
+    assert world.ctx.ledger.job_for_request(request_id or "") is None
+    assert sorted(p.relative_to(world.folder) for p in world.folder.rglob("*")) == files

@@ -1,80 +1,104 @@
-"""The job steps, called one at a time against the simulator (on a manual clock) and a real Redis."""
+"""The job steps, run one timer at a time against the simulator (on a manual clock) and a real Redis."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from jobs.endpoints import WAN25_I2I
+from jobs.errors import TransientQueueError
+from jobs.lifecycle import Limits, Move
 from jobs.status import JobStatus
-from runner.fal.queue_api import QueueClient
+from runner.fal.queue_api import QueueClient, QueueOptions
 from runner.ledger.store import BatchInfo
+from runner.ledger.timers import Timer, worker_mark
 from runner.settings import WorkerSettings
 from runner.simulator import FaultRates
 from runner.steps import pipeline
-from runner.steps.pipeline import FollowUp
-from tests.sim_world import run_until_quiet
+from tests.sim_world import EVERYTHING_DUE, run_until_quiet
 
 S = JobStatus
 
 
 def test_a_job_goes_from_waiting_to_succeeded_with_its_files(world_factory: Any) -> None:
     world = world_factory(jobs=3, max_in_flight=2)
-    admitted = pipeline.admit_next(world.ctx, "b")
-    assert [f.job_id for f in admitted] == ["j0", "j1"]
-    after_submit = pipeline.submit_job(world.ctx, "b", "j0")
+    assert world.ctx.ledger.admit("b") == ["j0", "j1"]
+    assert [t.item for t in world.due()] == ["j0", "j1"], "their submits are due"
+    world.step("j0")
     record = world.job("j0")
     assert record.status is S.QUEUED and record.request_id and record.attempts == 1
-    assert [f.task for f in after_submit] == ["poll"] and after_submit[0].token == 1
-    run_until_quiet(world, [*after_submit, FollowUp("submit", "j1")])
+    assert world.ctx.ledger.job_for_request(record.request_id) == ("b", "j0")
+    run_until_quiet(world)
     for job_id in ("j0", "j1", "j2"):
         done = world.job(job_id)
         assert done.status is S.SUCCEEDED, (job_id, done.error_message)
         assert (world.folder / done.outputs[0].path).is_file()
         assert (world.folder / "jobs" / f"{job_id}.json").is_file()
-    assert world.ctx.ledger.in_flight("b") == 0
+    assert world.ctx.ledger.in_flight("b") == 0 and world.due() == []
     assert world.stats()["submits"] == 3 and world.stats()["duplicate_submits"] == 0
+    assert world.ctx.ledger.batch("b").state == "done"  # type: ignore[union-attr]
 
 
 def test_queue_position_and_logs_reach_the_ledger(world_factory: Any) -> None:
     world = world_factory(jobs=2, concurrency=1, run_time="fixed:10")
-    follow = pipeline.admit_next(world.ctx, "b")
-    polls = [f for step in follow for f in pipeline.submit_job(world.ctx, "b", step.job_id)]
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.step("j1")
     world.clock.advance(1.0)
-    for step in polls:
-        pipeline.poll_job(world.ctx, "b", step.job_id, step.token)
+    world.step("j0")
+    world.step("j1")
     first, second = world.job("j0"), world.job("j1")
     assert first.status is S.RUNNING and first.last_log
     assert second.status is S.QUEUED and second.queue_position == 0 and second.last_queued_at is not None
+    counts = world.ctx.ledger.counts("b")
+    assert (counts[S.RUNNING], counts[S.QUEUED]) == (1, 1), "what fal said last"
 
 
-def test_a_stale_poll_does_nothing(world_factory: Any) -> None:
+def test_a_request_fal_queues_again_shows_as_queued(world_factory: Any) -> None:
+    """fal may requeue a request it retries on its side: the ledger follows what fal says last."""
+    world = world_factory(jobs=1, run_time="fixed:10")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.clock.advance(1.0)
+    world.step("j0")
+    assert world.job("j0").status is S.RUNNING
+    record = world.force("j0", Move.SEEN_QUEUED, queue_position=3)
+    assert record.status is S.QUEUED and world.ctx.ledger.counts("b")[S.QUEUED] == 1
+
+
+def test_a_stale_message_does_nothing(world_factory: Any) -> None:
+    """A message for a timer not due (redelivered late, or sent twice) is dropped at `begin`."""
     world = world_factory(jobs=1)
-    [submit] = pipeline.admit_next(world.ctx, "b")
-    [poll] = pipeline.submit_job(world.ctx, "b", submit.job_id)
-    newer = world.ctx.ledger.next_poll_token("b", "j0")  # as a resume does
-    assert pipeline.poll_job(world.ctx, "b", "j0", poll.token) == []
-    assert world.stats()["status_polls"] == 0
-    assert pipeline.poll_job(world.ctx, "b", "j0", newer) != []
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    polls_before = world.stats()["status_polls"]
+    timer = Timer.step("b", "j0")
+    assert world.ctx.timers.begin(timer, worker_mark(), world.ctx.clock(), 15.0) == "early"
+    assert world.stats()["status_polls"] == polls_before
+    world.ctx.timers.claim_due(EVERYTHING_DUE, 30.0, 10)
+    mark = worker_mark()
+    assert world.ctx.timers.begin(timer, mark, world.ctx.clock(), 15.0) == "ok"
+    assert world.ctx.timers.begin(timer, worker_mark(), world.ctx.clock(), 15.0) == "busy", "one worker at a time"
 
 
-def test_status_that_keeps_failing_never_resubmits(world_factory: Any) -> None:
-    settings = WorkerSettings(max_unreachable_calls=2)
-    world = world_factory(jobs=1, settings=settings)
-    [submit] = pipeline.admit_next(world.ctx, "b")
-    [poll] = pipeline.submit_job(world.ctx, "b", submit.job_id)
+def test_status_that_keeps_failing_never_resubmits_and_cancels_at_fal(world_factory: Any) -> None:
+    settings = WorkerSettings(limits=Limits(unreachable_calls=2))
+    world = world_factory(jobs=1, settings=settings, run_time="fixed:30")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
     world.ctx.queue_client = _failing_status(world.ctx.queue_client)
-    follow = [poll]
-    for _ in range(5):
-        follow = [n for f in follow for n in pipeline.poll_job(world.ctx, "b", f.job_id, f.token, f.tries)]
+    for _ in range(3):
+        world.step("j0")
     record = world.job("j0")
     assert record.status is S.FAILED and record.error_type == "status_unreachable"
     assert "not submitted again" in (record.error_message or "")
     assert world.stats()["submits"] == 1
+    assert world.stats()["cancels"] == 1, "given up, it is cancelled at fal rather than left running"
 
 
 def _failing_status(make_client: Any) -> Any:
     """Every status call fails as a proxy 502 would: the same classified error the client raises."""
-    from jobs.errors import TransientQueueError
 
     def client_for(batch: BatchInfo) -> Any:
         client = make_client(batch)
@@ -93,56 +117,68 @@ def _failing_status(make_client: Any) -> Any:
 
 def test_a_request_fal_lost_runs_again_with_its_history(world_factory: Any) -> None:
     world = world_factory(jobs=1, faults=FaultRates(expired_result=1.0), fault_limit=1)
-    run_until_quiet(world, pipeline.admit_next(world.ctx, "b"))
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
     record = world.job("j0")
     assert record.status is S.SUCCEEDED, record.error_message
     assert record.attempts == 2
     # Its result answered 404 (expired): fal no longer has it, so it ran again.
     assert [a.error_type for a in record.history] == ["result_lost"]
     assert record.history[0].request_id not in (None, record.request_id)
+    assert world.ctx.ledger.job_for_request(record.history[0].request_id or "") == ("b", "j0"), "old attempts too"
     assert world.stats()["submits"] == 2
 
 
 def test_retryable_model_errors_use_up_attempts_then_fail(world_factory: Any) -> None:
     world = world_factory(jobs=1, max_attempts=3, faults=FaultRates(model_error=1.0))
-    run_until_quiet(world, pipeline.admit_next(world.ctx, "b"))
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
     record = world.job("j0")
     assert (record.status, record.attempts, record.error_type) == (S.FAILED, 3, "runner_server_error")
     assert len(record.history) == 2
     assert world.stats()["submits"] == 3
     assert world.ctx.ledger.in_flight("b") == 0
+    assert world.ctx.ledger.failures_by_type("b") == {"runner_server_error": 1}
 
 
-def test_a_poll_redelivered_mid_collect_collects(world_factory: Any) -> None:
+def test_a_worker_that_died_mid_collect_is_taken_over(world_factory: Any) -> None:
     world = world_factory(jobs=1)
-    [submit] = pipeline.admit_next(world.ctx, "b")
-    [poll] = pipeline.submit_job(world.ctx, "b", submit.job_id)
+    world.ctx.ledger.admit("b")
+    world.step("j0")
     world.clock.advance(2.0)
-    # The worker died right after marking it COLLECTING: the ledger says so, nothing is on disk.
-    world.ctx.ledger.move("b", "j0", [S.QUEUED], S.COLLECTING, completed_at=1.0)
-    assert pipeline.poll_job(world.ctx, "b", "j0", poll.token) == []
+    # The worker died right after marking it COLLECTING: the ledger says so, a half file is on disk.
+    world.force("j0", Move.COMPLETE, completed_at=1.0)
+    (world.folder / "images").mkdir(parents=True, exist_ok=True)
+    leftover = world.folder / "images" / ".j0_0.png.0123abcd.part"
+    leftover.write_bytes(b"half")
+    world.step("j0")
     assert world.job("j0").status is S.SUCCEEDED
+    assert not leftover.exists()
 
 
-def test_a_request_that_arrives_after_its_job_was_written_off_is_cancelled(world_factory: Any) -> None:
+def test_a_request_that_arrives_after_its_job_was_cancelled_is_cancelled_at_fal(world_factory: Any) -> None:
     world = world_factory(jobs=1, run_time="fixed:30")
-    pipeline.admit_next(world.ctx, "b")
-    world.ctx.ledger.move("b", "j0", [S.ADMITTED], S.SUBMITTING, attempts=1)
-    owned = world.job("j0")
-    submission = world.ctx.queue_client(world.ctx.ledger.batch("b")).submit(WAN25_I2I, owned.job.input)  # type: ignore[arg-type]
-    world.ctx.ledger.move("b", "j0", [S.SUBMITTING], S.FAILED, release=True, error_type="submit_unconfirmed")
-    assert pipeline._submitted(world.ctx, world.ctx.ledger.batch("b"), owned, submission) == []  # type: ignore[arg-type]
+    world.ctx.ledger.admit("b")
+    make_client = world.ctx.queue_client
+
+    def cancelling_meanwhile(batch: BatchInfo) -> Any:
+        client = make_client(batch)
+
+        class UserCancelsDuringTheCall:
+            def submit(self, endpoint: str, body: dict[str, Any]) -> Any:
+                submission = client.submit(endpoint, body)
+                world.force("j0", Move.CANCEL)  # `wan-batch cancel` while the call was out
+                return submission
+
+            def cancel(self, url: str) -> Any:
+                return client.cancel(url)
+
+        return UserCancelsDuringTheCall()
+
+    world.ctx.queue_client = cancelling_meanwhile
+    world.step("j0")
     assert world.stats()["cancels"] == 1
-    assert world.job("j0").status is S.FAILED
-
-
-def test_fail_job_ends_any_unfinished_job_and_frees_its_slot(world_factory: Any) -> None:
-    world = world_factory(jobs=2, max_in_flight=1)
-    [submit] = pipeline.admit_next(world.ctx, "b")
-    follow = pipeline.fail_job(world.ctx, "b", submit.job_id, "internal_error", "boom")
-    assert world.job("j0").status is S.FAILED
-    assert [f.job_id for f in follow] == ["j1"], "its slot admitted the next job"
-    assert pipeline.fail_job(world.ctx, "b", "j0", "internal_error", "again") == []
+    assert world.job("j0").status is S.CANCELLED and world.job("j0").request_id is None
 
 
 def test_an_unexpected_error_from_the_submit_call_is_never_sent_again(world_factory: Any) -> None:
@@ -160,25 +196,100 @@ def test_an_unexpected_error_from_the_submit_call_is_never_sent_again(world_fact
         return Exploding()
 
     world.ctx.queue_client = exploding
-    [submit] = pipeline.admit_next(world.ctx, "b")
-    assert pipeline.submit_job(world.ctx, "b", submit.job_id) == []
+    world.ctx.ledger.admit("b")
+    world.step("j0")
     record = world.job("j0")
     assert (record.status, record.error_type) == (S.FAILED, "submit_unconfirmed")
     assert world.stats()["submits"] == 1
     assert world.ctx.ledger.in_flight("b") == 0
 
 
-def test_a_job_fal_did_not_start_in_time_runs_again(world_factory: Any) -> None:
-    from runner.fal.queue_api import QueueOptions
+def test_a_worker_that_died_mid_submit_is_written_off_never_resent(world_factory: Any) -> None:
+    world = world_factory(jobs=1)
+    world.ctx.ledger.admit("b")
+    world.force("j0", Move.SEND, attempts=1)  # its worker sent it, then died before storing the answer
+    world.step("j0")
+    record = world.job("j0")
+    assert (record.status, record.error_type) == (S.FAILED, "submit_unconfirmed")
+    assert world.stats()["submits"] == 0
 
+
+def test_a_job_fal_did_not_start_in_time_runs_again(world_factory: Any) -> None:
     world = world_factory(jobs=2, max_in_flight=2, concurrency=1, run_time="fixed:5")
     client = QueueClient(world.http, world.provider, QueueOptions(start_timeout_s=2))
     world.ctx.queue_client = lambda _batch: client
-    polls = [f for s in pipeline.admit_next(world.ctx, "b") for f in pipeline.submit_job(world.ctx, "b", s.job_id)]
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.step("j1")
     world.clock.advance(3.0)  # j1 waited behind j0 past its 2 s start deadline
-    follow = [f for p in polls for f in pipeline.poll_job(world.ctx, "b", p.job_id, p.token)]
+    world.step("j0")
+    world.step("j1")
     record = world.job("j1")
     assert record.status is S.ADMITTED and record.error_type == "request_timeout"
     assert [a.error_type for a in record.history] == ["request_timeout"]
-    assert FollowUp("submit", "j1") in follow
+    assert Timer.step("b", "j1") in world.due(), "its new submit is due"
     assert world.job("j0").status is S.RUNNING
+
+
+@pytest.mark.parametrize("crashes", [1, 3])
+def test_a_step_that_blows_up_runs_again_on_its_own_budget(world_factory: Any, crashes: int) -> None:
+    """Regression: a poll with 8 transient failures behind it survives an unexpected error."""
+    world = world_factory(jobs=1, settings=WorkerSettings(limits=Limits(step_errors=2)), run_time="fixed:30")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.force("j0", Move.RETRY, call_failures=8)
+    make_client = world.ctx.queue_client
+    world.ctx.queue_client = _crashing_status(make_client)
+    for _ in range(crashes):
+        world.step("j0")
+    record = world.job("j0")
+    if crashes <= 2:
+        assert (record.status, record.step_errors, record.call_failures) == (S.QUEUED, crashes, 8)
+        world.ctx.queue_client = make_client
+        world.step("j0")
+        assert world.job("j0").step_errors == 0, "progress starts the count again"
+    else:
+        assert (record.status, record.error_type) == (S.FAILED, "internal_error")
+        assert "failed 3 times: ConnectionError: Redis blinked" in (record.error_message or "")
+        assert world.stats()["cancels"] == 1, "its request is cancelled, not left running billed"
+
+
+def _crashing_status(make_client: Any) -> Any:
+    """A status call that raises what no step expects (a Redis blip inside the client, say)."""
+
+    def client_for(batch: BatchInfo) -> Any:
+        client = make_client(batch)
+
+        class Crashing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(client, name)
+
+            def status(self, url: str, with_logs: bool = True) -> Any:
+                raise ConnectionError("Redis blinked")
+
+        return Crashing()
+
+    return client_for
+
+
+def test_a_slot_freed_by_a_step_admits_the_next_job(world_factory: Any) -> None:
+    world = world_factory(jobs=2, max_in_flight=1, faults=FaultRates(model_error=1.0))
+    world.ctx.ledger.admit("b")
+    world.ctx.settings = WorkerSettings(limits=Limits())
+    run_until_quiet(world)
+    assert {world.job("j0").status, world.job("j1").status} == {S.FAILED}
+    assert world.stats()["max_in_progress"] == 1
+
+
+def test_run_job_step_on_a_job_that_is_gone_does_nothing(world_factory: Any) -> None:
+    world = world_factory(jobs=1)
+    assert pipeline.run_job_step(world.ctx, "b", "nope", worker_mark()) == []
+    assert pipeline.run_job_step(world.ctx, "gone", "j0", worker_mark()) == []
+
+
+def test_the_first_poll_of_a_submit_to_wan25_uses_its_queue(world_factory: Any) -> None:
+    world = world_factory(jobs=1)
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    assert world.job("j0").status_url.startswith(world.sim.base_url)  # type: ignore[union-attr]
+    assert WAN25_I2I.startswith("fal-ai/wan-25-preview")

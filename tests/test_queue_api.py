@@ -12,13 +12,13 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from random import Random
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from PIL import Image
 
+from jobs.backoff import Backoff
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.errors import (
     AuthError,
@@ -29,16 +29,22 @@ from jobs.errors import (
     SubmitUnconfirmedError,
     TransientQueueError,
 )
+from jobs.job import Job
+from jobs.lifecycle import Call, CallFailed, Limits, RetryLater, decide
 from jobs.outputs import ModelOutput
+from jobs.record import JobRecord
+from jobs.status import JobStatus
 from runner.fal.downloads import download_file
 from runner.fal.providers import Provider
-from runner.fal.queue_api import QueueClient, QueueOptions, QueueStatus, Submission, call_with_retries, user_agent
-from runner.fal.retry import RetryPolicy
+from runner.fal.queue_api import QueueClient, QueueOptions, QueueStatus, Submission, user_agent
 from runner.simulator import FaultRates, ManualClock, RunningSimulator, SimConfig, run_simulator
+from runner.steps.moves import call_failed
 
 KEY = "fal-key-id:SECRETkey0123456789"
 TOKEN = "gw-TOKEN-abcdef0123456789"
-NO_SLEEP_POLICY = RetryPolicy(max_attempts=5)
+LIMITS = Limits(call_retries=4, unreachable_calls=4)
+JOB = Job("j", "wan-batch-sim/echo", {}, "f", "m.csv", 1, 1)
+T = TypeVar("T")
 
 
 def png_data_uri() -> str:
@@ -115,9 +121,27 @@ def wait_completed(client: QueueClient, submission: Submission, timeout_s: float
         time.sleep(0.02)
 
 
-def no_sleep() -> tuple[list[float], Callable[[float], None]]:
-    slept: list[float] = []
-    return slept, slept.append
+def as_a_step_would(
+    call: Callable[[], T], kind: Call, limits: Limits = LIMITS, on_wait: Callable[[float], None] | None = None
+) -> T:
+    """`call()` again while the lifecycle's `decide` says so, as a job's step would; `on_wait` sees each delay.
+
+    Raises the last error once `decide` says anything else (a new attempt, the end).
+    """
+    failures = 0
+    while True:
+        try:
+            return call()
+        except (QueueAPIError, DownloadError) as exc:
+            seen = call_failed(kind, exc) if isinstance(exc, QueueAPIError) else \
+                CallFailed(kind, "download_failed", str(exc), transient=exc.retryable)  # fmt: skip
+            status = JobStatus.ADMITTED if kind is Call.SUBMIT else JobStatus.RUNNING
+            decision = decide(seen, JobRecord(JOB, status, call_failures=failures), 3, limits, 0.5)
+            if not isinstance(decision, RetryLater):
+                raise
+            if on_wait is not None:
+                on_wait(decision.delay_s)
+            failures += 1
 
 
 # --- the whole cycle ---------------------------------------------------------
@@ -254,7 +278,7 @@ def test_refused_credential_is_never_shown(
     provider = provider.model_copy(update={"base_url": sim.base_url})
     secret = provider.credential.get_secret_value()
     with pytest.raises(AuthError, match=hint) as caught:
-        call_with_retries(lambda: QueueClient(http, provider).submit(WAN22_I2I, INPUTS[WAN22_I2I]))
+        as_a_step_would(lambda: QueueClient(http, provider).submit(WAN22_I2I, INPUTS[WAN22_I2I]), Call.SUBMIT)
     error = caught.value
     assert error.status_code == 401 and error.retryable is False
     for shown in (str(error), repr(error), repr(error.detail), repr(provider), str(provider), caplog.text):
@@ -302,8 +326,8 @@ def test_proxy_5xx_is_transient_and_retried(start_sim: Callable[..., RunningSimu
     assert error.status_code in (502, 503, 504) and error.fal_request_id is None
     assert "nginx" in error.detail  # the HTML page, as text
 
-    slept, sleep = no_sleep()
-    submission = call_with_retries(lambda: client.submit("wan-batch-sim/echo", {"n": 1}), NO_SLEEP_POLICY, sleep=sleep)
+    slept: list[float] = []
+    submission = as_a_step_would(lambda: client.submit("wan-batch-sim/echo", {"n": 1}), Call.SUBMIT, on_wait=slept.append)
     assert submission.request_id
     assert len(slept) == 2
     stats = sim.stats()
@@ -314,8 +338,8 @@ def test_proxy_5xx_is_transient_and_retried(start_sim: Callable[..., RunningSimu
 def test_429_honours_retry_after(start_sim: Callable[..., RunningSimulator], http: httpx.Client) -> None:
     sim = start_sim(faults=faulty(rate_limit_429=1.0), fault_limit=2, retry_after_s=0.25)
     client = fal_client(http, sim)
-    slept, sleep = no_sleep()
-    submission = call_with_retries(lambda: client.submit("wan-batch-sim/echo", {}), NO_SLEEP_POLICY, sleep=sleep)
+    slept: list[float] = []
+    submission = as_a_step_would(lambda: client.submit("wan-batch-sim/echo", {}), Call.SUBMIT, on_wait=slept.append)
     assert submission.request_id
     assert slept == [0.25, 0.25]
     assert sim.stats()["faults"]["rate_limit_429"] == 2
@@ -326,13 +350,14 @@ def test_dropped_connection_is_transient_and_retried(
 ) -> None:
     sim = start_sim(faults=faulty(drop_connection=1.0), fault_limit=2)
     client = fal_client(http, sim)
-    slept, sleep = no_sleep()
-    # Cancel is a call that needs no earlier submit (which a drop would leave unconfirmed).
-    cancel_url = f"{sim.base_url}/wan-batch-sim/echo/requests/unknown/cancel"
-    assert call_with_retries(lambda: client.cancel(cancel_url), NO_SLEEP_POLICY, sleep=sleep) == "NOT_FOUND"
+    slept: list[float] = []
+    # A status call needs no earlier submit (which a drop would leave unconfirmed): fal answers it at last.
+    status_url = f"{sim.base_url}/wan-batch-sim/echo/requests/unknown/status"
+    with pytest.raises(PermanentQueueError) as caught:
+        as_a_step_would(lambda: client.status(status_url), Call.STATUS, on_wait=slept.append)
+    assert caught.value.status_code == 404, "answered, after the drops"
     assert len(slept) == 2
     assert sim.stats()["faults"]["drop_connection"] == 2
-    assert sim.stats()["cancels"] == 1
 
 
 def test_dropped_submit_is_unconfirmed_not_retried(
@@ -340,9 +365,9 @@ def test_dropped_submit_is_unconfirmed_not_retried(
 ) -> None:
     sim = start_sim(faults=faulty(drop_connection=1.0), fault_limit=1)
     client = fal_client(http, sim)
-    slept, sleep = no_sleep()
+    slept: list[float] = []
     with pytest.raises(SubmitUnconfirmedError, match="may have been queued"):
-        call_with_retries(lambda: client.submit("wan-batch-sim/echo", {}), NO_SLEEP_POLICY, sleep=sleep)
+        as_a_step_would(lambda: client.submit("wan-batch-sim/echo", {}), Call.SUBMIT, on_wait=slept.append)
     assert slept == []
     assert sim.stats()["submits"] == 0  # this time nothing was queued; the client cannot know
 
@@ -351,7 +376,7 @@ def test_lost_submit_response_is_unconfirmed(start_sim: Callable[..., RunningSim
     sim = start_sim(faults=faulty(lost_submit_response=1.0), fault_limit=1)
     client = fal_client(http, sim)
     with pytest.raises(SubmitUnconfirmedError) as caught:
-        call_with_retries(lambda: client.submit("wan-batch-sim/echo", {}), NO_SLEEP_POLICY, sleep=no_sleep()[1])
+        as_a_step_would(lambda: client.submit("wan-batch-sim/echo", {}), Call.SUBMIT)
     assert caught.value.retryable is False
     stats = sim.stats()
     assert stats["submits"] == 1 and stats["duplicate_submits"] == 0  # queued once, never twice
@@ -364,9 +389,9 @@ def test_model_error_is_permanent_with_a_retry_hint(
     client = fal_client(http, sim)
     submission = client.submit("wan-batch-sim/echo", {})
     assert wait_completed(client, submission).error_type == "runner_server_error"
-    slept, sleep = no_sleep()
+    slept: list[float] = []
     with pytest.raises(PermanentQueueError) as caught:
-        call_with_retries(lambda: client.result(submission.response_url), NO_SLEEP_POLICY, sleep=sleep)
+        as_a_step_would(lambda: client.result(submission.response_url), Call.RESULT, on_wait=slept.append)
     error = caught.value
     assert (error.status_code, error.error_type, error.job_retryable) == (500, "runner_server_error", True)
     assert error.fal_request_id == submission.request_id
@@ -402,7 +427,7 @@ def test_truncated_download_is_retryable_and_leaves_nothing(
         assert list(tmp_path.iterdir()) == []  # the cut-short attempt left nothing behind
         slept.append(delay_s)
 
-    got = call_with_retries(lambda: download_file(http, url, dest, 10_000_000), NO_SLEEP_POLICY, sleep=sleep)
+    got = as_a_step_would(lambda: download_file(http, url, dest, 10_000_000), Call.DOWNLOAD, on_wait=sleep)
     assert got.path == dest and got.content_type == "image/png"
     assert list(tmp_path.iterdir()) == [dest]
     assert len(slept) == 1
@@ -439,26 +464,24 @@ def test_unreachable_queue_is_transient(http: httpx.Client) -> None:
         client.submit("wan-batch-sim/echo", {})  # never connected, so safely not queued
 
 
-def test_call_with_retries_gives_up_after_max_attempts(
+def test_a_proxy_that_never_recovers_uses_up_the_calls_budget(
     start_sim: Callable[..., RunningSimulator], http: httpx.Client
 ) -> None:
     sim = start_sim(faults=faulty(proxy_5xx=1.0))  # no limit: the proxy never recovers
     client = fal_client(http, sim)
-    slept, sleep = no_sleep()
+    slept: list[float] = []
     with pytest.raises(TransientQueueError):
-        call_with_retries(lambda: client.submit("wan-batch-sim/echo", {}), NO_SLEEP_POLICY, sleep=sleep, rng=Random(3))
-    assert sim.stats()["faults"]["proxy_5xx"] == NO_SLEEP_POLICY.max_attempts
-    assert len(slept) == NO_SLEEP_POLICY.max_attempts - 1
-    for retry, delay_s in enumerate(slept, 1):  # 0.1 * 2**(n-1), jittered by 0.5..1.5
-        assert 0.05 * 2 ** (retry - 1) <= delay_s <= 0.15 * 2 ** (retry - 1)
+        as_a_step_would(lambda: client.submit("wan-batch-sim/echo", {}), Call.SUBMIT, on_wait=slept.append)
+    assert sim.stats()["faults"]["proxy_5xx"] == LIMITS.call_retries + 1
+    assert slept == pytest.approx([0.1, 0.2, 0.4, 0.8]), "fal_client's backoff (rand 0.5: no jitter)"
 
 
 def test_retry_after_is_capped_by_the_policy(start_sim: Callable[..., RunningSimulator], http: httpx.Client) -> None:
     sim = start_sim(faults=faulty(rate_limit_429=1.0), fault_limit=1, retry_after_s=86400)
     client = fal_client(http, sim)
-    slept, sleep = no_sleep()
-    policy = RetryPolicy(max_attempts=3, retry_after_cap_s=5.0)
-    assert call_with_retries(lambda: client.submit("wan-batch-sim/echo", {}), policy, sleep=sleep).request_id
+    slept: list[float] = []
+    limits = LIMITS.model_copy(update={"call_backoff": Backoff(retry_after_cap_s=5.0)})
+    assert as_a_step_would(lambda: client.submit("wan-batch-sim/echo", {}), Call.SUBMIT, limits, slept.append)
     assert slept == [5.0]
 
 

@@ -14,17 +14,17 @@ import httpx
 import pytest
 import redis
 
+from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.schedule import When
-from jobs.status import JobStatus
+from jobs.status import IN_FLIGHT, JobStatus
 from runner.batches import operations
 from runner.ledger.store import Ledger
+from runner.ledger.timers import Timer, TimerKind
 from runner.schedules import beat, firings
 from runner.schedules.store import NOTIFY_TRIES, STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore
 from runner.settings import WorkerSettings
-from runner.steps import pipeline
 from runner.steps.context import Context
 from runner.steps.dispatch import QUEUE
-from runner.steps.pipeline import FollowUp
 from runner.tasks import create_app
 from tests.sim_world import run_until_quiet
 from tests.test_run_e2e import write_manifest
@@ -53,12 +53,23 @@ def add_schedule(ctx: Context, tmp_path: Path, jobs: int = 3, **spec: Any) -> tu
 
 
 def end_batch(ctx: Context, batch_id: str, failed: int = 0) -> None:
-    """End every job of the batch as a worker would: the first `failed` as model errors."""
-    for n, record in enumerate(ctx.ledger.records(batch_id)):
-        status = JobStatus.FAILED if n < failed else JobStatus.SUCCEEDED
-        error = ("model_error", "boom") if n < failed else (None, None)
-        assert ctx.ledger.move(batch_id, record.job.id, [], status, release=True, finished_at=time.time(),
-                               error_type=error[0], error_message=error[1])  # fmt: skip
+    """End every job of the batch through its lifecycle, as workers would: the first `failed` as model errors."""
+    ended = 0
+    while True:
+        ctx.ledger.admit(batch_id)
+        live = ctx.ledger.records_with(batch_id, IN_FLIGHT)
+        if not live:
+            return
+        for record in live:
+            moves = [(Move.FAIL, JobUpdate(error_type="model_error", error_message="boom", finished_at=time.time()))]
+            if ended >= failed:
+                moves = [(Move.SEND, JobUpdate(attempts=1)), (Move.ACCEPT, JobUpdate(request_id=f"r-{record.job.id}")),
+                         (Move.COMPLETE, JobUpdate()), (Move.SUCCEED, JobUpdate(finished_at=time.time()))]  # fmt: skip
+            for what, update in moves:
+                applied = ctx.ledger.apply(batch_id, plan(record, what, update, time.time()))
+                assert applied is not None
+                record = applied.record
+            ended += 1
 
 
 def store_of(ctx: Context) -> ScheduleStore:
@@ -74,7 +85,9 @@ def test_a_firing_enqueues_a_batch_in_its_dated_folder_with_low_priority(ctx: Co
     assert info is not None
     assert Path(info.folder) == (tmp_path / "out" / "nightly" / "2026-11-22T0200").resolve()
     assert (info.priority, info.schedule, info.report_when_done, info.jobs) == ("low", "nightly", True, 3)
-    assert [f.task for f in fired.follow[info.id]] == ["submit", "submit", "submit"], "the window admits them"
+    assert fired.batch_id == info.id
+    assert ctx.ledger.counts(info.id)[JobStatus.ADMITTED] == 3, "the window admits them"
+    assert [t.item for t in map(Timer.from_member, ctx.ledger.redis.zrange("wb:timers", 0, -1))] == ["job0", "job1", "job2"]
     assert "schedule-test-key" not in json.dumps(info.model_dump()), "no credential is stored with the batch"
 
 
@@ -82,9 +95,9 @@ def test_a_slot_fires_once_however_many_schedulers_send_it(ctx: Context, tmp_pat
     add_schedule(ctx, tmp_path)
     first = firings.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
     second = firings.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-b")
-    assert first.firing is not None and second.firing is None and not second.follow
+    assert first.firing is not None and second.firing is None and second.batch_id is None
     redelivered = firings.fire(ctx, "nightly", SLOT, "schedule", token="from-beat-a")
-    assert redelivered.firing == first.firing and not redelivered.follow, "a redelivered message does not redo it"
+    assert redelivered.firing == first.firing and redelivered.batch_id is None, "a redelivered message does not redo it"
     assert ctx.ledger.batch_ids() == ["nightly-2026-11-22T0200"]
     assert len(store_of(ctx).firings("nightly")) == 1
 
@@ -250,7 +263,7 @@ def test_the_end_of_a_scheduled_batch_stores_its_summary_and_report(ctx: Context
     fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
     end_batch(ctx, fired.id, failed=1)
-    assert ctx.ledger.claim_end(fired.id)
+    assert ctx.timers.due_at(Timer.end(fired.id)) is not None, "the step that ended its last job set its end"
     ended = firings.batch_ended(ctx, fired.id)
     firing = store_of(ctx).firing("nightly", fired.id)
     assert firing is not None and ended.firing == firing and not ended.notify
@@ -261,41 +274,42 @@ def test_the_end_of_a_scheduled_batch_stores_its_summary_and_report(ctx: Context
     assert report["batch_id"] == fired.id and Path(firing.summary["report_csv"]).is_file()
 
 
-def test_the_last_job_to_end_claims_the_end_once_and_again_after_a_retry(ctx: Context, tmp_path: Path) -> None:
+def test_the_end_of_an_unattended_batch_is_set_once_and_again_after_a_retry(ctx: Context, tmp_path: Path) -> None:
     add_schedule(ctx, tmp_path, jobs=2)
     fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
     assert fired is not None
-    assert not ctx.ledger.claim_end(fired.id), "jobs are still waiting"
+    end = Timer.end(fired.id)
+    assert ctx.timers.due_at(end) is None, "jobs are still waiting"
     end_batch(ctx, fired.id, failed=1)
-    assert [ctx.ledger.claim_end(fired.id) for _ in range(3)] == [True, False, False]
-    requeued, _ = operations.retry_jobs(ctx, fired.id)
-    assert len(requeued) == 1 and not ctx.ledger.claim_end(fired.id)
+    assert ctx.timers.due_at(end) is not None
+    requeued = operations.retry_jobs(ctx, fired.id)
+    assert len(requeued) == 1 and ctx.timers.due_at(end) is None, "retried: it has not ended"
     end_batch(ctx, fired.id)
-    assert ctx.ledger.claim_end(fired.id), "the retried batch ends again"
+    assert ctx.timers.due_at(end) is not None, "the retried batch ends again"
 
 
-def test_a_pipeline_step_that_ends_the_last_job_sends_the_end(world_factory: Any) -> None:
-    world = world_factory(jobs=3, max_in_flight=2)
+def test_workers_end_an_unattended_batch_once_with_its_report(world_factory: Any) -> None:
+    world = world_factory(jobs=3, max_in_flight=2, report_when_done=True)
+    world.ctx.ledger.admit("b")
+    ran = run_until_quiet(world)
+    assert [t for t in ran if t.kind is TimerKind.END] == [Timer.end("b")], "exactly once"
+    report = json.loads((world.folder / "report.json").read_text())
+    assert report["summary"]["counts"]["succeeded"] == 3
+
+
+def test_an_end_whose_report_cannot_be_written_is_tried_again_later(world_factory: Any, tmp_path: Path) -> None:
+    world = world_factory(jobs=1, report_when_done=True)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
     info = world.ctx.ledger.batch("b")
-    world.ctx.ledger.save_batch(info.model_copy(update={"report_when_done": True}))
-    ended: list[FollowUp] = []
-    follow = pipeline.admit_next(world.ctx, "b")
-    run_until_quiet(world, follow, on_end=ended.append)
-    assert [f.task for f in ended] == ["end"], "exactly one step ends the batch"
-
-
-def test_the_sweep_ends_an_unattended_batch_whose_end_was_lost(ctx: Context, tmp_path: Path) -> None:
-    add_schedule(ctx, tmp_path, jobs=2)
-    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
-    assert fired is not None
-    end_batch(ctx, fired.id)  # moved by hand: no step claimed the end
-    assert operations.sweep(ctx, stale_after_s=300) == {fired.id: [FollowUp("end", "")]}
-    assert operations.sweep(ctx, stale_after_s=300) == {}, "not again while its end task may still run"
-    # That end task is lost too: claimed, never reported. Once it is stale, the sweep sends it again.
-    assert operations.sweep(ctx, stale_after_s=0) == {fired.id: [FollowUp("end", "")]}
-    firings.batch_ended(ctx, fired.id)
-    assert operations.sweep(ctx, stale_after_s=0) == {}, "reported: nothing more to do"
-    assert store_of(ctx).firing("nightly", fired.id).outcome == "done"  # type: ignore[union-attr]
+    world.ctx.ledger.save_batch(info.model_copy(update={"folder": str(blocker / "b")}))
+    world.ctx.ledger.admit("b")
+    world.force("j0", Move.FAIL, error_type="x")
+    before = time.time()
+    world.run(Timer.end("b"))
+    due_at = world.ctx.timers.due_at(Timer.end("b"))
+    assert due_at is not None and due_at > before + 2, "again after a backoff"
+    assert world.ctx.timers.tries(Timer.end("b")) == 1
 
 
 def test_notify_posts_the_summary_and_retries_a_failed_delivery(

@@ -1,10 +1,11 @@
-"""The Celery layer: thin tasks, and a step that blows up never strands its job."""
+"""The Celery layer: thin tasks, timers given out by dispatchers, and a step that blows up never strands its job."""
 
 from __future__ import annotations
 
 import base64
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,19 @@ import httpx
 import redis
 
 from jobs.job import Job
+from jobs.lifecycle import Limits
 from jobs.status import JobStatus
 from runner.ledger.connection import redis_py_url
 from runner.ledger.store import BatchInfo, Ledger
-from runner.settings import WorkerSettings
+from runner.ledger.timers import Timer
+from runner.settings import TimerSettings, WorkerSettings
 from runner.steps.context import Context
-from runner.steps.dispatch import QUEUE, TASKS
-from runner.steps.pipeline import FollowUp
-from runner.tasks import create_app, run_step
+from runner.steps.dispatch import QUEUE, TIMER_TASK, Dispatcher
+from runner.tasks import Runtime, create_app, run_timer
+from tests.sim_world import EVERYTHING_DUE
 
 
-def broken_context(client: redis.Redis, tmp_path: Path, max_call_retries: int) -> Context:
+def broken_context(client: redis.Redis, tmp_path: Path, step_errors: int) -> Context:
     ledger = Ledger(client)
     ledger.save_batch(BatchInfo(id="b", manifest=str(tmp_path / "m.csv"), folder=str(tmp_path / "b"),
                                 created_at=0.0, max_in_flight=1))  # fmt: skip
@@ -33,7 +36,8 @@ def broken_context(client: redis.Redis, tmp_path: Path, max_call_retries: int) -
     def no_client(_batch: BatchInfo) -> Any:
         raise RuntimeError("the queue client could not be built")
 
-    return Context(ledger, httpx.Client(), no_client, WorkerSettings(max_call_retries=max_call_retries), random.Random(1))
+    settings = WorkerSettings(limits=Limits(step_errors=step_errors))
+    return Context(ledger, httpx.Client(), no_client, settings, random.Random(1))
 
 
 def queued_messages(client: redis.Redis) -> list[dict[str, Any]]:
@@ -46,30 +50,56 @@ def queued_messages(client: redis.Redis) -> list[dict[str, Any]]:
     return messages
 
 
-def test_an_unexpected_error_runs_the_step_again_later(redis_client: redis.Redis, redis_server: Any, tmp_path: Path) -> None:
-    context = broken_context(redis_client, tmp_path, max_call_retries=3)
-    app = create_app(redis_server.broker_url, context_factory=lambda: context)
-    run_step(app, context, FollowUp("submit", "j0", tries=1), "b")
-    [message] = queued_messages(redis_client)
-    assert message["task"] == TASKS["submit"] and message["args"] == ["b", "j0"]
-    assert message["kwargs"] == {"token": 0, "tries": 2}
-    assert message["eta"] is not None, "after a backoff, not at once"
-    assert context.ledger.record("b", "j0").status is JobStatus.ADMITTED  # type: ignore[union-attr]
+def run_due(context: Context, timer: Timer) -> None:
+    context.timers.claim_due(EVERYTHING_DUE, 30.0, 100)
+    run_timer(Runtime(create_app("redis://unused:1/0"), lambda: context), timer)
+
+
+def test_an_unexpected_error_runs_the_step_again_later(redis_client: redis.Redis, tmp_path: Path) -> None:
+    context = broken_context(redis_client, tmp_path, step_errors=3)
+    before = time.time()
+    run_due(context, Timer.step("b", "j0"))
+    record = context.ledger.record("b", "j0")
+    assert record is not None and record.status is JobStatus.ADMITTED and record.step_errors == 1
+    due_at = context.timers.due_at(Timer.step("b", "j0"))
+    assert due_at is not None and due_at > before + 0.5, "after a backoff, not at once"
     context.http.close()
 
 
-def test_a_step_that_keeps_failing_fails_its_job_and_frees_the_slot(
-    redis_client: redis.Redis, redis_server: Any, tmp_path: Path
-) -> None:
-    context = broken_context(redis_client, tmp_path, max_call_retries=3)
-    app = create_app(redis_server.broker_url, context_factory=lambda: context)
-    run_step(app, context, FollowUp("submit", "j0", tries=3), "b")
+def test_a_step_that_keeps_failing_fails_its_job_and_frees_the_slot(redis_client: redis.Redis, tmp_path: Path) -> None:
+    context = broken_context(redis_client, tmp_path, step_errors=2)
+    for _ in range(3):
+        run_due(context, Timer.step("b", "j0"))
     record = context.ledger.record("b", "j0")
     assert record is not None and record.status is JobStatus.FAILED and record.error_type == "internal_error"
     assert "RuntimeError: the queue client could not be built" in (record.error_message or "")
-    [message] = queued_messages(redis_client)
-    assert message["task"] == TASKS["submit"] and message["args"] == ["b", "j1"], "the freed slot admitted j1"
+    assert context.ledger.record("b", "j1").status is JobStatus.ADMITTED, "the freed slot admitted j1"  # type: ignore[union-attr]
+    assert context.timers.due_at(Timer.step("b", "j1")) is not None and context.timers.due_at(Timer.step("b", "j0")) is None
     context.http.close()
+
+
+def test_a_dispatcher_sends_due_timers_once_and_again_when_their_message_is_lost(
+    redis_client: redis.Redis, redis_server: Any
+) -> None:
+    app = create_app(redis_server.broker_url)
+    context = Ledger(redis_client)
+    from runner.ledger.timers import Timers
+
+    timers = Timers(context.redis)
+    settings = TimerSettings(tick_s=0.05, claim_s=0.5, lease_s=0.5)
+    dispatcher = Dispatcher(app, timers, settings)
+    timers.schedule([Timer.step("b", "j0")], time.time())
+    dispatcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(queued_messages(redis_client)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the message is never taken: its claim lapses and it is sent again
+    finally:
+        dispatcher.stop()
+    messages = queued_messages(redis_client)
+    assert len(messages) >= 2, messages
+    assert {m["task"] for m in messages} == {TIMER_TASK} and messages[0]["args"] == ["step", "b", "j0"]
+    assert all(m["eta"] is None for m in messages), "sent when due: no countdown held in a worker's memory"
 
 
 def test_kombu_socket_urls_become_redis_py_urls() -> None:
@@ -82,7 +112,6 @@ def test_beat_sends_the_sweep(redis_client: redis.Redis, redis_server: Any, tmp_
     import os
     import subprocess
     import sys
-    import time
 
     env = {**os.environ, "WAN_BATCH_SWEEP_EVERY_S": "1"}
     command = [str(Path(sys.executable).parent / "wan-batch"), "beat", "--redis", redis_server.broker_url,

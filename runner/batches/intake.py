@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,14 +20,13 @@ from jobs.manifest import Batch, ManifestOptions
 from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.batches.manifests import load_manifest
-from runner.batches.operations import resume_lost
+from runner.batches.operations import resume_batch
 from runner.fal.providers import FAL_QUEUE_URL, Provider
 from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
 from runner.simulator.config import SimConfig
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
-from runner.steps.pipeline import FollowUp
 
 
 class RunRequest(BaseModel):
@@ -192,6 +190,9 @@ def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: 
     folder = BatchFolder(Path(info.folder))
     provider_url = shown_url(info.provider_url)
     extra = {"batch_id": info.id, "manifest": info.manifest, "provider_url": provider_url, "wall_s": wall_s}
+    for record in records:  # a final job has its sidecar (written before it became final): this is a net
+        if record.status.is_final and not folder.sidecar_path(record.job.id).exists():
+            folder.write_sidecar(record)
     csv_path, json_path, summary = folder.write_reports(records, extra)
     failures = [r for r in records if r.status is JobStatus.FAILED]
     return RunResult(info.id, folder.path, ledger.counts(info.id), csv_path, json_path, summary, synced, failures)
@@ -208,11 +209,10 @@ class Unattended:
 
 
 def enqueue_batch(
-    context: Context, request: RunRequest, batch: Batch, provider: Provider,
-    send: Callable[[str, list[FollowUp]], None], unattended: Unattended | None = None,
-) -> tuple[BatchInfo, dict[str, int]]:  # fmt: skip
-    """Record `batch` for workers (unattended) and send the submits its window admits."""
+    context: Context, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None
+) -> tuple[BatchInfo, dict[str, int]]:
+    """Record `batch` for workers (unattended): its jobs wait in the ledger, the window's first are due now."""
     info = record_batch(context.ledger, request, batch, provider, unattended or Unattended())
     synced = context.ledger.sync_jobs(info.id, batch.jobs, time.time())
-    send(info.id, resume_lost(context, info.id))
+    resume_batch(context, info.id)
     return info, dict(synced)

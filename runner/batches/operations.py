@@ -1,31 +1,44 @@
-"""What users do to a batch that already exists: list, inspect, cancel, retry and resume it."""
+"""What users do to a batch that already exists: list, inspect, cancel, retry, resume, sweep and purge it.
+
+Each reads the ledger's counters and per-status indexes, never every job, and
+changes jobs only through `runner.steps.moves.move`. None sends a message:
+what workers must do next is a timer in Redis, which their dispatchers send.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.errors import QueueAPIError
+from jobs.lifecycle import JobUpdate, Move, allowed
 from jobs.record import Attempt, JobRecord
-from jobs.status import JobStatus
+from jobs.status import IN_FLIGHT, JobStatus
 from runner.ledger.store import BatchInfo, Ledger
-from runner.steps import pipeline
+from runner.ledger.timers import Timer
 from runner.steps.context import Context
-from runner.steps.pipeline import FollowUp
+from runner.steps.moves import move
 
 S = JobStatus
-#: A submit that has not come back in this long lost its worker (the client's submit timeout is 120 s).
-SUBMIT_LOST_AFTER_S = 180.0
+#: `status` shows this many of the latest failures (grouped by type); the counts are of all of them.
+LATEST_FAILURES = 200
+#: A move refused because the job changed meanwhile is tried again on the job as it is now, this often.
+_MOVE_TRIES = 5
 
 
 @dataclass
 class BatchView:
-    """A batch as `status` shows it: counts, the jobs at fal, and the latest errors by type."""
+    """A batch as `status` shows it: counts, the jobs at fal, and failures by type with the latest ones."""
 
     info: BatchInfo
     counts: dict[JobStatus, int]
     in_flight: list[JobRecord] = field(default_factory=list)
+    #: Failed jobs per error type (all of them), most first.
+    failures: dict[str, int] = field(default_factory=dict)
+    #: The latest failures by error type, newest first.
     errors: dict[str, list[JobRecord]] = field(default_factory=dict)
 
     @property
@@ -38,12 +51,13 @@ class BatchView:
             "state": self.info.state,
             "folder": self.info.folder,
             "created_at": self.info.created_at,
+            "ended_at": self.info.ended_at,
             "finished": self.finished,
             "counts": {status.value: n for status, n in self.counts.items()},
             "in_flight": [_in_flight_row(r) for r in self.in_flight],
             "errors": {
-                error_type: {"count": len(records), "latest": [_error_row(r) for r in records[:5]]}
-                for error_type, records in self.errors.items()
+                error_type: {"count": count, "latest": [_error_row(r) for r in self.errors.get(error_type, [])[:5]]}
+                for error_type, count in self.failures.items()
             },
         }
 
@@ -63,21 +77,15 @@ def _error_row(record: JobRecord) -> dict[str, Any]:
 
 
 def view_batch(ledger: Ledger, batch_id: str) -> BatchView | None:
-    """Counts (one read), plus a scan for in-flight jobs and failures; None for an unknown batch."""
+    """Counters, the jobs holding a slot (at most the window) and the latest failures; None for an unknown batch."""
     info = ledger.batch(batch_id)
     if info is None:
         return None
-    view = BatchView(info, ledger.counts(batch_id))
-    failed: list[JobRecord] = []
-    for record in ledger.records(batch_id):
-        if record.status.holds_slot:
-            view.in_flight.append(record)
-        elif record.status is S.FAILED:
-            failed.append(record)
-    failed.sort(key=lambda r: r.finished_at or 0.0, reverse=True)
-    for record in failed:
+    view = BatchView(info, ledger.counts(batch_id), failures=ledger.failures_by_type(batch_id))
+    order = {status: n for n, status in enumerate(JobStatus)}
+    view.in_flight = sorted(ledger.records_with(batch_id, IN_FLIGHT), key=lambda r: (order[r.status], r.job.row))
+    for record in reversed(ledger.records_with(batch_id, [S.FAILED], latest=LATEST_FAILURES)):
         view.errors.setdefault(record.error_type or "unknown", []).append(record)
-    view.errors = dict(sorted(view.errors.items(), key=lambda item: -len(item[1])))
     return view
 
 
@@ -91,23 +99,47 @@ def list_batches(ledger: Ledger) -> list[tuple[BatchInfo, dict[JobStatus, int]]]
     return found
 
 
-def cancel_batch(ctx: Context, batch_id: str) -> tuple[Counter[str], list[FollowUp]]:
-    """Stop a batch: no new submits, every request at fal cancelled.
-
-    Returns how many jobs ended how, and what to send (the end of an unattended batch).
-    """
+def cancel_batch(ctx: Context, batch_id: str) -> Counter[str]:
+    """Stop a batch: no new submits, every request at fal cancelled; how many jobs ended how."""
     ctx.ledger.set_batch_state(batch_id, "cancelled")
     outcome: Counter[str] = Counter()
-    follow: list[FollowUp] = []
-    for record in ctx.ledger.records(batch_id):
-        if record.status.is_final:
-            continue
-        if record.status is S.COLLECTING:
-            outcome["finishing"] += 1
-            continue
-        follow += pipeline.cancel_job(ctx, batch_id, record.job.id)
-        outcome["cancelled"] += 1
-    return outcome, follow
+    unfinished = [s for s in JobStatus if not s.is_final]
+    for job_id in ctx.ledger.job_ids(batch_id, unfinished):
+        outcome[cancel_job(ctx, batch_id, job_id)] += 1
+    ctx.ledger.admit(batch_id)  # admits nothing now; ends the batch if it had no job left to end
+    return outcome
+
+
+def cancel_job(ctx: Context, batch_id: str, job_id: str) -> str:
+    """Cancel a job: at fal if it has a request there; it ends CANCELLED with whatever it had saved.
+
+    A job being collected is left to finish (it already ran; its files are
+    paid for). Returns "cancelled", "finishing" or "ended" (it was final).
+    """
+    batch = ctx.ledger.batch(batch_id)
+    answer: str | None = None
+    for _ in range(_MOVE_TRIES):
+        record = ctx.ledger.record(batch_id, job_id)
+        if batch is None or record is None or record.status.is_final:
+            return "ended"
+        if not allowed(Move.CANCEL, record.status):
+            return "finishing"
+        if answer is None:
+            answer = _cancel_at_fal(ctx, batch, record)
+        update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user (fal: {answer})",
+                           finished_at=ctx.clock())  # fmt: skip
+        if move(ctx, batch, record, Move.CANCEL, update).applied is not None:
+            return "cancelled"
+    return "finishing"
+
+
+def _cancel_at_fal(ctx: Context, batch: BatchInfo, record: JobRecord) -> str:
+    if not (record.status.has_request and record.cancel_url):
+        return "never sent"
+    try:
+        return ctx.queue_client(batch).cancel(record.cancel_url)
+    except QueueAPIError as exc:
+        return f"cancel failed: {exc}"
 
 
 def retry_jobs(
@@ -116,58 +148,103 @@ def retry_jobs(
     statuses: Iterable[JobStatus] = (S.FAILED,),
     error_types: Iterable[str] | None = None,
     job_ids: Iterable[str] | None = None,
-) -> tuple[list[str], list[FollowUp]]:
+) -> list[str]:
     """Give exactly the chosen failed or cancelled jobs a new attempt; jobs that succeeded never.
 
-    Returns the ids put back in line and the submits the free slots admit now.
+    Returns the ids put back in line; the free slots admit them at once.
     """
-    wanted_statuses = set(statuses) - {S.SUCCEEDED}
+    batch = ctx.ledger.batch(batch_id)
+    if batch is None:
+        return []
     wanted_types = set(error_types) if error_types is not None else None
     wanted_ids = set(job_ids) if job_ids is not None else None
     requeued = []
-    for record in ctx.ledger.records(batch_id):
-        if record.status not in wanted_statuses:
-            continue
+    for record in ctx.ledger.records_with(batch_id, set(statuses) & {S.FAILED, S.CANCELLED}):
         if wanted_types is not None and record.error_type not in wanted_types:
             continue
         if wanted_ids is not None and record.job.id not in wanted_ids:
             continue
         ended = Attempt(record.attempts, record.request_id, record.error_type, record.error_message,
                         record.submitted_at, record.finished_at)  # fmt: skip
-        history = replace(record, history=(*record.history, ended)).to_dict()["history"]
-        if ctx.ledger.requeue(batch_id, record.job.id, history):
+        update = JobUpdate(history=(*record.history, ended), error_type=None, error_message=None, outputs=(),
+                           finished_at=None, queue_position=None, request_id=None, status_url=None,
+                           response_url=None, cancel_url=None)  # fmt: skip
+        if move(ctx, batch, record, Move.REQUEUE, update).applied is not None:
             requeued.append(record.job.id)
     if requeued:
-        ctx.ledger.set_batch_state(batch_id, "open")
-        ctx.ledger.reopen(batch_id)
-    return requeued, pipeline.admit_next(ctx, batch_id)
+        if batch.state == "cancelled":
+            ctx.ledger.set_batch_state(batch_id, "open")
+        ctx.ledger.admit(batch_id)
+    return requeued
 
 
-def resume_lost(
-    ctx: Context, batch_id: str, stale_after_s: float = 0.0, lost_after_s: float = SUBMIT_LOST_AFTER_S
-) -> list[FollowUp]:
-    """Re-enqueue jobs that lost their Celery message (a killed worker, a broker restart).
+def resume_batch(ctx: Context, batch_id: str, owners_gone: bool = False) -> int:
+    """Make the next step of every job that holds a slot due now, and fill free slots; how many it set.
 
-    With live workers elsewhere, a job mid-submit is written off only once it
-    has been so for `lost_after_s`; polls are renewed, never resubmits.
+    A step a live worker runs now is left to it, unless `owners_gone` (the
+    run that held them is known to be dead, e.g. a rerun of `wan-batch run`
+    into its folder): then every step is given out again. Jobs at fal are
+    polled again, never submitted again; a job caught mid-submit is written
+    off as `submit_unconfirmed` by its step.
     """
-    return pipeline.resume_batch(ctx, batch_id, stale_after_s=stale_after_s,
-                                 lost_after_s=max(stale_after_s, lost_after_s))  # fmt: skip
+    job_ids = ctx.ledger.job_ids(batch_id, IN_FLIGHT)
+    timers = [Timer.step(batch_id, job_id) for job_id in job_ids]
+    if owners_gone:
+        ctx.timers.forget(timers)
+    count = ctx.timers.schedule(timers, ctx.clock())
+    ctx.ledger.admit(batch_id)
+    return count
 
 
-def sweep(ctx: Context, stale_after_s: float) -> dict[str, list[FollowUp]]:
-    """For every open, unfinished batch: resume the jobs with no progress for `stale_after_s`.
+def sweep(ctx: Context, stale_after_s: float) -> dict[str, int]:
+    """A safety net for open batches: a job holding a slot, unchanged for `stale_after_s`, without a timer gets one.
 
-    An unattended batch that ended without its report (its end task was lost,
-    or failed) has it written, once per `stale_after_s`.
+    Every such job has a timer (they are set in the same step as its
+    status), so this finds none unless something went wrong; it reads only
+    the index by last update. Returns how many it gave back per batch.
     """
-    follow: dict[str, list[FollowUp]] = {}
+    found: dict[str, int] = {}
+    before = ctx.clock() - stale_after_s
     for info, counts in list_batches(ctx.ledger):
-        if all(n == 0 for s, n in counts.items() if not s.is_final):
-            ledger = ctx.ledger
-            if info.report_when_done and (ledger.claim_end(info.id) or ledger.reclaim_end(info.id, stale_after_s)):
-                follow[info.id] = [FollowUp("end", "")]
+        if info.state != "open" or not any(counts[s] for s in IN_FLIGHT):
             continue
-        if info.state == "open":
-            follow[info.id] = resume_lost(ctx, info.id, stale_after_s)
-    return follow
+        stale = ctx.ledger.job_ids(info.id, IN_FLIGHT, changed_before=before)
+        lost = [Timer.step(info.id, j) for j in stale if ctx.timers.due_at(Timer.step(info.id, j)) is None]
+        if lost:
+            found[info.id] = ctx.timers.schedule(lost, ctx.clock())
+    return found
+
+
+@dataclass(frozen=True)
+class Purged:
+    batch_id: str
+    jobs: int
+    ended_at: float | None
+
+
+def purge_batches(ledger: Ledger, older_than_s: float | None, batch_id: str | None = None,
+                  scheduled_only: bool = False) -> tuple[list[Purged], list[str]]:  # fmt: skip
+    """Remove finished batches' ledger entries (never their folders, reports or images).
+
+    A batch is finished when every job of it is final; with `older_than_s`,
+    only those that ended that long ago. Returns what was removed, and the
+    batches that were asked for by id but are not finished.
+    """
+    now = time.time()
+    removed: list[Purged] = []
+    kept: list[str] = []
+    for info, counts in list_batches(ledger):
+        if batch_id is not None and info.id != batch_id:
+            continue
+        if scheduled_only and info.schedule is None:
+            continue
+        if any(n for status, n in counts.items() if not status.is_final):
+            if batch_id is not None:
+                kept.append(info.id)
+            continue
+        ended_at = info.ended_at or info.created_at
+        if older_than_s is not None and now - ended_at < older_than_s:
+            continue
+        removed.append(Purged(info.id, ledger.purge(info.id), ended_at))
+    return removed, kept
+

@@ -22,18 +22,16 @@ from celery import Celery
 
 from jobs.errors import FolderInUseError, UsageError
 from jobs.manifest import Batch
-from jobs.status import FINAL, JobStatus
+from jobs.status import JobStatus
 from runner.batches.intake import RunRequest, RunResult, enqueue_batch, provider_for, record_batch, write_report
-from runner.batches.operations import resume_lost
+from runner.batches.operations import resume_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
 from runner.ledger.store import BatchInfo, Ledger
 from runner.simulator import SimConfig, run_simulator
-from runner.steps import pipeline
 from runner.steps.context import Context, make_context
-from runner.steps.dispatch import send_steps
 
 _FOLLOW_EVERY_S = 0.2
 
@@ -64,13 +62,21 @@ class StallWatch:
             self.on_stall(self.after_s)
 
 
-def run_batch(
-    request: RunRequest, batch: Batch, make_app: AppFactory, on_progress: Progress, on_stall: StallHint | None = None
-) -> RunResult:
+@dataclass(frozen=True)
+class Watchers:
+    """What a run reports to, and asks, while it follows its batch."""
+
+    on_progress: Progress
+    #: Called (shared Redis only) when no job moves for `request.stall_hint_s`.
+    on_stall: StallHint | None = None
+    #: Called between looks at the batch; raises (KeyboardInterrupt) to stop the run cleanly.
+    check_stop: Callable[[], None] = lambda: None
+
+
+def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers: Watchers) -> RunResult:
     """Run every job of `batch` to a final status; a rerun resumes where the last one stopped.
 
     Raises UsageError, before anything is recorded, when the run cannot go as asked.
-    `on_stall` is called (shared Redis only) when no job moves for `request.stall_hint_s`.
     """
     if request.sim and request.redis_url:
         raise UsageError("--sim cannot be used with --redis: workers elsewhere cannot reach this run's simulator")
@@ -88,16 +94,15 @@ def run_batch(
         secret = provider.credential.get_secret_value()
         context = make_context(ledger, http, lambda _scheme: secret)
         app = make_app(broker_url, lambda: context)
-        # New poll tokens before any worker of this run takes a task: poll chains left by the last run stop.
-        # Embedded, the last run's worker is surely gone; on a shared Redis, others may be mid-submit.
-        resumed = pipeline.resume_batch(context, info.id) if embedded else resume_lost(context, info.id)
-        send_steps(app, info.id, resumed)
-        stall = None if embedded or on_stall is None else StallWatch(request.stall_hint_s, on_stall)
+        # Every unfinished job's step is due now. Embedded, the last run's worker is surely gone, so the
+        # steps it held are given out again; on a shared Redis, steps that live workers run are theirs.
+        resume_batch(context, info.id, owners_gone=embedded)
+        stall = None if embedded or watchers.on_stall is None else StallWatch(request.stall_hint_s, watchers.on_stall)
         try:
             with ExitStack() as worker:  # stopped (warm) before the report is written
                 if embedded:
                     worker.enter_context(EmbeddedWorker(app, request.workers))
-                _follow(app, context, info.id, on_progress, stall)
+                _follow(ledger, info.id, watchers, stall)
         finally:
             result = write_report(ledger, info, time.monotonic() - started, dict(synced))
     return result
@@ -142,17 +147,16 @@ def _redis(request: RunRequest, stack: ExitStack) -> tuple[redis.Redis, str]:
     return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
 
 
-def _follow(app: Celery, context: Context, batch_id: str, on_progress: Progress, stall: StallWatch | None) -> None:
-    """Show progress until every job is final; admit into slots freed by any worker."""
-    ledger = context.ledger
+def _follow(ledger: Ledger, batch_id: str, watchers: Watchers, stall: StallWatch | None) -> None:
+    """Show progress until every job is final (workers admit the next job into each slot they free)."""
     while True:
+        watchers.check_stop()
         counts = ledger.counts(batch_id)
-        on_progress(counts, ledger.in_flight(batch_id))
-        if all(count == 0 for status, count in counts.items() if status not in FINAL):
+        watchers.on_progress(counts, ledger.in_flight(batch_id))
+        if all(count == 0 for status, count in counts.items() if not status.is_final):
             return
         if stall is not None:
             stall.see(counts, time.monotonic())
-        send_steps(app, batch_id, pipeline.admit_next(context, batch_id))
         time.sleep(_FOLLOW_EVERY_S)
 
 
@@ -208,13 +212,11 @@ def open_ledger(redis_url: str | None, out: Path) -> Iterator[tuple[Ledger, str]
             yield Ledger(client), broker_url
 
 
-def submit_batch(request: RunRequest, batch: Batch, make_app: AppFactory) -> tuple[BatchInfo, dict[str, int]]:
+def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int]]:
     """Record and enqueue a batch in a shared Redis for its workers, without waiting."""
     if request.redis_url is None:
         raise UsageError("submit needs a shared Redis (--redis or REDIS_URL); on this machine use `wan-batch run`")
     provider = provider_for(request)
-    with open_ledger(request.redis_url, request.out) as (ledger, broker_url), httpx.Client() as http:
+    with open_ledger(request.redis_url, request.out) as (ledger, _), httpx.Client() as http:
         # Only admission happens here: workers make every call to fal, with their own credentials.
-        context = make_context(ledger, http, lambda _scheme: None)
-        app = make_app(broker_url, None)
-        return enqueue_batch(context, request, batch, provider, lambda batch_id, f: send_steps(app, batch_id, f))
+        return enqueue_batch(make_context(ledger, http, lambda _scheme: None), request, batch, provider)

@@ -32,6 +32,6 @@ def main() -> None:
 for _command in (
     batch.validate, batch.run, batch.report, batch.worker, sim.sim,
     operate.submit, operate.batches, operate.status, operate.watch,
-    operate.cancel, operate.retry, operate.resume, operate.beat, schedule.schedule,
+    operate.cancel, operate.retry, operate.resume, operate.purge, operate.beat, schedule.schedule,
 ):  # fmt: skip
     main.add_command(_command)

@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -20,7 +20,7 @@ from jobs.manifest import Batch, ManifestOptions
 from jobs.status import JobStatus
 from runner.batches.intake import RunRequest, RunResult, load_batch
 from runner.batches.manifests import load_manifest
-from runner.batches.run import open_ledger, report_batch, run_batch
+from runner.batches.run import Watchers, open_ledger, report_batch, run_batch
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
 from runner.settings import MIB, InputSettings
@@ -132,8 +132,10 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
     for warning in batch.warnings:
         click.echo(str(warning), err=True)
     try:
-        with _sigterm_as_interrupt(), ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
-            result = run_batch(request, batch, create_app, bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)))
+        with _stop_on_signals() as check_stop, ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
+            watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop)
+            result = run_batch(request, batch, create_app, watchers)
+            check_stop()  # a stop asked for as the batch ended is still a stop
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     except KeyboardInterrupt as exc:
@@ -145,24 +147,39 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread as Ctrl-C is, so the run stops the same clean way."""
+    """SIGTERM, raised where Ctrl-C is, so the run stops the same clean way."""
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-        # A second SIGTERM must not cut the clean stop short; SIGKILL still does.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise _Terminated
+def _stop_on_signals() -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM only note that a stop was asked; the `check` this yields raises it.
+
+    The run calls `check` where stopping is safe (between looks at its batch),
+    so a signal never lands inside a start-up, a finalizer or a clean stop
+    already under way (a second Ctrl-C does not cut it short; SIGKILL does).
+    A signal this process was started with ignored (a background job) stays ignored.
+    """
+    asked: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        asked.append(signum)
+
+    def check() -> None:
+        if asked:
+            raise _Terminated if asked[0] == signal.SIGTERM else KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield check
         return
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, note)
     try:
-        yield
+        yield check
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _stall_hint(idle_s: float) -> str:
@@ -199,7 +216,10 @@ def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, logl
     """
     with open_ledger(redis_url, out) as (_, broker_url):
         app = create_app(broker_url)
-        app.Worker(pool="threads", concurrency=concurrency, loglevel=loglevel, queues=queues.split(",")).start()
+        worker = app.Worker(pool="threads", concurrency=concurrency, loglevel=loglevel, queues=queues.split(","))
+        worker.start()
+    # Non-zero when the worker gave up (it could not recover its broker): a supervisor then starts it again.
+    sys.exit(worker.exitcode)
 
 
 def _print_result(result: RunResult, as_json: bool) -> None:

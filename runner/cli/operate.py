@@ -8,6 +8,7 @@ commands change at once; in an output folder, `wan-batch run` does on its next r
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,7 +27,6 @@ from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar
 from runner.ledger.store import Ledger
 from runner.steps.context import Context, make_context
-from runner.steps.dispatch import send_steps
 from runner.tasks import create_app
 
 _WATCH_EVERY_S = 0.5
@@ -64,7 +64,7 @@ def submit(manifest: Path, **options: Any) -> None:
     """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once."""
     request = RunRequest(manifest=manifest, **options)
     try:
-        info, synced = submit_batch(request, load_batch(request), create_app)
+        info, synced = submit_batch(request, load_batch(request))
     except ManifestError as exc:
         refuse_manifest(exc)
     except UsageError as exc:
@@ -140,10 +140,9 @@ def watch(batch_id: str, redis_url: str | None, out: Path) -> None:
 @_where
 def cancel(batch_id: str, redis_url: str | None, out: Path) -> None:
     """Stop BATCH_ID: nothing new is submitted and every request at fal is cancelled."""
-    with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
+    with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
         _batch_view(ledger, batch_id)
-        outcome, follow = operations.cancel_batch(_context(ledger, http), batch_id)
-        send_steps(create_app(broker_url), batch_id, follow)
+        outcome = operations.cancel_batch(_context(ledger, http), batch_id)
     click.echo(f"batch {batch_id} cancelled: {outcome['cancelled']} job(s) cancelled"
                + (f", {outcome['finishing']} finishing their downloads" if outcome["finishing"] else ""))  # fmt: skip
 
@@ -159,37 +158,88 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
           ids_file: Any) -> None:  # fmt: skip
     """Give exactly the chosen jobs of BATCH_ID a new attempt; jobs that succeeded never run again."""
     ids = [line.strip() for line in ids_file if line.strip()] if ids_file else None
-    with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
+    with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
         _batch_view(ledger, batch_id)
-        requeued, follow = operations.retry_jobs(_context(ledger, http), batch_id, [JobStatus(s) for s in statuses],
-                                                 error_types or None, ids)  # fmt: skip
-        send_steps(create_app(broker_url), batch_id, follow)
+        requeued = operations.retry_jobs(_context(ledger, http), batch_id, [JobStatus(s) for s in statuses],
+                                         error_types or None, ids)  # fmt: skip
     click.echo(f"batch {batch_id}: {len(requeued)} job(s) queued for a new attempt" + _next_step(redis_url))
 
 
 @click.command()
 @click.argument("batch_id")
 @_where
-@click.option("--submit-lost-after-s", type=click.FloatRange(min=0), default=operations.SUBMIT_LOST_AFTER_S,
-              show_default=True, help="A job caught mid-submit this long is written off (never resent).")
-def resume(batch_id: str, redis_url: str | None, out: Path, submit_lost_after_s: float) -> None:
-    """Re-enqueue the jobs of BATCH_ID that lost their task: polled again, never resubmitted."""
-    with open_ledger(redis_url, out) as (ledger, broker_url), httpx.Client() as http:
+@click.option("--owners-gone", is_flag=True,
+              help="The workers that ran its steps are known to be dead: give out even the steps they held.")
+@click.option("--submit-lost-after-s", type=click.FloatRange(min=0), hidden=True,
+              help="Before timers: 0 meant --owners-gone; other values are ignored.")
+def resume(batch_id: str, redis_url: str | None, out: Path, owners_gone: bool,
+           submit_lost_after_s: float | None) -> None:  # fmt: skip
+    """Make the next step of every unfinished job of BATCH_ID due now: polled again, never resubmitted.
+
+    Workers do this on their own (a step whose worker died comes back within a minute); this is for
+    not waiting. A step a live worker runs is left to it.
+    """
+    with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
         _batch_view(ledger, batch_id)
-        follow = operations.resume_lost(_context(ledger, http), batch_id, lost_after_s=submit_lost_after_s)
-        send_steps(create_app(broker_url), batch_id, follow)
-    click.echo(f"batch {batch_id}: {len(follow)} task(s) sent again" + _next_step(redis_url))
+        gone = owners_gone or submit_lost_after_s == 0
+        count = operations.resume_batch(_context(ledger, http), batch_id, owners_gone=gone)
+    click.echo(f"batch {batch_id}: {count} step(s) due now" + _next_step(redis_url))
 
 
 @click.command()
 @click.option("--redis", "redis_url", envvar="REDIS_URL", required=True, help="The shared Redis (or REDIS_URL).")
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(redis_url: str, loglevel: str) -> None:
-    """Run the scheduler: the schedules (`wan-batch schedule`) and the sweep that resumes stalled jobs.
+    """Run the scheduler: the schedules (`wan-batch schedule`) and a sweep, the safety net of the timers.
 
     Its state lives in Redis (celery-redbeat): run as many as you like, one fires.
     """
     create_app(redis_url).Beat(loglevel=loglevel).run()
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m|s)?\s*")
+_UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1, None: 1}
+
+
+def _duration_s(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """A length of time given as 30d, 12h, 90min, 45s (or a number of seconds), in seconds."""
+    if value is None:
+        return None
+    found = _DURATION.fullmatch(value.lower())
+    if found is None:
+        raise click.BadParameter(f"{value[:40]!r} is not a duration such as 30d, 12h, 90min or 45s")
+    return float(found.group(1)) * _UNIT_S[found.group(2)]
+
+
+@click.command()
+@_where
+@click.option("--older-than", "older_than_s", callback=_duration_s,
+              help="Only batches that ended longer ago than this: 30d, 12h, 90min (default: 30d; with --batch: any).")
+@click.option("--batch", "batch_id", help="Only this batch (it must have ended).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def purge(redis_url: str | None, out: Path, older_than_s: float | None, batch_id: str | None, as_json: bool) -> None:
+    """Remove finished batches from the ledger; their folders, reports and images stay.
+
+    A batch is finished when every job of it is final. Workers do this for
+    scheduled batches on their own with WAN_BATCH_KEEP_DAYS.
+    """
+    if older_than_s is None and batch_id is None:
+        older_than_s = 30 * 86400.0
+    with open_ledger(redis_url, out) as (ledger, _):
+        if batch_id is not None and ledger.batch(batch_id) is None:
+            raise click.UsageError(f"no batch {batch_id!r} here; `wan-batch batches` lists them")
+        removed, unfinished = operations.purge_batches(ledger, older_than_s, batch_id)
+    if as_json:
+        click.echo(json.dumps({"removed": [vars(p) for p in removed], "not_finished": unfinished}, indent=2))
+        return
+    for purged in removed:
+        ended = datetime.fromtimestamp(purged.ended_at, UTC).strftime("%Y-%m-%d %H:%M UTC") if purged.ended_at else "?"
+        click.echo(f"removed batch {purged.batch_id}: {purged.jobs} job(s), ended {ended}")
+    for kept in unfinished:
+        click.echo(f"kept batch {kept}: it has unfinished jobs (cancel it first)", err=True)
+    click.echo(f"{len(removed)} batch(es) removed from the ledger; folders, reports and images are left as they are")
+    if unfinished:
+        raise SystemExit(1)
 
 
 def _next_step(redis_url: str | None) -> str:

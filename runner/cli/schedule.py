@@ -21,6 +21,7 @@ from runner.batches.intake import RunRequest, batch_id_for, load_batch
 from runner.cli.batch import refuse_manifest
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
+from runner.ledger.store import Ledger
 from runner.schedules import beat
 from runner.schedules.store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
 from runner.steps.dispatch import QUEUE
@@ -124,14 +125,14 @@ def show(name: str, limit: int, as_json: bool, redis_url: str) -> None:
     spec = store.get(name)
     firings = store.firings(name, limit)
     if as_json:
-        data = {**_row(store, create_app(redis_url), name), "firings": [_firing_dict(f) for f in firings]}
+        data = {**_row(store, create_app(redis_url), name), "firings": [_firing_dict(f, store) for f in firings]}
         click.echo(json.dumps(data, indent=2))
         return
     source = "read when it fires" if spec.follow_file else "as it was when scheduled"
     click.echo(f"{name}: {spec.schedule.describe()}; manifest {spec.manifest} ({source}); "
                f"into {Path(spec.out) / name}/{'; paused' if spec.paused else ''}")  # fmt: skip
     for firing in firings:
-        click.echo(f"  {_firing_line(_firing_dict(firing), spec.schedule.tz)}")
+        click.echo(f"  {_firing_line(_firing_dict(firing, store), spec.schedule.tz)}")
 
 
 @schedule.command()
@@ -185,7 +186,7 @@ def run_now(name: str, wait_s: float, redis_url: str) -> None:
     while time.monotonic() < deadline:
         firing = next((f for f in store.firings(name, 5) if f.trigger == "run-now" and f.slot == slot), None)
         if firing is not None and firing.outcome != "starting":
-            click.echo(_firing_line(_firing_dict(firing), store.get(name).schedule.tz))
+            click.echo(_firing_line(_firing_dict(firing, store), store.get(name).schedule.tz))
             raise SystemExit(1 if firing.outcome == "error" else 0)
         time.sleep(0.2)
     click.echo(f"sent; no worker took it within {wait_s:g}s; `wan-batch schedule show {name}` will show it")
@@ -253,14 +254,19 @@ def _row(store: ScheduleStore, app: Any, name: str) -> dict[str, Any]:
         "at": when.at.isoformat() if when.at else None, "tz": when.tz, "paused": spec.paused,
         "overlap": spec.overlap, "priority": spec.priority, "notify": shown_url(spec.notify) if spec.notify else None,
         "next_run": None if due is None or spec.paused else due.isoformat(), "next_shown": next_shown,
-        "last": _firing_dict(firings[0]) if firings else None,
+        "last": _firing_dict(firings[0], store) if firings else None,
     }  # fmt: skip
 
 
-def _firing_dict(firing: Firing) -> dict[str, Any]:
+def _firing_dict(firing: Firing, store: ScheduleStore) -> dict[str, Any]:
     late_s = firing.late_s if firing.trigger == "schedule" else 0.0
-    return {**firing.model_dump(), "batch_id": firing.batch_id, "late_s": round(late_s, 1),
+    data = {**firing.model_dump(), "batch_id": firing.batch_id, "late_s": round(late_s, 1),
             "late": late_s > LATE_AFTER_S}  # fmt: skip
+    if firing.outcome == "running":  # the ledger knows first when its batch ended; the summary follows
+        info = Ledger(store.redis, store.keys).batch(firing.id)
+        if info is not None and info.ended_at is not None:
+            data.update(outcome=info.state, message="ended; its report is being written")
+    return data
 
 
 def _firing_line(firing: dict[str, Any], tz: str) -> str:

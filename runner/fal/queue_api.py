@@ -1,17 +1,14 @@
 """The fal queue over HTTP: submit, status, result and cancel, one HTTP call each.
 
 Every failure becomes a classified error of `jobs.errors` (transient, permanent,
-auth, unconfirmed submit); nothing here sleeps. `call_with_retries` is the
-loop for callers outside Celery; tasks reschedule with `runner.fal.retry` instead.
+auth, unconfirmed submit); nothing here sleeps or retries: what a failure leads
+to is `jobs.lifecycle.decide`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata
@@ -24,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jobs.endpoints import is_endpoint_id
 from jobs.errors import (
     AuthError,
-    DownloadError,
     PermanentQueueError,
     QueueAPIError,
     ResultNotReadyError,
@@ -33,11 +29,9 @@ from jobs.errors import (
 )
 from runner.fal.providers import Provider
 from runner.fal.retry import (
-    RetryPolicy,
     header_value,
     is_retryable_status,
     retry_after_s,
-    retry_delay_s,
     retryable_hint,
 )
 
@@ -307,34 +301,6 @@ class QueueClient:
             cancel_url=own_url("cancel_url", "/cancel"),
             queue_position=position if isinstance(position, int) else None,
         )
-
-
-def call_with_retries(
-    fn: Callable[[], T],
-    policy: RetryPolicy | None = None,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-) -> T:
-    """`fn()`, called again after a backoff while it raises a retryable error.
-
-    Retries TransientQueueError and a retryable DownloadError, waiting the
-    server's `Retry-After` when given (capped by the policy); re-raises the
-    last error once `policy.max_attempts` calls have failed.
-    """
-    policy = policy or RetryPolicy()
-    rng = rng or random.Random()
-    for attempt in range(1, policy.max_attempts + 1):
-        try:
-            return fn()
-        except (QueueAPIError, DownloadError) as exc:
-            if not exc.retryable or attempt >= policy.max_attempts:
-                raise
-            server_s = exc.retry_after_s if isinstance(exc, QueueAPIError) else None
-            delay_s = retry_delay_s(attempt, policy, server_s, rng)
-            log.warning("retry %d of %d in %.2f s after: %s", attempt, policy.max_attempts - 1, delay_s, exc)
-            sleep(delay_s)
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _parse_status(response: httpx.Response, data: dict[str, Any]) -> QueueStatus:

@@ -1,39 +1,20 @@
-"""When to retry a call to the fal queue, and how long to wait: pure functions, no I/O.
+"""Which answers of the fal queue are worth the same call again: pure predicates, no I/O.
 
-The predicates follow the official client `fal_client` (its `_should_retry_response`
-and `_get_retry_delay`), plus `Retry-After`, which fal_client ignores. The loop
-that sleeps is `runner.queue_api.call_with_retries`; Celery tasks reschedule
-with the same numbers instead of sleeping.
+They follow the official client `fal_client` (its `_should_retry_response`),
+plus `Retry-After`, which fal_client ignores. How long to wait is
+`jobs.backoff`'s; whether to retry at all is `jobs.lifecycle.decide`'s.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-
-from pydantic import BaseModel, ConfigDict, Field
 
 #: Statuses worth repeating whoever sent them: timeout, conflict, rate limit.
 RETRY_STATUSES = frozenset({408, 409, 429})
 #: Statuses a proxy in front of fal answers with when fal was not reached.
 INGRESS_STATUSES = frozenset({502, 503, 504})
-
-
-class RetryPolicy(BaseModel):
-    """How often and how long to retry a transient failure; defaults are fal_client's."""
-
-    model_config = ConfigDict(frozen=True)
-
-    #: Calls in all, the first included.
-    max_attempts: int = Field(default=10, ge=1)
-    #: Delay before the first retry, doubled for each further one.
-    base_s: float = Field(default=0.1, gt=0)
-    #: Ceiling of the exponential delay.
-    cap_s: float = Field(default=30.0, gt=0)
-    #: Ceiling of a server's `Retry-After`, so a bad header cannot stall a batch.
-    retry_after_cap_s: float = Field(default=120.0, ge=0)
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
@@ -91,20 +72,3 @@ def retryable_hint(headers: Mapping[str, str]) -> bool | None:
     if raw in ("false", "0", "no"):
         return False
     return None
-
-
-def next_retry_delay_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Delay before retry number `attempt` (1 = first retry): capped exponential with jitter.
-
-    `base_s * 2**(attempt-1)`, capped at `cap_s`, times U(0.5, 1.5), capped again.
-    """
-    exponent = max(0, attempt - 1)
-    delay_s = cap_s if exponent >= 64 else min(base_s * 2**exponent, cap_s)
-    return min(delay_s * rng.uniform(0.5, 1.5), cap_s)
-
-
-def retry_delay_s(attempt: int, policy: RetryPolicy, server_retry_after_s: float | None, rng: random.Random) -> float:
-    """Delay before retry `attempt`: the server's `Retry-After` when given (capped), else backoff."""
-    if server_retry_after_s is not None:
-        return min(server_retry_after_s, policy.retry_after_cap_s)
-    return next_retry_delay_s(attempt, policy.base_s, policy.cap_s, rng)

@@ -42,13 +42,36 @@ class Keys:
         """List: the latest run times (seconds) seen, newest first; feeds the poll delay."""
         return f"{self.prefix}:batch:{batch_id}:runtimes"
 
-    def ended(self, batch_id: str) -> str:
-        """String: when the step that ended the batch's last job claimed its end (cleared by a retry)."""
-        return f"{self.prefix}:batch:{batch_id}:ended"
+    def status_index(self, batch_id: str, status: str) -> str:
+        """Sorted set: ids of the jobs in `status`, scored by when they last changed (the index by last update)."""
+        return f"{self.status_index_prefix(batch_id)}{status}"
 
-    def reported(self, batch_id: str) -> str:
-        """String: when the ended batch's report and summary were written (cleared by a retry)."""
-        return f"{self.prefix}:batch:{batch_id}:reported"
+    def status_index_prefix(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:status:"
+
+    def errors(self, batch_id: str) -> str:
+        """Hash: failed jobs per error type (the stored JSON of the type), kept by every transition."""
+        return f"{self.prefix}:batch:{batch_id}:errors"
+
+    @property
+    def requests(self) -> str:
+        """Hash: fal's request_id -> the job that holds it (JSON [batch id, job id]), for every attempt."""
+        return f"{self.prefix}:requests"
+
+    @property
+    def timers(self) -> str:
+        """Sorted set: what must happen later (see `Timer`), scored by when it is due."""
+        return f"{self.prefix}:timers"
+
+    @property
+    def timer_claims(self) -> str:
+        """Hash: timer -> who holds it: "d" (a dispatcher sent it) or "r:<token>" (a worker runs it)."""
+        return f"{self.prefix}:timers:claims"
+
+    @property
+    def timer_tries(self) -> str:
+        """Hash: timer -> how many times it came due again after it ran (ends of batches, notifications)."""
+        return f"{self.prefix}:timers:tries"
 
     @property
     def schedules(self) -> str:

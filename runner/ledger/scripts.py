@@ -1,111 +1,246 @@
-"""Lua scripts that change a job's status together with everything that depends on it.
+"""The Lua scripts that change jobs and timers, each atomic in Redis.
 
-Each runs atomically in Redis: a status change, the per-status counters, the
-in-flight set and the fields stored with it (a request_id above all) move
-together or not at all. Job fields other than `status` hold JSON.
+Every change of a job's status goes through the one Lua function
+`enter_status` of `LIBRARY` (its counters, its per-status index scored by
+time, the count of failures by error type, its revision), called by `APPLY`
+(one job, one move of `jobs.lifecycle`), `ADMIT` (waiting jobs into free
+slots) and `RECORD` (a manifest's row). No status name is written here: each
+script gets them from `jobs.status.JobStatus` through its arguments. Job
+fields other than `status` and `revision` hold JSON.
+
+Timers (`CLAIM_DUE`, `BEGIN`, `RENEW`, `FINISH`, `SCHEDULE`) keep what must
+happen later in a sorted set scored by when it is due, with who holds it in a
+hash: "d" once a dispatcher sent it, "r:<token>" while a worker runs it (the
+score is then when that worker's lease ends).
 """
 
-#: KEYS: job, counts, in-flight set. ARGV: job id, "release" or "", allowed from-statuses
-#: (JSON list, [] = any), to-status, expected field values (JSON object of field -> stored
-#: JSON text; a missing field reads as "null"), then field/value pairs to set. With
-#: "release" the job's slot in the in-flight window is freed in the same step.
-#: Returns {1, old status} on success, {0, current status or false} when refused.
-TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'status')
+from __future__ import annotations
+
+#: Functions the job scripts share. `c` is the decoded JSON context every job script gets as ARGV[1]:
+#: key names and prefixes, status names, `now` (a number) and `now_json` (its stored text).
+LIBRARY = """
+local function enter_status(c, job_key, job_id, from, to, error_type)
+  if from and from ~= to then
+    redis.call('HINCRBY', c.counts, from, -1)
+    redis.call('ZREM', c.index_prefix .. from, job_id)
+  end
+  if from == c.failed then
+    redis.call('HINCRBY', c.errors, redis.call('HGET', job_key, 'error_type') or 'null', -1)
+  end
+  if from ~= to then
+    redis.call('HINCRBY', c.counts, to, 1)
+    redis.call('HSET', job_key, 'status', to)
+  end
+  if to == c.failed then
+    redis.call('HINCRBY', c.errors, error_type or 'null', 1)
+  end
+  redis.call('ZADD', c.index_prefix .. to, c.now, job_id)
+  redis.call('HINCRBY', job_key, 'revision', 1)
+end
+
+local function admit(c)
+  if redis.call('HGET', c.batch, 'state') ~= c.open_state then return {} end
+  local limit = tonumber(redis.call('HGET', c.batch, 'max_in_flight'))
+  local admitted = {}
+  while redis.call('SCARD', c.in_flight) < limit do
+    local job_id = redis.call('LPOP', c.waiting)
+    if not job_id then break end
+    local job_key = c.job_prefix .. job_id
+    if redis.call('HGET', job_key, 'status') == c.waiting_status then
+      enter_status(c, job_key, job_id, c.waiting_status, c.admitted_status, nil)
+      redis.call('HSET', job_key, 'updated_at', c.now_json)
+      redis.call('SADD', c.in_flight, job_id)
+      local member = c.step_prefix .. job_id
+      redis.call('ZADD', c.timers, c.now, member)
+      redis.call('HDEL', c.claims, member)
+      table.insert(admitted, job_id)
+    end
+  end
+  return admitted
+end
+
+local function settle(c)
+  for _, status in ipairs(c.unfinished) do
+    if tonumber(redis.call('HGET', c.counts, status) or '0') > 0 then return 0 end
+  end
+  local state = redis.call('HGET', c.batch, 'state')
+  if state == c.done_state or redis.call('HEXISTS', c.batch, 'ended_at') == 1 then return 0 end
+  if state == c.open_state then redis.call('HSET', c.batch, 'state', c.done_state) end
+  redis.call('HSET', c.batch, 'ended_at', c.now_json)
+  if redis.call('HGET', c.batch, 'report_when_done') == 'true' then
+    redis.call('ZADD', c.timers, 'NX', c.now, c.end_member)
+  end
+  return 1
+end
+"""
+
+#: KEYS: job. ARGV[1]: the context (see LIBRARY) plus the move: job_id, from, to, revision (the one the
+#: mover read, as text), fields (name -> stored JSON text), slot ("take", "keep", "release"), requeue,
+#: error_type (stored JSON text, when the job fails), final, request_id and request_value (to index, or
+#: ""), due_at (when its next step is due; -1: none), keep_claim ("r:<token>" of the worker that runs the
+#: next step at once, or "") and lease_until. Applies the move if the job is still at `from` and
+#: `revision`. Returns {1, old status, admitted job ids, 1 if the batch ended} or {0, current status}.
+APPLY = (
+    LIBRARY
+    + """
+local c = cjson.decode(ARGV[1])
+local job_key = KEYS[1]
+local current = redis.call('HGET', job_key, 'status')
 if not current then return {0, false} end
-local allowed = cjson.decode(ARGV[3])
-local ok = #allowed == 0
-for _, status in ipairs(allowed) do
-  if status == current then ok = true end
-end
-if not ok then return {0, current} end
-for field, expected in pairs(cjson.decode(ARGV[5])) do
-  if (redis.call('HGET', KEYS[1], field) or 'null') ~= expected then return {0, current} end
-end
-if ARGV[4] ~= current then
-  redis.call('HINCRBY', KEYS[2], current, -1)
-  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
-  redis.call('HSET', KEYS[1], 'status', ARGV[4])
-end
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-if ARGV[2] == 'release' then redis.call('SREM', KEYS[3], ARGV[1]) end
-return {1, current}
-"""
-
-#: KEYS: batch, in-flight set, waiting list, counts. ARGV: job key prefix.
-#: Moves waiting jobs into free slots (WAITING -> ADMITTED) while the batch is open.
-#: Returns the admitted job ids, to be given submit tasks.
-ADMIT = """
-if redis.call('HGET', KEYS[1], 'state') ~= '"open"' then return {} end
-local limit = tonumber(redis.call('HGET', KEYS[1], 'max_in_flight'))
-local admitted = {}
-while redis.call('SCARD', KEYS[2]) < limit do
-  local job_id = redis.call('LPOP', KEYS[3])
-  if not job_id then break end
-  local job = ARGV[1] .. job_id
-  if redis.call('HGET', job, 'status') == 'waiting' then
-    redis.call('SADD', KEYS[2], job_id)
-    redis.call('HSET', job, 'status', 'admitted')
-    redis.call('HINCRBY', KEYS[4], 'waiting', -1)
-    redis.call('HINCRBY', KEYS[4], 'admitted', 1)
-    table.insert(admitted, job_id)
+if current ~= c.from or (redis.call('HGET', job_key, 'revision') or '0') ~= c.revision then return {0, current} end
+if c.slot == 'take' then
+  if redis.call('HGET', c.batch, 'state') ~= c.open_state then return {0, current} end
+  if redis.call('SCARD', c.in_flight) >= tonumber(redis.call('HGET', c.batch, 'max_in_flight')) then
+    return {0, current}
   end
 end
-return admitted
+enter_status(c, job_key, c.job_id, current, c.to, c.error_type)
+for name, value in pairs(c.fields) do redis.call('HSET', job_key, name, value) end
+if c.slot == 'take' then redis.call('SADD', c.in_flight, c.job_id) end
+if c.slot == 'release' then redis.call('SREM', c.in_flight, c.job_id) end
+if c.requeue then
+  redis.call('RPUSH', c.waiting, c.job_id)
+  if redis.call('HGET', c.batch, 'state') == c.done_state then redis.call('HSET', c.batch, 'state', c.open_state) end
+  redis.call('HDEL', c.batch, 'ended_at')
+  redis.call('ZREM', c.timers, c.end_member)
+end
+if c.request_id ~= '' then redis.call('HSET', c.requests, c.request_id, c.request_value) end
+local member = c.step_prefix .. c.job_id
+if c.due_at < 0 then
+  redis.call('ZREM', c.timers, member)
+  redis.call('HDEL', c.claims, member)
+elseif c.keep_claim ~= '' and redis.call('HGET', c.claims, member) == c.keep_claim then
+  redis.call('ZADD', c.timers, c.lease_until, member)
+else
+  redis.call('ZADD', c.timers, c.due_at, member)
+  redis.call('HDEL', c.claims, member)
+end
+local admitted = {}
+if c.slot == 'release' then admitted = admit(c) end
+local ended = 0
+if c.final then ended = settle(c) end
+return {1, current, admitted, ended}
 """
+)
 
-#: KEYS: job, counts, job order, waiting list. ARGV: job id, job JSON, fingerprint JSON, now JSON.
-#: Records a manifest's job: new -> WAITING; same input -> kept; changed input of a
-#: job not at fal -> WAITING again with the new input. Returns what it did.
-SYNC_JOB = """
-local status = redis.call('HGET', KEYS[1], 'status')
+#: ARGV[1]: the context. Moves waiting jobs into free slots of the window while the batch is open, each
+#: with its submit due now; then ends the batch if nothing is left to do. Returns {admitted job ids, ended}.
+ADMIT = (
+    LIBRARY
+    + """
+local c = cjson.decode(ARGV[1])
+local admitted = admit(c)
+return {admitted, settle(c)}
+"""
+)
+
+#: KEYS: job, job order. ARGV[1]: the context plus job_id, job (stored JSON), fingerprint (stored JSON),
+#: in_flight_statuses, reset (field -> stored JSON of a job recorded again). Records a manifest's job: new
+#: -> waiting; same input -> kept; changed input of a job with nothing at fal -> waiting again, with the
+#: new input. Returns what it did: "added", "kept", "in_flight" or "changed".
+RECORD = (
+    LIBRARY
+    + """
+local c = cjson.decode(ARGV[1])
+local job_key = KEYS[1]
+local status = redis.call('HGET', job_key, 'status')
 if not status then
-  redis.call('HSET', KEYS[1], 'status', 'waiting', 'job', ARGV[2], 'fingerprint', ARGV[3],
-             'queued_at', ARGV[4], 'attempts', '0', 'polls', '0', 'poll_token', '0')
-  redis.call('HINCRBY', KEYS[2], 'waiting', 1)
-  redis.call('RPUSH', KEYS[3], ARGV[1])
-  redis.call('RPUSH', KEYS[4], ARGV[1])
+  redis.call('HSET', job_key, 'job', c.job, 'fingerprint', c.fingerprint, 'queued_at', c.now_json,
+             'updated_at', c.now_json, 'attempts', '0', 'polls', '0', 'revision', '0')
+  enter_status(c, job_key, c.job_id, false, c.waiting_status, nil)
+  redis.call('RPUSH', KEYS[2], c.job_id)
+  redis.call('RPUSH', c.waiting, c.job_id)
   return 'added'
 end
-if redis.call('HGET', KEYS[1], 'fingerprint') == ARGV[3] then return 'kept' end
-if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' and status ~= 'waiting' then
-  return 'in_flight'
+if redis.call('HGET', job_key, 'fingerprint') == c.fingerprint then return 'kept' end
+for _, busy in ipairs(c.in_flight_statuses) do
+  if status == busy then return 'in_flight' end
 end
-redis.call('HINCRBY', KEYS[2], status, -1)
-redis.call('HINCRBY', KEYS[2], 'waiting', 1)
-redis.call('HSET', KEYS[1], 'status', 'waiting', 'job', ARGV[2], 'fingerprint', ARGV[3], 'queued_at', ARGV[4],
-           'outputs', '[]', 'error_type', 'null', 'error_message', 'null', 'request_id', 'null')
-if status ~= 'waiting' then redis.call('RPUSH', KEYS[4], ARGV[1]) end
+enter_status(c, job_key, c.job_id, status, c.waiting_status, nil)
+redis.call('HSET', job_key, 'job', c.job, 'fingerprint', c.fingerprint, 'queued_at', c.now_json,
+           'updated_at', c.now_json)
+for name, value in pairs(c.reset) do redis.call('HSET', job_key, name, value) end
+if status ~= c.waiting_status then redis.call('RPUSH', c.waiting, c.job_id) end
+if redis.call('HGET', c.batch, 'state') == c.done_state then redis.call('HSET', c.batch, 'state', c.open_state) end
+redis.call('HDEL', c.batch, 'ended_at')
 return 'changed'
 """
+)
 
-#: KEYS: job, counts, waiting list. ARGV: job id, then field/value pairs.
-#: A FAILED or CANCELLED job goes back to WAITING, at the end of the line; returns 1 if it did.
-REQUEUE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'failed' and status ~= 'cancelled' then return 0 end
-redis.call('HINCRBY', KEYS[2], status, -1)
-redis.call('HINCRBY', KEYS[2], 'waiting', 1)
-redis.call('HSET', KEYS[1], 'status', 'waiting')
-for i = 2, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+#: KEYS: timers, claims. ARGV: now, until (when a dispatch claim lapses), limit, the dispatch mark, and
+#: "1" to take over timers whose worker's lease lapsed (its worker is gone) or "" to leave them (this
+#: dispatcher has not been connected long enough for live workers to renew theirs after an outage).
+#: Claims up to `limit` timers due by `now` for a dispatcher and returns them; each comes due again at
+#: `until` unless a worker begins it.
+CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local claimed = {}
+for _, member in ipairs(due) do
+  local claim = redis.call('HGET', KEYS[2], member)
+  if ARGV[5] == '1' or not claim or string.sub(claim, 1, 2) ~= 'r:' then
+    redis.call('ZADD', KEYS[1], ARGV[2], member)
+    redis.call('HSET', KEYS[2], member, ARGV[4])
+    table.insert(claimed, member)
+  end
 end
-redis.call('RPUSH', KEYS[3], ARGV[1])
+return claimed
+"""
+
+#: KEYS: timers, claims. ARGV: member, the worker's mark ("r:<token>"), now, lease end, the dispatch mark.
+#: A worker begins a timer it got a message for: "ok" (it holds it until its lease ends), "busy" (another
+#: worker runs it, its lease live), "early" (it is not due: the message is stale) or "gone".
+BEGIN = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 'gone' end
+local claim = redis.call('HGET', KEYS[2], ARGV[1])
+local live = tonumber(score) > tonumber(ARGV[3])
+if claim and claim ~= ARGV[5] and live then return 'busy' end
+if not claim and live then return 'early' end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return 'ok'
+"""
+
+#: KEYS: timers, claims. ARGV: lease end, then member/mark pairs. Extends the leases still held.
+RENEW = """
+local renewed = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+#: KEYS: timers, claims, tries. ARGV: member, mark, due ('' removes the timer). A worker that holds the
+#: timer lets it go: due again then (counting one more try), or done. Returns 1 if it still held it.
+FINISH = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+end
 return 1
 """
 
-#: KEYS: counts, end marker. ARGV: unfinished statuses (JSON list), now (JSON).
-#: Sets the marker if every job of the batch (it has some) is final and it is not set yet,
-#: in one step with reading the counts, so a retry cannot slip in between. Returns 1 if it did.
-CLAIM_END = """
-for _, status in ipairs(cjson.decode(ARGV[1])) do
-  if tonumber(redis.call('HGET', KEYS[1], status) or '0') > 0 then return 0 end
+#: KEYS: timers, claims. ARGV: due, then members. Makes each timer due at `due` unless a worker runs it
+#: now under a live lease (its claim is left alone); `due` is also `now`. Returns how many it set.
+SCHEDULE = """
+local set = 0
+for i = 2, #ARGV do
+  local claim = redis.call('HGET', KEYS[2], ARGV[i])
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  local running = claim and string.sub(claim, 1, 2) == 'r:' and score and tonumber(score) > tonumber(ARGV[1])
+  if not running then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    set = set + 1
+  end
 end
-local total = 0
-for _, n in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(n) end
-if total == 0 then return 0 end
-if redis.call('SET', KEYS[2], ARGV[2], 'NX') then return 1 end
-return 0
+return set
 """

@@ -1,10 +1,13 @@
 """The batch and its jobs in Redis: the source of truth every worker and command reads.
 
-A job's status moves only through `Ledger.move`, atomically with the fields
-that go with it (a request_id is stored in the same step that makes a job
-QUEUED) and with the per-status counters, so progress is a constant-time
-read. The in-flight window is a Redis set: `admit` fills free slots from the
-waiting list, across every worker on every machine.
+A job changes only through `Ledger.apply`, which applies one move of
+`jobs.lifecycle` atomically (the `APPLY` script) with everything that
+depends on it: the per-status counters and indexes, the count of failures
+by error type, the in-flight window, the request_id index, the job's next
+step in the timers, and the end of its batch. A move is applied only to the
+revision of the job its mover read, so a late step never undoes a newer one.
+Progress, `status`, `cancel`, `retry` and the sweep read counters and
+indexes, never every job; only reports read every job.
 """
 
 from __future__ import annotations
@@ -13,21 +16,31 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, Field
 
 from jobs.job import Job
+from jobs.lifecycle import Plan, Slot
 from jobs.record import JobRecord
-from jobs.status import JobStatus
-from runner.ledger import scripts as ledger_scripts
+from jobs.status import IN_FLIGHT, JobStatus
+from runner.ledger import scripts
 from runner.ledger.keys import Keys
+from runner.ledger.timers import Timer
 
+S = JobStatus
+BatchState = Literal["open", "cancelled", "done"]
 _RECORD_FIELDS = frozenset(f.name for f in fields(JobRecord))
 _RECENT_RUN_TIMES = 50
 _CHUNK = 1000
+#: What a job recorded again with a new input starts from.
+_RESET: dict[str, Any] = {"attempts": 0, "request_id": None, "status_url": None, "response_url": None,
+                          "cancel_url": None, "submitted_at": None, "started_at": None, "completed_at": None,
+                          "finished_at": None, "inference_s": None, "queue_position": None,
+                          "last_queued_at": None, "polls": 0, "last_log": None, "outputs": [], "error_type": None,
+                          "error_message": None, "history": [], "call_failures": 0, "step_errors": 0}  # fmt: skip
 
 
 class BatchInfo(BaseModel):
@@ -41,8 +54,10 @@ class BatchInfo(BaseModel):
     jobs: int = 0
     max_in_flight: int = Field(gt=0)
     max_attempts: int = Field(default=3, gt=0)
-    #: "open" admits jobs; "cancelled" admits none.
-    state: Literal["open", "cancelled"] = "open"
+    #: "open" admits jobs; "done" has every job final; "cancelled" admits none.
+    state: BatchState = "open"
+    #: When its last job became final (None while any is not).
+    ended_at: float | None = None
     #: Where requests go (the queue's base URL; never a credential).
     provider_url: str = ""
     auth_scheme: Literal["Key", "Bearer"] = "Key"
@@ -51,10 +66,22 @@ class BatchInfo(BaseModel):
     start_timeout_s: float | None = None
     #: Cap of a local image sent as a data URI.
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
-    #: The worker that ends the last job writes the report (batches nobody follows: submitted, scheduled).
+    #: A worker writes its report when it ends (batches nobody follows: submitted, scheduled).
     report_when_done: bool = False
     #: The schedule whose firing made this batch.
     schedule: str | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A move that was applied."""
+
+    #: The job after the move.
+    record: JobRecord
+    #: Jobs that the slot it freed admitted; their submits are due now.
+    admitted: list[str]
+    #: The move ended the batch: every job is final.
+    ended: bool
 
 
 class Ledger:
@@ -63,17 +90,19 @@ class Ledger:
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
         self.redis = client
         self.keys = keys or Keys()
-        self._transition = client.register_script(ledger_scripts.TRANSITION)
-        self._admit = client.register_script(ledger_scripts.ADMIT)
-        self._sync_job = client.register_script(ledger_scripts.SYNC_JOB)
-        self._requeue = client.register_script(ledger_scripts.REQUEUE)
-        self._claim_end = client.register_script(ledger_scripts.CLAIM_END)
+        self._apply = client.register_script(scripts.APPLY)
+        self._admit = client.register_script(scripts.ADMIT)
+        self._record = client.register_script(scripts.RECORD)
 
     # --- batches -------------------------------------------------------------
 
     def save_batch(self, info: BatchInfo) -> None:
-        mapping: dict[Any, str] = {name: json.dumps(value) for name, value in info.model_dump().items()}
+        values = info.model_dump()
+        mapping: dict[Any, str] = {name: json.dumps(value) for name, value in values.items() if value is not None}
+        unset = [name for name, value in values.items() if value is None]
         with self.redis.pipeline() as pipe:
+            if unset:
+                pipe.hdel(self.keys.batch(info.id), *unset)
             pipe.hset(self.keys.batch(info.id), mapping=mapping)
             pipe.zadd(self.keys.batches, {info.id: info.created_at}, nx=True)
             pipe.execute()
@@ -87,30 +116,6 @@ class Ledger:
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
 
-    def claim_end(self, batch_id: str) -> bool:
-        """True for exactly one caller once every job of the batch is final (again after a retry)."""
-        keys = [self.keys.counts(batch_id), self.keys.ended(batch_id)]
-        unfinished = json.dumps([s.value for s in JobStatus if not s.is_final])
-        return bool(self._claim_end(keys=keys, args=[unfinished, json.dumps(time.time())]))
-
-    def mark_reported(self, batch_id: str) -> None:
-        """The ended batch's report (and a schedule's summary) are written."""
-        self.redis.set(self.keys.reported(batch_id), json.dumps(time.time()))
-
-    def reclaim_end(self, batch_id: str, stale_after_s: float) -> bool:
-        """True (once per `stale_after_s`) when the batch's end was claimed that long ago and never reported.
-
-        For the sweep: the task that was to write the report was lost.
-        """
-        claimed, reported = self.redis.mget([self.keys.ended(batch_id), self.keys.reported(batch_id)])
-        if claimed is None or reported is not None or time.time() - float(claimed) < stale_after_s:
-            return False
-        return bool(self.redis.set(self.keys.ended(batch_id), json.dumps(time.time()), xx=True))
-
-    def reopen(self, batch_id: str) -> None:
-        """Jobs were put back in line: the batch will end again."""
-        self.redis.delete(self.keys.ended(batch_id), self.keys.reported(batch_id))
-
     def batch_ids(self) -> list[str]:
         """Every batch, oldest first."""
         ids = cast(list[bytes | str], self.redis.zrange(self.keys.batches, 0, -1))
@@ -119,16 +124,19 @@ class Ledger:
     def sync_jobs(self, batch_id: str, jobs: Sequence[Job], now: float) -> Counter[str]:
         """Record a manifest's jobs, idempotently: how many were added, kept, changed, in flight."""
         outcome: Counter[str] = Counter()
-        k = self.keys
+        context = self._context(batch_id, now)
+        context["in_flight_statuses"] = sorted(s.value for s in IN_FLIGHT)
+        context["reset"] = {name: json.dumps(value) for name, value in _RESET.items()}
         for start in range(0, len(jobs), _CHUNK):
             with self.redis.pipeline(transaction=False) as pipe:
                 for job in jobs[start : start + _CHUNK]:
-                    job_keys = [k.job(batch_id, job.id), k.counts(batch_id), k.job_order(batch_id), k.waiting(batch_id)]
-                    args = [job.id, json.dumps(job.to_dict()), json.dumps(job.fingerprint), json.dumps(now)]
-                    self._sync_job(keys=job_keys, args=args, client=pipe)
+                    args = {**context, "job_id": job.id, "job": json.dumps(job.to_dict()),
+                            "fingerprint": json.dumps(job.fingerprint)}  # fmt: skip
+                    keys = [self.keys.job(batch_id, job.id), self.keys.job_order(batch_id)]
+                    self._record(keys=keys, args=[json.dumps(args)], client=pipe)
                 outcome.update(_text(result) for result in pipe.execute())
-        total = self.redis.llen(k.job_order(batch_id))
-        self.redis.hset(k.batch(batch_id), "jobs", json.dumps(total))
+        total = self.redis.llen(self.keys.job_order(batch_id))
+        self.redis.hset(self.keys.batch(batch_id), "jobs", json.dumps(total))
         return outcome
 
     # --- jobs ----------------------------------------------------------------
@@ -138,80 +146,94 @@ class Ledger:
         found = {_text(k): int(v) for k, v in raw.items()}
         return {status: found.get(status.value, 0) for status in JobStatus}
 
+    def failures_by_type(self, batch_id: str) -> dict[str, int]:
+        """Failed jobs per error type, most first (kept by every move: no job is read)."""
+        raw = self.redis.hgetall(self.keys.errors(batch_id))
+        found = {json.loads(k) or "unknown": int(v) for k, v in raw.items() if int(v) > 0}
+        return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+
     def record(self, batch_id: str, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(self.keys.job(batch_id, job_id))
         return _decode_record(raw) if raw else None
 
     def records(self, batch_id: str) -> Iterator[JobRecord]:
-        """Every job of the batch in manifest order."""
+        """Every job of the batch in manifest order (for reports: the one full read)."""
         order = self.keys.job_order(batch_id)
         for start in range(0, self.redis.llen(order), _CHUNK):
             ids = [_text(i) for i in self.redis.lrange(order, start, start + _CHUNK - 1)]
-            with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(self.keys.job(batch_id, job_id))
-                for raw in pipe.execute():
-                    if raw:
-                        yield _decode_record(raw)
+            yield from self._load(batch_id, ids)
 
-    def move(
-        self,
-        batch_id: str,
-        job_id: str,
-        allowed: Iterable[JobStatus],
-        to: JobStatus,
-        *,
-        release: bool = False,
-        expect: dict[str, Any] | None = None,
-        **values: Any,
-    ) -> bool:
-        """Set the job's status to `to` if it is one of `allowed` (empty: any), with `values`.
+    def job_ids(self, batch_id: str, statuses: Iterable[JobStatus], changed_before: float | None = None,
+                latest: int | None = None) -> list[str]:  # fmt: skip
+        """Ids of the jobs in `statuses`, from the per-status indexes, oldest change first.
 
-        With `expect`, also only if those fields still hold those values (the
-        request_id and poll token a step saw), so a late step never undoes a
-        newer attempt. Atomic with the counters and, with `release`, with
-        freeing the job's slot. False when refused: the caller then does nothing.
+        `changed_before` keeps those unchanged since then; `latest` keeps only the newest that many.
         """
-        keys = [self.keys.job(batch_id, job_id), self.keys.counts(batch_id), self.keys.in_flight(batch_id)]
-        expected = {name: json.dumps(value) for name, value in (expect or {}).items()}
-        statuses = json.dumps([s.value for s in allowed])
-        args: list[str] = [job_id, "release" if release else "", statuses, to.value, json.dumps(expected)]
-        for name, value in {**values, "updated_at": time.time()}.items():
-            args += [name, json.dumps(value)]
-        moved, _ = self._transition(keys=keys, args=args)
-        return bool(moved)
+        scored: list[tuple[float, str]] = []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for status in statuses:
+                index = self.keys.status_index(batch_id, status.value)
+                if latest is not None:
+                    pipe.zrevrange(index, 0, latest - 1, withscores=True)
+                else:
+                    pipe.zrangebyscore(index, "-inf", "+inf" if changed_before is None else f"({changed_before}",
+                                       withscores=True)  # fmt: skip
+            for found in pipe.execute():
+                scored += [(float(score), _text(member)) for member, score in found]
+        scored.sort()
+        if latest is not None:
+            scored = scored[-latest:]
+        return [job_id for _, job_id in scored]
 
-    def requeue(self, batch_id: str, job_id: str, history: list[dict[str, Any]]) -> bool:
-        """Put a failed or cancelled job back in line for a new attempt, keeping its history.
+    def records_with(self, batch_id: str, statuses: Iterable[JobStatus], changed_before: float | None = None,
+                     latest: int | None = None) -> list[JobRecord]:  # fmt: skip
+        """The jobs in `statuses` (see `job_ids`), read from the indexes."""
+        return list(self._load(batch_id, self.job_ids(batch_id, statuses, changed_before, latest)))
 
-        A job that succeeded, or is not final, is left alone (False).
+    def apply(self, batch_id: str, plan: Plan, due_at: float | None = None, keep_claim: str = "",
+              lease_until: float = 0.0) -> Applied | None:  # fmt: skip
+        """Apply `plan` if the job is still at the status and revision it was planned from; None if not.
+
+        Its next step (if its new status has one) is due at `due_at` (default:
+        now); `keep_claim`, the mark of the worker that runs that step at once,
+        keeps it held by that worker until `lease_until`.
         """
-        k = self.keys
-        keys = [k.job(batch_id, job_id), k.counts(batch_id), k.waiting(batch_id)]
-        fields = {"history": history, "request_id": None, "status_url": None, "response_url": None,
-                  "cancel_url": None, "error_type": None, "error_message": None, "outputs": [],
-                  "finished_at": None, "queue_position": None, "updated_at": time.time()}  # fmt: skip
-        args = [job_id, *(part for name, value in fields.items() for part in (name, json.dumps(value)))]
-        return bool(self._requeue(keys=keys, args=args))
-
-    def next_poll_token(self, batch_id: str, job_id: str) -> int:
-        """A new token for the job's poll chain; polls holding an older one stop."""
-        return int(self.redis.hincrby(self.keys.job(batch_id, job_id), "poll_token", 1))
-
-    def poll_token(self, batch_id: str, job_id: str) -> int:
-        return int(self.redis.hget(self.keys.job(batch_id, job_id), "poll_token") or 0)
-
-    def count_poll(self, batch_id: str, job_id: str) -> int:
-        return int(self.redis.hincrby(self.keys.job(batch_id, job_id), "polls", 1))
+        now = plan.record.updated_at or time.time()
+        record = plan.record
+        context = self._context(batch_id, now)
+        context.update(
+            job_id=record.job.id, **{"from": plan.source.value}, to=plan.target.value,
+            revision=str(plan.revision), fields={name: json.dumps(v) for name, v in plan.fields.items()},
+            slot=plan.slot.value, requeue=plan.target is S.WAITING, final=plan.target.is_final,
+            error_type=json.dumps(record.error_type), request_id=record.request_id or "",
+            request_value=json.dumps([batch_id, record.job.id]),
+            due_at=-1 if plan.step is None else (now if due_at is None else due_at),
+            keep_claim=keep_claim, lease_until=lease_until,
+        )  # fmt: skip
+        answer = self._apply(keys=[self.keys.job(batch_id, record.job.id)], args=[json.dumps(context)])
+        if not answer[0]:
+            return None
+        admitted = [_text(job_id) for job_id in answer[2]] if plan.slot is Slot.RELEASE else []
+        return Applied(record, admitted, bool(answer[3]))
 
     def admit(self, batch_id: str) -> list[str]:
-        """Fill free slots of the in-flight window from the waiting list; the ids admitted."""
-        k = self.keys
-        keys = [k.batch(batch_id), k.in_flight(batch_id), k.waiting(batch_id), k.counts(batch_id)]
-        return [_text(i) for i in self._admit(keys=keys, args=[k.job_prefix(batch_id)])]
+        """Fill free slots of the in-flight window from the waiting list, each with its submit due now.
+
+        Also ends the batch if nothing is left to do. Returns the ids admitted.
+        """
+        admitted, _ = self._admit(keys=[], args=[json.dumps(self._context(batch_id, time.time()))])
+        return [_text(i) for i in admitted]
 
     def in_flight(self, batch_id: str) -> int:
         return int(self.redis.scard(self.keys.in_flight(batch_id)))
+
+    def job_for_request(self, request_id: str) -> tuple[str, str] | None:
+        """The batch and job that hold fal's `request_id` (any of their attempts), or None."""
+        raw = self.redis.hget(self.keys.requests, request_id)
+        if raw is None:
+            return None
+        batch_id, job_id = json.loads(raw)
+        return batch_id, job_id
 
     def note_run_time(self, batch_id: str, run_s: float) -> None:
         with self.redis.pipeline() as pipe:
@@ -222,6 +244,62 @@ class Ledger:
     def recent_run_times(self, batch_id: str) -> list[float]:
         return [float(v) for v in self.redis.lrange(self.keys.run_times(batch_id), 0, -1)]
 
+    # --- purge -----------------------------------------------------------------
+
+    def purge(self, batch_id: str) -> int:
+        """Remove the batch and every job of it from Redis (never a file); the number of jobs it had."""
+        k = self.keys
+        job_ids = [_text(i) for i in self.redis.lrange(k.job_order(batch_id), 0, -1)]
+        for start in range(0, len(job_ids), _CHUNK):
+            chunk = job_ids[start : start + _CHUNK]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.hmget(k.job(batch_id, job_id), ["request_id", "history"])
+                requests = [rid for fields_ in pipe.execute() for rid in _request_ids(*fields_)]
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(*(k.job(batch_id, job_id) for job_id in chunk))
+                if requests:
+                    pipe.hdel(k.requests, *requests)
+                members = [Timer.step(batch_id, job_id).member for job_id in chunk]
+                pipe.zrem(k.timers, *members)
+                pipe.hdel(k.timer_claims, *members)
+                pipe.execute()
+        end = Timer.end(batch_id).member
+        with self.redis.pipeline() as pipe:
+            pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
+                        k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id),
+                        *(k.status_index(batch_id, s.value) for s in JobStatus))  # fmt: skip
+            pipe.zrem(k.timers, end)
+            pipe.hdel(k.timer_claims, end)
+            pipe.hdel(k.timer_tries, end)
+            pipe.zrem(k.batches, batch_id)
+            pipe.execute()
+        return len(job_ids)
+
+    # --- inside ----------------------------------------------------------------
+
+    def _load(self, batch_id: str, job_ids: list[str]) -> Iterator[JobRecord]:
+        for start in range(0, len(job_ids), _CHUNK):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids[start : start + _CHUNK]:
+                    pipe.hgetall(self.keys.job(batch_id, job_id))
+                for raw in pipe.execute():
+                    if raw:
+                        yield _decode_record(raw)
+
+    def _context(self, batch_id: str, now: float) -> dict[str, Any]:
+        """What every job script gets (see `scripts.LIBRARY`): names of keys and statuses, and the time."""
+        k = self.keys
+        return {
+            "batch": k.batch(batch_id), "counts": k.counts(batch_id), "errors": k.errors(batch_id),
+            "in_flight": k.in_flight(batch_id), "waiting": k.waiting(batch_id), "timers": k.timers,
+            "claims": k.timer_claims, "requests": k.requests, "index_prefix": k.status_index_prefix(batch_id),
+            "job_prefix": k.job_prefix(batch_id), "step_prefix": Timer.step_prefix(batch_id),
+            "end_member": Timer.end(batch_id).member, "failed": S.FAILED.value, "waiting_status": S.WAITING.value,
+            "admitted_status": S.ADMITTED.value, "unfinished": [s.value for s in JobStatus if not s.is_final],
+            "open_state": json.dumps("open"), "done_state": json.dumps("done"), "now": now,
+            "now_json": json.dumps(now),
+        }  # fmt: skip
 
 
 def _decode_record(raw: dict[Any, Any]) -> JobRecord:
@@ -235,5 +313,12 @@ def _decode_record(raw: dict[Any, Any]) -> JobRecord:
     return JobRecord.from_dict(values)
 
 
+def _request_ids(request_id: bytes | None, history: bytes | None) -> list[str]:
+    found = [json.loads(request_id)] if request_id else []
+    found += [attempt.get("request_id") for attempt in json.loads(history)] if history else []
+    return [rid for rid in found if rid]
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import httpx
 
+from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import ManifestError, WanBatchError
 from jobs.schedule import slot_label
 from runner.batches.intake import Unattended, enqueue_batch, load_batch, provider_for, write_report
+from runner.batches.operations import purge_batches
 from runner.schedules.store import (
     NOTIFY_TRIES,
     STARTING_STALE_S,
@@ -32,20 +34,22 @@ from runner.schedules.store import (
     Trigger,
     shown_url,
 )
+from runner.settings import keep_days_from_env
 from runner.steps.context import Context
-from runner.steps.pipeline import FollowUp
 
 log = logging.getLogger(__name__)
+#: Between tries of a notification that did not get through: 5 s, 15 s, 45 s, 135 s.
+NOTIFY_BACKOFF = Backoff(base_s=5.0, factor=3.0, cap_s=300.0, jitter=0.0)
 
 
 @dataclass
 class Fired:
-    """What a firing step leaves to send: the batch's first submits, a firing that waited, a notification."""
+    """What a firing step leaves to do: a firing that waited starts, a notification goes out."""
 
     schedule: str
     firing: Firing | None = None
-    #: Follow-ups of the batch it enqueued, by batch id.
-    follow: dict[str, list[FollowUp]] = field(default_factory=dict)
+    #: The batch it enqueued (its first submits are due now).
+    batch_id: str | None = None
     #: Ids of firings that waited and start now.
     start: list[str] = field(default_factory=list)
     #: POST `firing` to the schedule's notify URL.
@@ -99,12 +103,10 @@ def start_firing(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, firing:
     """Enqueue the firing's batch; a manifest that no longer validates ends the firing as an error."""
     request = spec.request(firing.id)
     folder = Path(spec.out) / spec.name / firing.id.removeprefix(f"{spec.name}-")
-    follow: dict[str, list[FollowUp]] = {}
     try:
         batch = load_batch(request, None if spec.follow_file else store.manifest(spec.name))
-        info, _ = enqueue_batch(ctx, request, batch, provider_for(request),
-                                lambda batch_id, f: follow.setdefault(batch_id, []).extend(f),
-                                Unattended(folder=folder, schedule=spec.name))  # fmt: skip
+        unattended = Unattended(folder=folder, schedule=spec.name)
+        info, _ = enqueue_batch(ctx, request, batch, provider_for(request), unattended)
     except ManifestError as exc:
         shown = "; ".join(str(d) for d in exc.diagnostics[:5])
         more = f" (and {len(exc.diagnostics) - 5} more)" if len(exc.diagnostics) > 5 else ""
@@ -117,29 +119,30 @@ def start_firing(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, firing:
     running = firing.model_copy(update={"outcome": "running", "folder": info.folder})
     store.save_firing(spec.name, running)
     log.info("schedule %s fired batch %s: %d job(s) in %s", spec.name, info.id, info.jobs, info.folder)
-    return Fired(spec.name, running, follow=follow)
+    return Fired(spec.name, running, batch_id=info.id)
 
 
 def batch_ended(ctx: Context, batch_id: str) -> Fired:
-    """Write the ended batch's report; for a scheduled one, store its summary and start what waited."""
+    """Write the ended batch's report; for a scheduled one, store its summary and start what waited.
+
+    Safe to repeat: the same report is written again.
+    """
     info = ctx.ledger.batch(batch_id)
     if info is None or not info.report_when_done:
         return Fired("")
-    result = write_report(ctx.ledger, info, ctx.clock() - info.created_at, {})
+    result = write_report(ctx.ledger, info, (info.ended_at or ctx.clock()) - info.created_at, {})
     if info.schedule is None:
-        ctx.ledger.mark_reported(batch_id)
         return Fired("")
     store = ScheduleStore(ctx.ledger.redis, ctx.ledger.keys)
     firing = store.firing(info.schedule, batch_id)
     spec = store.spec(info.schedule)
     if firing is None or spec is None:  # the schedule was removed meanwhile
-        ctx.ledger.mark_reported(batch_id)
         return Fired(info.schedule)
     summary = {**result.summary, "report_csv": str(result.report_csv), "report_json": str(result.report_json)}
     ended = firing.model_copy(update={"outcome": "done", "summary": summary, "ended_at": ctx.clock()})
     store.save_firing(spec.name, ended)
     promoted = store.end(spec.name, batch_id)
-    ctx.ledger.mark_reported(batch_id)
+    _purge_old_batches(ctx)
     return Fired(spec.name, ended, start=[promoted] if promoted else [], notify=spec.notify is not None)
 
 
@@ -184,7 +187,7 @@ def notify(ctx: Context, name: str, firing_id: str, tries: int) -> float | None:
     finally:
         _hidden_url.reset(hidden)
     if not delivered and tries + 1 < NOTIFY_TRIES:
-        return float(min(300, 5 * 3**tries))
+        return backoff_delay_s(tries + 1, NOTIFY_BACKOFF, 0.0)
     outcome = "sent" if delivered else f"failed after {tries + 1} tries"
     store.save_firing(name, firing.model_copy(update={"notified": f"{outcome} ({answer})"}))
     if not delivered:
@@ -247,6 +250,21 @@ def _failed(store: ScheduleStore, spec: ScheduleSpec, firing: Firing, message: s
     store.save_firing(spec.name, failed)
     promoted = store.end(spec.name, firing.id)
     return Fired(spec.name, failed, start=[promoted] if promoted else [], notify=spec.notify is not None)
+
+
+def _purge_old_batches(ctx: Context) -> None:
+    """With WAN_BATCH_KEEP_DAYS, drop the ledger entries of scheduled batches that ended longer ago."""
+    try:
+        keep_days = keep_days_from_env()
+    except ValueError as exc:
+        log.warning("%s; nothing is purged", exc)
+        return
+    if keep_days is None:
+        return
+    removed, _ = purge_batches(ctx.ledger, keep_days * 86400, scheduled_only=True)
+    for purged in removed:
+        log.info("purged batch %s (%d job(s)) from the ledger: it ended over %g day(s) ago", purged.batch_id,
+                 purged.jobs, keep_days)  # fmt: skip
 
 
 def _utc(epoch_s: float) -> datetime:

@@ -17,6 +17,7 @@ from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient, QueueOptions
 from runner.ledger.connection import redis_client
 from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.timers import Timers
 from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
 
 #: Where a process finds the credential of an auth scheme (None: it has none).
@@ -34,6 +35,10 @@ class Context:
     settings: WorkerSettings = field(default_factory=WorkerSettings)
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
+    timers: Timers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.timers = Timers(self.ledger.redis, self.ledger.keys)
 
 
 def make_context(
