@@ -1,6 +1,7 @@
 """The `wan-batch validate` command, called as a user calls it."""
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,47 @@ def test_console_script_runs(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"{manifest}:1: not UTF-8" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- stopping a run: a signal only notes the stop; the run raises it where stopping is safe -------------------
+
+
+def test_a_signal_during_a_finalizer_still_stops_the_run() -> None:
+    """Raised from a handler, a KeyboardInterrupt inside a `__del__` would be swallowed; noted, it is not."""
+    from runner.cli.batch import _stop_on_signals
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+
+    with _stop_on_signals() as check:
+        Finalized()  # dropped at once: its finalizer runs here, as one may inside any library call
+        with pytest.raises(KeyboardInterrupt) as caught:
+            check()
+    assert type(caught.value) is KeyboardInterrupt
+
+
+def test_sigterm_is_told_apart_and_a_second_signal_changes_nothing() -> None:
+    from runner.cli.batch import _stop_on_signals, _Terminated
+
+    with _stop_on_signals() as check:
+        check()  # nothing asked yet
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
+        with pytest.raises(_Terminated):
+            check()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "handlers are put back"
+
+
+def test_a_signal_ignored_from_the_start_stays_ignored() -> None:
+    """A background job (started with `&` by a non-interactive shell) ignores SIGINT: the run does too."""
+    from runner.cli.batch import _stop_on_signals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _stop_on_signals() as check:
+            signal.raise_signal(signal.SIGINT)
+            check()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

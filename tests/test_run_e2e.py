@@ -34,6 +34,20 @@ def run_cli(args: list[str], cwd: Path, timeout_s: float = 90, **env: str) -> su
                           timeout=timeout_s)  # fmt: skip
 
 
+def start_as_a_terminal_would(args: list[str], **popen: Any) -> subprocess.Popen[str]:
+    """Start a command with SIGINT at its default, as a shell's foreground job has it.
+
+    pytest itself may run with SIGINT ignored (started in the background by a
+    shell that is not interactive), and a child inherits an ignored signal.
+    A signal this process handles is reset to its default by exec.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, text=True, **popen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def write_manifest(folder: Path, jobs: int, endpoint: str = WAN25_I2I) -> Path:
     (folder / "in").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (64, 48), (200, 80, 20)).save(folder / "in" / "a.png")
@@ -363,8 +377,8 @@ def test_a_stopped_run_stops_cleanly_and_a_rerun_finishes(
     out = tmp_path / "out"
     args = ["run", str(manifest), "--base-url", sim.base_url, "--out", str(out), "--quiet", "--max-in-flight", "2"]
     env = cli_env()
-    process = subprocess.Popen([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = start_as_a_terminal_would([WAN_BATCH, *args], cwd=tmp_path, env=env, start_new_session=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 60
     while sim.stats()["submits"] < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
