@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task, bootsteps
+from celery.worker.consumer import Consumer
 
 from jobs.backoff import Backoff, backoff_delay_s
 from jobs.lifecycle import STEP_OF
@@ -191,11 +192,44 @@ _HANDLERS: dict[TimerKind, Callable[[Runtime, Context, Timer, str], None]] = {
 }
 
 
+class RideOutConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, made to ride out a Redis restart instead of stopping its worker.
+
+    On losing the broker, Celery 5.7 collects the connection (which drops its
+    transport but may leave its default channel half closed, if the read it
+    had in flight failed first) and then closes it, which closes that channel
+    again; restoring the channel's unacknowledged messages then builds a Redis
+    pool from a transport that is gone: "Unrecoverable error:
+    AttributeError('NoneType' object has no attribute 'hostname')", and the
+    worker stops. Forgetting the default channel after the collect lets the
+    consumer reconnect. Messages it had taken come back as their timers do.
+    """
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        connection = self.connection
+        collect = connection.collect
+        connection.collect = lambda *args, **kwargs: collect_and_forget(connection, collect, *args, **kwargs)
+        super().on_connection_error_after_connected(exc)
+
+
+def collect_and_forget(connection: Any, collect: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`collect()` a kombu connection whose broker is gone, then forget its default channel.
+
+    kombu keeps the channel past the transport it closed, half closed when its last read failed first;
+    closing the connection would then close it again and fail (see RideOutConsumer).
+    """
+    try:
+        return collect(*args, **kwargs)
+    finally:
+        connection._default_channel = None
+
+
 def _config(broker_url: str) -> dict[str, Any]:
     return {
         "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S, "connect_retries_timeout": 30,
+                                     "interval_start": 0.5, "interval_step": 0.5, "interval_max": 2},
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,
@@ -204,6 +238,11 @@ def _config(broker_url: str) -> dict[str, Any]:
         # what must happen, and it comes back when the worker that took it dies.
         "task_acks_late": False,
         "worker_prefetch_multiplier": 1,
+        # Ride out a Redis restart: the consumer reconnects (see RideOutConsumer), and a message sent while
+        # Redis is away is tried again for about half a minute.
+        "worker_consumer": "runner.tasks:RideOutConsumer",
+        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5,
+                                      "interval_max": 2},
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         # `wan-batch beat`: a safety net that gives timers back to jobs that lost theirs.

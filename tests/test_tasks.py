@@ -125,3 +125,49 @@ def test_beat_sends_the_sweep(redis_client: redis.Redis, redis_server: Any, tmp_
         beat.terminate()
         beat.wait(timeout=30)
     assert [m["task"] for m in queued_messages(redis_client)][:1] == ["wan_batch.sweep"]
+
+
+def broken_broker_connection(tmp_path: Path) -> tuple[Any, Any]:
+    """A kombu connection as a worker's is when its Redis is SIGKILLed: a channel with an unacknowledged
+    message and a read in flight, and a second channel with an auto-delete fanout queue (Celery's gossip
+    and remote control have one). Returns the connection and that channel; its Redis is dead."""
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    from runner.embedded.server import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "broker")
+    server.start()
+    connection = Connection(server.broker_url, transport_options={"visibility_timeout": 3600})
+    queue = Queue("q", Exchange("q", type="direct"), "q")
+    channel = connection.default_channel
+    Producer(channel).publish({"x": 1}, exchange=queue.exchange, routing_key="q", declare=[queue])
+    taken: list[Any] = []
+    Consumer(channel, [queue], callbacks=[lambda _body, message: taken.append(message)], no_ack=False).consume()
+    broadcast = Queue("bcast", Exchange("bcast", type="fanout"), auto_delete=True)
+    Consumer(connection.channel(), [broadcast], callbacks=[lambda _b, _m: None]).consume()
+    deadline = time.monotonic() + 10
+    while not taken:
+        assert time.monotonic() < deadline
+        connection.drain_events(timeout=0.5)
+    if channel._in_poll is None:
+        channel._brpop_start()  # a worker's event loop always has a read in flight
+    server.kill()
+    return connection, channel
+
+
+def test_a_consumer_that_lost_its_broker_can_close_and_reconnect(tmp_path: Path) -> None:
+    """The workaround RideOutConsumer applies, on the state that stopped Celery 5.7 workers for good."""
+    import pytest
+
+    from runner.tasks import collect_and_forget
+
+    plain, plain_channel = broken_broker_connection(tmp_path / "plain")
+    plain.collect(socket_timeout=0.1)
+    with pytest.raises(AttributeError, match="hostname"):  # if kombu fixes this, RideOutConsumer may go
+        plain.close()
+    fixed, fixed_channel = broken_broker_connection(tmp_path / "fixed")
+    collect_and_forget(fixed, fixed.collect, socket_timeout=0.1)
+    fixed.close()
+    assert fixed._default_channel is None
+    for channel in (plain_channel, fixed_channel):
+        channel.do_restore = False  # else kombu tries to put the message back at exit, and prints why it cannot

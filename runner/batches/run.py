@@ -144,7 +144,7 @@ def _redis(request: RunRequest, stack: ExitStack) -> tuple[redis.Redis, str]:
     if request.redis_url:
         return redis_client(request.redis_url), request.redis_url
     server = stack.enter_context(EmbeddedRedis(request.out / ".wan-batch" / "redis"))
-    return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
+    return redis_client(server.url), server.broker_url
 
 
 def _follow(ledger: Ledger, batch_id: str, watchers: Watchers, stall: StallWatch | None) -> None:
@@ -196,9 +196,9 @@ def _out_redis(out: Path, stack: ExitStack) -> tuple[redis.Redis, str]:
         stack.enter_context(hold_folder(out))
     except FolderInUseError:  # stopping that Redis afterwards would pull it from under the run
         server = EmbeddedRedis(redis_dir)
-        return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
+        return redis_client(server.url), server.broker_url
     server = stack.enter_context(EmbeddedRedis(redis_dir))
-    return redis.Redis(unix_socket_path=server.socket_path), server.broker_url
+    return redis_client(server.url), server.broker_url
 
 
 @contextmanager

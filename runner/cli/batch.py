@@ -219,7 +219,7 @@ def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, logl
         worker = app.Worker(pool="threads", concurrency=concurrency, loglevel=loglevel, queues=queues.split(","))
         worker.start()
     # Non-zero when the worker gave up (it could not recover its broker): a supervisor then starts it again.
-    sys.exit(worker.exitcode)
+    sys.exit(worker.exitcode or 0)
 
 
 def _print_result(result: RunResult, as_json: bool) -> None:

@@ -111,6 +111,16 @@ class EmbeddedRedis:
                 self._process.wait()
             self._process = None
 
+    def kill(self) -> None:
+        """SIGKILL the server this object started, as a crash would: nothing more is written.
+
+        `start` brings it back from its append-only file.
+        """
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
     def _arguments(self) -> list[str]:
         return [
             "--port", "0",  # no TCP: only this user's processes reach the socket

@@ -75,7 +75,8 @@ end
 """
 
 #: KEYS: job. ARGV[1]: the context (see LIBRARY) plus the move: job_id, from, to, revision (the one the
-#: mover read, as text), fields (name -> stored JSON text), slot ("take", "keep", "release"), requeue,
+#: mover read, as text), token (unique to the call, so that a retried call whose answer was lost knows it
+#: was applied), fields (name -> stored JSON text), slot ("take", "keep", "release"), requeue,
 #: error_type (stored JSON text, when the job fails), final, request_id and request_value (to index, or
 #: ""), due_at (when its next step is due; -1: none), keep_claim ("r:<token>" of the worker that runs the
 #: next step at once, or "") and lease_until. Applies the move if the job is still at `from` and
@@ -87,7 +88,11 @@ local c = cjson.decode(ARGV[1])
 local job_key = KEYS[1]
 local current = redis.call('HGET', job_key, 'status')
 if not current then return {0, false} end
-if current ~= c.from or (redis.call('HGET', job_key, 'revision') or '0') ~= c.revision then return {0, current} end
+if current ~= c.from or (redis.call('HGET', job_key, 'revision') or '0') ~= c.revision then
+  -- The same call again (its answer was lost to a dropped connection): it was applied.
+  if redis.call('HGET', job_key, 'applied_by') == c.token then return {1, c.from, {}, 0} end
+  return {0, current}
+end
 if c.slot == 'take' then
   if redis.call('HGET', c.batch, 'state') ~= c.open_state then return {0, current} end
   if redis.call('SCARD', c.in_flight) >= tonumber(redis.call('HGET', c.batch, 'max_in_flight')) then
@@ -95,6 +100,7 @@ if c.slot == 'take' then
   end
 end
 enter_status(c, job_key, c.job_id, current, c.to, c.error_type)
+redis.call('HSET', job_key, 'applied_by', c.token)
 for name, value in pairs(c.fields) do redis.call('HSET', job_key, name, value) end
 if c.slot == 'take' then redis.call('SADD', c.in_flight, c.job_id) end
 if c.slot == 'release' then redis.call('SREM', c.in_flight, c.job_id) end
@@ -193,6 +199,7 @@ BEGIN = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return 'gone' end
 local claim = redis.call('HGET', KEYS[2], ARGV[1])
+if claim == ARGV[2] then return 'ok' end  -- the same call again: its answer was lost
 local live = tonumber(score) > tonumber(ARGV[3])
 if claim and claim ~= ARGV[5] and live then return 'busy' end
 if not claim and live then return 'early' end

@@ -13,6 +13,7 @@ indexes, never every job; only reports read every job.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -203,7 +204,8 @@ class Ledger:
         context = self._context(batch_id, now)
         context.update(
             job_id=record.job.id, **{"from": plan.source.value}, to=plan.target.value,
-            revision=str(plan.revision), fields={name: json.dumps(v) for name, v in plan.fields.items()},
+            revision=str(plan.revision), token=secrets.token_hex(8),
+            fields={name: json.dumps(v) for name, v in plan.fields.items()},
             slot=plan.slot.value, requeue=plan.target is S.WAITING, final=plan.target.is_final,
             error_type=json.dumps(record.error_type), request_id=record.request_id or "",
             request_value=json.dumps([batch_id, record.job.id]),

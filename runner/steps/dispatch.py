@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from jobs.backoff import Backoff, backoff_delay_s
 from runner.ledger.timers import Timer, Timers
@@ -98,7 +99,7 @@ class Dispatcher:
                     next_renew = now + self._settings.lease_s / 3
                 next_due = self._dispatch(now)
                 failures = 0
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError) as exc:
                 self._connected_since = None
                 failures += 1
                 delay_s = backoff_delay_s(failures, _OUTAGE_BACKOFF, 0.0)
