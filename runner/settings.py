@@ -66,7 +66,10 @@ def keep_days_from_env() -> float | None:
     raw = os.environ.get("WAN_BATCH_KEEP_DAYS", "").strip()
     if not raw:
         return None
-    days = float(raw)
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
     if not days >= 0:
-        raise ValueError(f"WAN_BATCH_KEEP_DAYS must be a number of days >= 0, got {raw!r}")
+        raise ValueError(f"WAN_BATCH_KEEP_DAYS must be a number of days >= 0, got {raw[:40]!r}")
     return days

@@ -156,3 +156,37 @@ def test_a_worker_can_serve_an_output_folder(tmp_path: Path, sim_factory: Any) -
         worker.wait(timeout=30)
     status = json.loads(run_cli(["status", "batch", "--out", "out", "--json"], tmp_path).stdout)
     assert status["counts"]["succeeded"] == 2 and sim.stats()["submits"] == 3
+
+
+def test_purge_removes_finished_batches_from_the_ledger_and_leaves_their_files(tmp_path: Path, sim_factory: Any) -> None:
+    sim = sim_factory()
+    write_manifest(tmp_path, 3)
+    assert run_cli(["run", "batch.jsonl", "--base-url", sim.base_url, "--out", "out", "--quiet"], tmp_path).returncode == 0
+    files = sorted(p.relative_to(tmp_path / "out" / "batch") for p in (tmp_path / "out" / "batch").rglob("*"))
+    listed = run_cli(["batches", "--out", "out"], tmp_path)
+    assert listed.stdout.startswith("batch  done  "), listed.stdout
+    young = run_cli(["purge", "--out", "out"], tmp_path)
+    assert young.returncode == 0 and "0 batch(es) removed" in young.stdout, "it ended less than 30 days ago"
+    bad = run_cli(["purge", "--out", "out", "--older-than", "soon"], tmp_path)
+    assert bad.returncode == 2 and "'soon' is not a duration such as 30d" in bad.stderr and "Traceback" not in bad.stderr
+    purged = run_cli(["purge", "--out", "out", "--batch", "batch"], tmp_path)
+    assert purged.returncode == 0, purged.stderr
+    assert "removed batch batch: 3 job(s), ended " in purged.stdout
+    assert run_cli(["batches", "--out", "out"], tmp_path).stdout == ""
+    gone = run_cli(["status", "batch", "--out", "out"], tmp_path)
+    assert gone.returncode == 2 and "no batch 'batch'" in gone.stderr
+    assert sorted(p.relative_to(tmp_path / "out" / "batch") for p in (tmp_path / "out" / "batch").rglob("*")) == files
+    again = run_cli(["run", "batch.jsonl", "--base-url", sim.base_url, "--out", "out", "--quiet"], tmp_path)
+    assert again.returncode == 0 and sim.stats()["submits"] == 6, "a purged batch is forgotten: a rerun runs it anew"
+
+
+def test_purge_keeps_a_batch_that_has_not_ended(tmp_path: Path, sim_factory: Any, redis_server: Any) -> None:
+    redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
+    sim = sim_factory()
+    write_manifest(tmp_path, 2)
+    broker = redis_server.broker_url
+    assert run_cli(["submit", "batch.jsonl", "--redis", broker, "--base-url", sim.base_url], tmp_path).returncode == 0
+    kept = run_cli(["purge", "--redis", broker, "--batch", "batch"], tmp_path)
+    assert kept.returncode == 1 and "kept batch batch: it has unfinished jobs" in kept.stderr
+    status = json.loads(run_cli(["status", "batch", "--redis", broker, "--json"], tmp_path).stdout)
+    assert status["counts"]["admitted"] == 2 and status["state"] == "open"

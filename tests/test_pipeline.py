@@ -87,7 +87,9 @@ def test_status_that_keeps_failing_never_resubmits_and_cancels_at_fal(world_fact
     world = world_factory(jobs=1, settings=settings, run_time="fixed:30")
     world.ctx.ledger.admit("b")
     world.step("j0")
-    world.ctx.queue_client = _failing_status(world.ctx.queue_client)
+    # the same classified error the client raises for a proxy's 502
+    proxy_502 = TransientQueueError("status: HTTP 502 (proxy)", status_code=502)
+    world.ctx.queue_client = _status_raising(world.ctx.queue_client, proxy_502)
     for _ in range(3):
         world.step("j0")
     record = world.job("j0")
@@ -97,8 +99,8 @@ def test_status_that_keeps_failing_never_resubmits_and_cancels_at_fal(world_fact
     assert world.stats()["cancels"] == 1, "given up, it is cancelled at fal rather than left running"
 
 
-def _failing_status(make_client: Any) -> Any:
-    """Every status call fails as a proxy 502 would: the same classified error the client raises."""
+def _status_raising(make_client: Any, error: Exception) -> Any:
+    """Queue clients whose every status call raises `error`; their other calls go to fal."""
 
     def client_for(batch: BatchInfo) -> Any:
         client = make_client(batch)
@@ -108,7 +110,7 @@ def _failing_status(make_client: Any) -> Any:
                 return getattr(client, name)
 
             def status(self, url: str, with_logs: bool = True) -> Any:
-                raise TransientQueueError("status: HTTP 502 (proxy)", status_code=502)
+                raise error
 
         return Failing()
 
@@ -239,7 +241,7 @@ def test_a_step_that_blows_up_runs_again_on_its_own_budget(world_factory: Any, c
     world.step("j0")
     world.force("j0", Move.RETRY, call_failures=8)
     make_client = world.ctx.queue_client
-    world.ctx.queue_client = _crashing_status(make_client)
+    world.ctx.queue_client = _status_raising(make_client, ConnectionError("Redis blinked"))  # what no step expects
     for _ in range(crashes):
         world.step("j0")
     record = world.job("j0")
@@ -252,24 +254,6 @@ def test_a_step_that_blows_up_runs_again_on_its_own_budget(world_factory: Any, c
         assert (record.status, record.error_type) == (S.FAILED, "internal_error")
         assert "failed 3 times: ConnectionError: Redis blinked" in (record.error_message or "")
         assert world.stats()["cancels"] == 1, "its request is cancelled, not left running billed"
-
-
-def _crashing_status(make_client: Any) -> Any:
-    """A status call that raises what no step expects (a Redis blip inside the client, say)."""
-
-    def client_for(batch: BatchInfo) -> Any:
-        client = make_client(batch)
-
-        class Crashing:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(client, name)
-
-            def status(self, url: str, with_logs: bool = True) -> Any:
-                raise ConnectionError("Redis blinked")
-
-        return Crashing()
-
-    return client_for
 
 
 def test_a_slot_freed_by_a_step_admits_the_next_job(world_factory: Any) -> None:

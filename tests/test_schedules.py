@@ -403,3 +403,39 @@ def test_a_when_schedule_is_due_once_for_all_the_slots_it_missed() -> None:
     assert beat.WhenSchedule(When.from_options(None, (now + timedelta(hours=1)).isoformat(), "UTC", now)).is_due(
         now + timedelta(hours=2)
     ) == (False, None), "a one-off that fired is never due again"
+
+
+def test_workers_purge_scheduled_batches_older_than_keep_days(
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_schedule(ctx, tmp_path, jobs=1, overlap="queue")
+    old = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert old is not None
+    end_batch(ctx, old.id)
+    firings.batch_ended(ctx, old.id)
+    info = ctx.ledger.batch(old.id)
+    assert info is not None and info.ended_at is not None
+    ctx.ledger.save_batch(info.model_copy(update={"ended_at": info.ended_at - 3 * 86400}))  # it ended 3 days ago
+    unscheduled = "by-hand"
+    ctx.ledger.save_batch(info.model_copy(update={"id": unscheduled, "schedule": None, "ended_at": 1.0}))
+    new = firings.fire(ctx, "nightly", SLOT + 24 * HOUR, "schedule", token="t2").firing
+    assert new is not None
+    end_batch(ctx, new.id)
+    monkeypatch.setenv("WAN_BATCH_KEEP_DAYS", "2")
+    firings.batch_ended(ctx, new.id)
+    assert ctx.ledger.batch(old.id) is None, "ended 3 days ago: its ledger entries are gone"
+    assert Path(info.folder, "report.json").is_file(), "... but never its files"
+    assert ctx.ledger.batch(new.id) is not None and ctx.ledger.batch(unscheduled) is not None
+    assert store_of(ctx).firing("nightly", old.id) is not None, "the schedule's history keeps the firing"
+
+
+def test_a_bad_keep_days_purges_nothing(ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    add_schedule(ctx, tmp_path, jobs=1)
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="t1").firing
+    assert fired is not None
+    end_batch(ctx, fired.id)
+    monkeypatch.setenv("WAN_BATCH_KEEP_DAYS", "a week")
+    firings.batch_ended(ctx, fired.id)
+    assert ctx.ledger.batch(fired.id) is not None
+    assert "WAN_BATCH_KEEP_DAYS must be a number of days" in caplog.text

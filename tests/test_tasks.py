@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,7 @@ def test_a_consumer_that_lost_its_broker_can_close_and_reconnect(tmp_path: Path)
     assert fixed._default_channel is None
     for channel in (plain_channel, fixed_channel):
         channel.do_restore = False  # else kombu tries to put the message back at exit, and prints why it cannot
+    del plain, plain_channel, fixed, fixed_channel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the sockets of the dead broker's connections, by design
+        gc.collect()

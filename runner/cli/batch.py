@@ -23,7 +23,7 @@ from runner.batches.manifests import load_manifest
 from runner.batches.run import Watchers, open_ledger, report_batch, run_batch
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
-from runner.settings import MIB, InputSettings
+from runner.settings import MIB, InputSettings, keep_days_from_env
 from runner.steps.dispatch import QUEUE
 from runner.tasks import create_app
 
@@ -214,6 +214,10 @@ def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, logl
 
     The credential comes from this machine's FAL_KEY or WAN_BATCH_GATEWAY_TOKEN.
     """
+    try:
+        keep_days_from_env()  # checked now, not at the end of the first scheduled batch
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     with open_ledger(redis_url, out) as (_, broker_url):
         app = create_app(broker_url)
         worker = app.Worker(pool="threads", concurrency=concurrency, loglevel=loglevel, queues=queues.split(","))

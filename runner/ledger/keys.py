@@ -49,6 +49,18 @@ class Keys:
     def status_index_prefix(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:status:"
 
+    def side(self, batch_id: str, field: str) -> str:
+        """Hash: job id -> one large field of its record (its input, outputs, messages), kept apart from the
+        job's hash so that that one stays small (Redis then packs it) and a null is never stored."""
+        return f"{self.side_prefix(batch_id)}{field}"
+
+    def side_prefix(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:field:"
+
+    def request_bases(self, batch_id: str) -> str:
+        """Hash: endpoint -> the start of its requests' URLs (`.../requests/`), so a job stores only its request_id."""
+        return f"{self.prefix}:batch:{batch_id}:bases"
+
     def errors(self, batch_id: str) -> str:
         """Hash: failed jobs per error type (the stored JSON of the type), kept by every transition."""
         return f"{self.prefix}:batch:{batch_id}:errors"

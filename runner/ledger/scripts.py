@@ -17,8 +17,26 @@ score is then when that worker's lease ends).
 from __future__ import annotations
 
 #: Functions the job scripts share. `c` is the decoded JSON context every job script gets as ARGV[1]:
-#: key names and prefixes, status names, `now` (a number) and `now_json` (its stored text).
+#: key names and prefixes, status names, the names of the fields kept in side hashes (`side`), `now` (a
+#: number) and `now_json` (its stored text). A field whose value is JSON null is removed, never stored.
 LIBRARY = """
+local function write_fields(c, job_key, job_id, fields)
+  local set, unset = {}, {}
+  for name, value in pairs(fields) do
+    if c.side[name] then
+      if value == 'null' then redis.call('HDEL', c.side_prefix .. name, job_id)
+      else redis.call('HSET', c.side_prefix .. name, job_id, value) end
+    elseif value == 'null' then
+      table.insert(unset, name)
+    else
+      table.insert(set, name)
+      table.insert(set, value)
+    end
+  end
+  if #set > 0 then redis.call('HSET', job_key, unpack(set)) end
+  if #unset > 0 then redis.call('HDEL', job_key, unpack(unset)) end
+end
+
 local function enter_status(c, job_key, job_id, from, to, error_type)
   if from and from ~= to then
     redis.call('HINCRBY', c.counts, from, -1)
@@ -76,7 +94,8 @@ end
 
 #: KEYS: job. ARGV[1]: the context (see LIBRARY) plus the move: job_id, from, to, revision (the one the
 #: mover read, as text), token (unique to the call, so that a retried call whose answer was lost knows it
-#: was applied), fields (name -> stored JSON text), slot ("take", "keep", "release"), requeue,
+#: was applied; also in `fields` as applied_by), fields (name -> stored text), slot ("take", "keep",
+#: "release"), requeue,
 #: error_type (stored JSON text, when the job fails), final, request_id and request_value (to index, or
 #: ""), due_at (when its next step is due; -1: none), keep_claim ("r:<token>" of the worker that runs the
 #: next step at once, or "") and lease_until. Applies the move if the job is still at `from` and
@@ -100,8 +119,7 @@ if c.slot == 'take' then
   end
 end
 enter_status(c, job_key, c.job_id, current, c.to, c.error_type)
-redis.call('HSET', job_key, 'applied_by', c.token)
-for name, value in pairs(c.fields) do redis.call('HSET', job_key, name, value) end
+write_fields(c, job_key, c.job_id, c.fields)
 if c.slot == 'take' then redis.call('SADD', c.in_flight, c.job_id) end
 if c.slot == 'release' then redis.call('SREM', c.in_flight, c.job_id) end
 if c.requeue then
@@ -140,7 +158,7 @@ return {admitted, settle(c)}
 """
 )
 
-#: KEYS: job, job order. ARGV[1]: the context plus job_id, job (stored JSON), fingerprint (stored JSON),
+#: KEYS: job, job order. ARGV[1]: the context plus job_id, job (stored JSON), fingerprint (hex),
 #: in_flight_statuses, reset (field -> stored JSON of a job recorded again). Records a manifest's job: new
 #: -> waiting; same input -> kept; changed input of a job with nothing at fal -> waiting again, with the
 #: new input. Returns what it did: "added", "kept", "in_flight" or "changed".
@@ -151,8 +169,9 @@ local c = cjson.decode(ARGV[1])
 local job_key = KEYS[1]
 local status = redis.call('HGET', job_key, 'status')
 if not status then
-  redis.call('HSET', job_key, 'job', c.job, 'fingerprint', c.fingerprint, 'queued_at', c.now_json,
-             'updated_at', c.now_json, 'attempts', '0', 'polls', '0', 'revision', '0')
+  redis.call('HSET', job_key, 'fingerprint', c.fingerprint, 'queued_at', c.now_json, 'updated_at', c.now_json,
+             'attempts', '0', 'polls', '0', 'revision', '0')
+  redis.call('HSET', c.side_prefix .. 'job', c.job_id, c.job)
   enter_status(c, job_key, c.job_id, false, c.waiting_status, nil)
   redis.call('RPUSH', KEYS[2], c.job_id)
   redis.call('RPUSH', c.waiting, c.job_id)
@@ -163,9 +182,9 @@ for _, busy in ipairs(c.in_flight_statuses) do
   if status == busy then return 'in_flight' end
 end
 enter_status(c, job_key, c.job_id, status, c.waiting_status, nil)
-redis.call('HSET', job_key, 'job', c.job, 'fingerprint', c.fingerprint, 'queued_at', c.now_json,
-           'updated_at', c.now_json)
-for name, value in pairs(c.reset) do redis.call('HSET', job_key, name, value) end
+redis.call('HSET', job_key, 'fingerprint', c.fingerprint, 'queued_at', c.now_json, 'updated_at', c.now_json)
+redis.call('HSET', c.side_prefix .. 'job', c.job_id, c.job)
+write_fields(c, job_key, c.job_id, c.reset)
 if status ~= c.waiting_status then redis.call('RPUSH', c.waiting, c.job_id) end
 if redis.call('HGET', c.batch, 'state') == c.done_state then redis.call('HSET', c.batch, 'state', c.open_state) end
 redis.call('HDEL', c.batch, 'ended_at')

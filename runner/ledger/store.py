@@ -34,6 +34,13 @@ from runner.ledger.timers import Timer
 S = JobStatus
 BatchState = Literal["open", "cancelled", "done"]
 _RECORD_FIELDS = frozenset(f.name for f in fields(JobRecord))
+#: Fields of a record kept in side hashes of the batch (`Keys.side`), not in the job's own hash: the long
+#: ones. The job's hash then holds only short values, which Redis packs (a listpack) at a fraction of the
+#: memory of a hash table; a side hash holds a job's entry only while it has a value.
+_SIDE = ("job", "outputs", "history", "error_message", "last_log", "status_url", "response_url", "cancel_url")
+_URLS = ("status_url", "response_url", "cancel_url")
+#: The fields of the job's own hash that hold JSON (`status` is its name, `fingerprint` hex, `applied_by` a token).
+_JSON_FIELDS = _RECORD_FIELDS - {"status", "job", *_SIDE}
 _RECENT_RUN_TIMES = 50
 _CHUNK = 1000
 #: What a job recorded again with a new input starts from.
@@ -127,12 +134,12 @@ class Ledger:
         outcome: Counter[str] = Counter()
         context = self._context(batch_id, now)
         context["in_flight_statuses"] = sorted(s.value for s in IN_FLIGHT)
-        context["reset"] = {name: json.dumps(value) for name, value in _RESET.items()}
+        context["reset"] = {name: _stored(value) for name, value in _RESET.items()}
         for start in range(0, len(jobs), _CHUNK):
             with self.redis.pipeline(transaction=False) as pipe:
                 for job in jobs[start : start + _CHUNK]:
-                    args = {**context, "job_id": job.id, "job": json.dumps(job.to_dict()),
-                            "fingerprint": json.dumps(job.fingerprint)}  # fmt: skip
+                    stored = {k: v for k, v in job.to_dict().items() if k != "fingerprint"}  # it has its own field
+                    args = {**context, "job_id": job.id, "job": json.dumps(stored), "fingerprint": job.fingerprint}
                     keys = [self.keys.job(batch_id, job.id), self.keys.job_order(batch_id)]
                     self._record(keys=keys, args=[json.dumps(args)], client=pipe)
                 outcome.update(_text(result) for result in pipe.execute())
@@ -154,8 +161,7 @@ class Ledger:
         return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
 
     def record(self, batch_id: str, job_id: str) -> JobRecord | None:
-        raw = self.redis.hgetall(self.keys.job(batch_id, job_id))
-        return _decode_record(raw) if raw else None
+        return next(self._load(batch_id, [job_id]), None)
 
     def records(self, batch_id: str) -> Iterator[JobRecord]:
         """Every job of the batch in manifest order (for reports: the one full read)."""
@@ -201,11 +207,12 @@ class Ledger:
         """
         now = plan.record.updated_at or time.time()
         record = plan.record
+        token = secrets.token_hex(8)
         context = self._context(batch_id, now)
         context.update(
             job_id=record.job.id, **{"from": plan.source.value}, to=plan.target.value,
-            revision=str(plan.revision), token=secrets.token_hex(8),
-            fields={name: json.dumps(v) for name, v in plan.fields.items()},
+            revision=str(plan.revision), token=token,
+            fields={**self._stored_fields(batch_id, plan), "applied_by": token},
             slot=plan.slot.value, requeue=plan.target is S.WAITING, final=plan.target.is_final,
             error_type=json.dumps(record.error_type), request_id=record.request_id or "",
             request_value=json.dumps([batch_id, record.job.id]),
@@ -246,6 +253,19 @@ class Ledger:
     def recent_run_times(self, batch_id: str) -> list[float]:
         return [float(v) for v in self.redis.lrange(self.keys.run_times(batch_id), 0, -1)]
 
+    def _stored_fields(self, batch_id: str, plan: Plan) -> dict[str, str]:
+        """The plan's fields as stored; a request's URLs are left out when they follow from its request_id."""
+        stored = {name: _stored(value) for name, value in plan.fields.items()}
+        record = plan.record
+        urls = (record.status_url, record.response_url, record.cancel_url)
+        if record.request_id and record.response_url and any(name in plan.fields for name in _URLS):
+            base = record.response_url.removesuffix(record.request_id)
+            if base != record.response_url and urls == (f"{record.response_url}/status", record.response_url,
+                                                        f"{record.response_url}/cancel"):  # fmt: skip
+                self.redis.hset(self.keys.request_bases(batch_id), record.job.endpoint, base)
+                stored.update(dict.fromkeys(_URLS, "null"))
+        return stored
+
     # --- purge -----------------------------------------------------------------
 
     def purge(self, batch_id: str) -> int:
@@ -256,8 +276,10 @@ class Ledger:
             chunk = job_ids[start : start + _CHUNK]
             with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
-                    pipe.hmget(k.job(batch_id, job_id), ["request_id", "history"])
-                requests = [rid for fields_ in pipe.execute() for rid in _request_ids(*fields_)]
+                    pipe.hget(k.job(batch_id, job_id), "request_id")
+                    pipe.hget(k.side(batch_id, "history"), job_id)
+                found = pipe.execute()
+                requests = [rid for n in range(0, len(found), 2) for rid in _request_ids(found[n], found[n + 1])]
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(*(k.job(batch_id, job_id) for job_id in chunk))
                 if requests:
@@ -269,8 +291,9 @@ class Ledger:
         end = Timer.end(batch_id).member
         with self.redis.pipeline() as pipe:
             pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
-                        k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id),
-                        *(k.status_index(batch_id, s.value) for s in JobStatus))  # fmt: skip
+                        k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id), k.request_bases(batch_id),
+                        *(k.status_index(batch_id, s.value) for s in JobStatus),
+                        *(k.side(batch_id, name) for name in _SIDE))  # fmt: skip
             pipe.zrem(k.timers, end)
             pipe.hdel(k.timer_claims, end)
             pipe.hdel(k.timer_tries, end)
@@ -281,13 +304,23 @@ class Ledger:
     # --- inside ----------------------------------------------------------------
 
     def _load(self, batch_id: str, job_ids: list[str]) -> Iterator[JobRecord]:
+        bases: dict[str, str] | None = None
         for start in range(0, len(job_ids), _CHUNK):
             with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in job_ids[start : start + _CHUNK]:
                     pipe.hgetall(self.keys.job(batch_id, job_id))
-                for raw in pipe.execute():
-                    if raw:
-                        yield _decode_record(raw)
+                    for name in _SIDE:
+                        pipe.hget(self.keys.side(batch_id, name), job_id)
+                found = pipe.execute()
+            step = 1 + len(_SIDE)
+            for n in range(0, len(found), step):
+                raw, side = found[n], dict(zip(_SIDE, found[n + 1 : n + step], strict=True))
+                if not raw or side["job"] is None:
+                    continue
+                if bases is None:
+                    found_bases = self.redis.hgetall(self.keys.request_bases(batch_id))
+                    bases = {_text(endpoint): _text(base) for endpoint, base in found_bases.items()}
+                yield _decode_record(raw, side, bases)
 
     def _context(self, batch_id: str, now: float) -> dict[str, Any]:
         """What every job script gets (see `scripts.LIBRARY`): names of keys and statuses, and the time."""
@@ -298,21 +331,30 @@ class Ledger:
             "claims": k.timer_claims, "requests": k.requests, "index_prefix": k.status_index_prefix(batch_id),
             "job_prefix": k.job_prefix(batch_id), "step_prefix": Timer.step_prefix(batch_id),
             "end_member": Timer.end(batch_id).member, "failed": S.FAILED.value, "waiting_status": S.WAITING.value,
+            "side": dict.fromkeys(_SIDE, True), "side_prefix": k.side_prefix(batch_id),
             "admitted_status": S.ADMITTED.value, "unfinished": [s.value for s in JobStatus if not s.is_final],
             "open_state": json.dumps("open"), "done_state": json.dumps("done"), "now": now,
             "now_json": json.dumps(now),
         }  # fmt: skip
 
 
-def _decode_record(raw: dict[Any, Any]) -> JobRecord:
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = _text(key)
-        if name == "status":
-            values[name] = _text(value)
-        elif name in _RECORD_FIELDS:
-            values[name] = json.loads(value)
+def _decode_record(raw: dict[Any, Any], side: dict[str, Any], bases: dict[str, str]) -> JobRecord:
+    stored = {_text(key): value for key, value in raw.items()}
+    values: dict[str, Any] = {name: json.loads(v) for name, v in stored.items() if name in _JSON_FIELDS}
+    values.update({name: json.loads(value) for name, value in side.items() if value is not None})
+    values["status"] = _text(stored["status"])
+    values["job"] = {**values["job"], "fingerprint": _text(stored["fingerprint"])}
+    request_id, base = values.get("request_id"), bases.get(values["job"]["endpoint"])
+    if request_id and base and values.get("response_url") is None:  # the URLs follow from the request_id
+        response_url = base + request_id
+        values.update(status_url=f"{response_url}/status", response_url=response_url,
+                      cancel_url=f"{response_url}/cancel")  # fmt: skip
     return JobRecord.from_dict(values)
+
+
+def _stored(value: Any) -> str:
+    """A field's value as stored: JSON; "null" (never stored) for nothing, an empty list included."""
+    return "null" if value is None or value == [] or value == () else json.dumps(value)
 
 
 def _request_ids(request_id: bytes | None, history: bytes | None) -> list[str]:
