@@ -44,8 +44,6 @@ class Move(str, Enum):
     SEEN_RUNNING = "seen_running"
     #: fal says COMPLETED: the result and every output file are fetched at once.
     COMPLETE = "complete"
-    #: The result was not ready after all: the job is polled again.
-    NOT_READY = "not_ready"
     #: The same call or step again, later; only the counters of failures change.
     RETRY = "retry"
     #: The attempt failed in a way a new one may cure: the job is submitted again, keeping its slot.
@@ -114,7 +112,6 @@ TRANSITIONS: Final[dict[Move, Transition]] = {
     Move.SEEN_QUEUED: Transition(AT_FAL, S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
     Move.SEEN_RUNNING: Transition(AT_FAL, S.RUNNING, Slot.KEEP, Guard.AS_SEEN),
     Move.COMPLETE: Transition(AT_FAL, S.COLLECTING, Slot.KEEP, Guard.AS_SEEN),
-    Move.NOT_READY: Transition(frozenset({S.COLLECTING}), S.RUNNING, Slot.KEEP, Guard.AS_SEEN),
     Move.RETRY: Transition(
         frozenset({S.ADMITTED, *AT_FAL, S.COLLECTING}), None, Slot.KEEP, Guard.AS_SEEN, progress=False
     ),
@@ -311,7 +308,7 @@ class Limits(BaseModel):
     call_backoff: Backoff = Backoff()
     #: Between runs of a step that blew up: long enough for a Redis or a disk to come back.
     step_backoff: Backoff = Backoff(base_s=1.0, cap_s=60.0)
-    #: Between polls of a request whose status said COMPLETED but whose result was not ready.
+    #: Between fetches of a result that was not ready although the status said COMPLETED.
     not_ready_backoff: Backoff = Backoff(base_s=0.1, cap_s=30.0, jitter=0.0)
 
 

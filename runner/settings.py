@@ -33,8 +33,9 @@ class TimerSettings(BaseModel):
     #: message may have died with a worker that had taken it.
     claim_s: float = Field(default=30.0, gt=0)
     #: A worker running a timer holds it this long, renewed every third of it while it runs: when the
-    #: worker dies, another takes the timer over within this long.
-    lease_s: float = Field(default=15.0, gt=0)
+    #: worker dies, another takes the timer over a lease after this one lapsed (a grace for live
+    #: workers back from an outage), so within twice this long.
+    lease_s: float = Field(default=10.0, gt=0)
     #: Most timers one look claims.
     batch_size: int = Field(default=200, gt=0)
 

@@ -2,8 +2,8 @@
 
 `create_app` builds an app; nothing connects until a worker starts or a task
 is sent, and importing this module builds none (`app` is made when Celery
-asks for it: `celery -A runner.tasks worker` and `wan-batch worker` run the
-same tasks). What must happen next to a job, a batch or a schedule is a
+asks for it: `celery -A runner.tasks worker -P threads` and `wan-batch worker`
+run the same tasks). What must happen next to a job, a batch or a schedule is a
 timer in Redis (`runner.ledger.timers`); every worker's dispatcher sends the
 due ones as `wan_batch.timer` messages, and a worker that runs one holds it
 under a lease. No worker ever sleeps waiting for fal.
@@ -22,6 +22,7 @@ from celery import Celery, Task, bootsteps
 from celery.worker.consumer import Consumer
 
 from jobs.backoff import Backoff, backoff_delay_s
+from jobs.errors import UsageError
 from jobs.lifecycle import STEP_OF
 from runner.batches import operations
 from runner.ledger.connection import redis_py_url
@@ -44,6 +45,8 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 #: Redis hands a message a worker took but never acknowledged to another after this long. Timers, not
 #: messages, hold what must happen next, so this only bounds how late a firing held by a dead worker is.
 VISIBILITY_TIMEOUT_S = 300
+#: Pools whose tasks run in the worker's own process, beside its dispatcher (which renews their leases).
+_POOLS = ("celery.concurrency.thread", "celery.concurrency.solo")
 #: Between tries of writing an ended batch's report that failed (a full disk, a folder gone).
 END_BACKOFF = Backoff(base_s=5.0, cap_s=300.0)
 
@@ -112,6 +115,10 @@ def create_app(broker_url: str | None = None, context_factory: Callable[[], Cont
         label = "wan-batch dispatcher"
 
         def start(self, worker: Any) -> None:
+            pool = getattr(worker, "pool_cls", None)
+            if getattr(pool, "__module__", "") not in _POOLS:  # the dispatcher's thread holds the leases
+                raise UsageError("run wan-batch workers in one process with threads: `wan-batch worker`, or "
+                                 "`celery -A runner.tasks worker -P threads`")  # fmt: skip
             runtime.start_dispatcher()
 
         def stop(self, worker: Any) -> None:
@@ -145,7 +152,7 @@ def _run_step(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
     record = ctx.ledger.record(timer.owner, timer.item)
     # Still held: no move set the job's next step (it moved on meanwhile); set it from what the job is now.
     due = ctx.clock() + 1.0 if record is not None and record.status in STEP_OF else None
-    ctx.timers.finish(timer, mark, due)
+    ctx.timers.finish(timer, mark, due, count_try=False)
     if admitted:
         runtime.wake_at(ctx.clock())
     runtime.wake_at(ctx.timers.due_at(timer))

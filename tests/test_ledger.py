@@ -183,9 +183,9 @@ def test_the_batch_ends_with_its_last_job_and_an_unattended_one_gets_its_end_tim
     open_batch(ledger, 2, report_when_done=True)
     ledger.admit("b")
     first = ledger.apply("b", plan(ledger.record("b", "j0"), Move.FAIL, JobUpdate(), 10.0))  # type: ignore[arg-type]
-    assert first is not None and not first.ended and ledger.batch("b").state == "open"  # type: ignore[union-attr]
+    assert first is not None and ledger.batch("b").state == "open"  # type: ignore[union-attr]
     last = ledger.apply("b", plan(ledger.record("b", "j1"), Move.CANCEL, JobUpdate(), 12.0))  # type: ignore[arg-type]
-    assert last is not None and last.ended
+    assert last is not None
     info = ledger.batch("b")
     assert info is not None and (info.state, info.ended_at) == ("done", 12.0)
     assert timers.due_at(Timer.end("b")) == 12.0
@@ -243,14 +243,61 @@ def test_timers_are_claimed_once_begun_by_one_worker_and_come_back_when_it_dies(
     assert timers.claim_due(100.0, 30.0, 10) == [], "claimed: not sent twice"
     first, second = worker_mark(), worker_mark()
     assert timers.begin(timer, first, 101.0, lease_s=15.0) == "ok"
+    assert timers.begin(timer, first, 101.5, lease_s=15.0) == "ok", "the same call again: its answer was lost"
     assert timers.begin(timer, second, 102.0, lease_s=15.0) == "busy"
     assert timers.renew({timer: first}, 110.0, 15.0) == 1 and timers.due_at(timer) == 125.0
-    assert timers.claim_due(124.0, 30.0, 10) == []
-    assert timers.claim_due(126.0, 30.0, 10, take_over=False) == [], "a dispatcher just back waits for renewals"
-    assert timers.claim_due(126.0, 30.0, 10) == [timer], "its worker stopped renewing: it died"
-    assert timers.begin(timer, second, 127.0, lease_s=15.0) == "ok"
+    assert timers.claim_due(124.0, 30.0, 10, take_over_before=110.0) == []
+    assert timers.begin(timer, second, 126.0, lease_s=15.0) == "busy", "only a dispatcher takes a lapsed lease over"
+    assert timers.claim_due(126.0, 30.0, 10) == [], "a dispatcher just back from an outage takes none over"
+    assert timers.claim_due(126.0, 30.0, 10, take_over_before=120.0) == [], "within the grace after its lapse"
+    assert timers.claim_due(141.0, 30.0, 10, take_over_before=126.0) == [timer], "its worker stopped renewing: dead"
+    assert timers.begin(timer, second, 142.0, lease_s=15.0) == "ok"
     assert not timers.finish(timer, first, None), "the dead worker's mark no longer holds it"
     assert timers.finish(timer, second, 200.0) and timers.tries(timer) == 1
     assert timers.begin(timer, first, 150.0, lease_s=15.0) == "early", "a stale message for a later time"
     timers.forget([timer])
     assert timers.begin(timer, first, 250.0, lease_s=15.0) == "gone"
+
+
+def test_a_new_row_recorded_into_a_batch_that_ended_opens_it_again(redis_client: redis.Redis) -> None:
+    ledger, timers = Ledger(redis_client), Timers(redis_client)
+    open_batch(ledger, 1, report_when_done=True)
+    ledger.admit("b")
+    move(ledger, "j0", Move.FAIL, error_type="x")
+    assert ledger.batch("b").state == "done" and timers.due_at(Timer.end("b")) is not None  # type: ignore[union-attr]
+    assert ledger.sync_jobs("b", [make_job(0), make_job(1)], now=30.0) == Counter(kept=1, added=1)
+    info = ledger.batch("b")
+    assert info is not None and (info.state, info.ended_at) == ("open", None)
+    assert timers.due_at(Timer.end("b")) is None, "it has not ended: no report yet"
+    assert ledger.admit("b") == ["j1"]
+
+
+def test_request_urls_are_kept_whole_when_they_do_not_follow_the_first_base(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 2)
+    ledger.admit("b")
+    for job_id, host in (("j0", "queue.fal.run"), ("j1", "queue2.example")):
+        move(ledger, job_id, Move.SEND, attempts=1)
+        base = f"https://{host}/fal-ai/echo/requests/"
+        move(ledger, job_id, Move.ACCEPT, request_id=f"r-{job_id}", response_url=f"{base}r-{job_id}",
+             status_url=f"{base}r-{job_id}/status", cancel_url=f"{base}r-{job_id}/cancel")  # fmt: skip
+    first, second = ledger.record("b", "j0"), ledger.record("b", "j1")
+    assert first is not None and first.status_url == "https://queue.fal.run/fal-ai/echo/requests/r-j0/status"
+    assert second is not None and second.cancel_url == "https://queue2.example/fal-ai/echo/requests/r-j1/cancel"
+    assert redis_client.hexists(ledger.keys.side("b", "status_url"), "j1") and not \
+        redis_client.hexists(ledger.keys.side("b", "status_url"), "j0"), "stored whole only when not derived"  # fmt: skip
+
+
+def test_a_move_that_keeps_the_step_is_refused_to_a_worker_that_no_longer_holds_it(redis_client: redis.Redis) -> None:
+    ledger, timers = Ledger(redis_client), Timers(redis_client)
+    open_batch(ledger, 1)
+    ledger.admit("b")
+    timers.claim_due(10**12, 30.0, 10)
+    mine, other = worker_mark(), worker_mark()
+    assert timers.begin(Timer.step("b", "j0"), mine, 100.0, 10.0) == "ok"
+    record = ledger.record("b", "j0")
+    assert record is not None
+    sending = plan(record, Move.SEND, JobUpdate(attempts=1), now=101.0)
+    assert ledger.apply("b", sending, keep_claim=other, lease_until=111.0) is None, "its lease was taken over"
+    assert ledger.apply("b", sending, keep_claim=mine, lease_until=111.0) is not None
+    assert timers.due_at(Timer.step("b", "j0")) == 111.0, "still held by its worker, running it now"

@@ -175,3 +175,35 @@ def test_purge_removes_only_finished_batches_and_never_their_files(world_factory
     assert [k for k in redis.scan_iter("wb:batch:b*")] == [] and world.ctx.ledger.batch_ids() == []
     assert world.ctx.ledger.job_for_request(request_id or "") is None
     assert sorted(p.relative_to(world.folder) for p in world.folder.rglob("*")) == files
+
+
+def test_cancel_cancels_at_fal_a_request_that_lands_while_it_cancels(world_factory: Any) -> None:
+    """A worker's submit lands between cancel's look at the job and its move: that request is cancelled too."""
+    world = world_factory(jobs=1, run_time="fixed:30")
+    world.ctx.ledger.admit("b")
+    ledger = world.ctx.ledger
+    real_apply = ledger.apply
+    landed: list[bool] = []
+
+    def apply_after_the_submit_lands(batch_id: str, plan: Any, *args: Any, **kwargs: Any) -> Any:
+        if plan.move is Move.CANCEL and not landed:
+            landed.append(True)
+            world.step("j0")  # the worker sends it; fal accepts it; its request_id is stored
+        return real_apply(batch_id, plan, *args, **kwargs)
+
+    ledger.apply = apply_after_the_submit_lands  # type: ignore[method-assign]
+    assert operations.cancel_job(world.ctx, "b", "j0") == "cancelled"
+    record = world.job("j0")
+    assert record.status is S.CANCELLED and record.request_id is not None
+    assert world.stats()["submits"] == 1 and world.stats()["cancels"] == 1, "the request that landed was cancelled"
+    assert "CANCELLATION_REQUESTED" in (record.error_message or "")
+
+
+def test_purge_keeps_an_ended_batch_until_its_report_is_written(world_factory: Any) -> None:
+    world = world_factory(jobs=1, report_when_done=True)
+    world.ctx.ledger.admit("b")
+    world.force("j0", Move.FAIL, error_type="x")
+    assert operations.purge_batches(world.ctx.ledger, 0.0, "b") == ([], ["b"]), "its report is still due"
+    world.run(Timer.end("b"))
+    removed, _ = operations.purge_batches(world.ctx.ledger, 0.0, "b")
+    assert [p.batch_id for p in removed] == ["b"] and (world.folder / "report.json").is_file()

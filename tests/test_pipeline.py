@@ -277,3 +277,38 @@ def test_the_first_poll_of_a_submit_to_wan25_uses_its_queue(world_factory: Any) 
     world.step("j0")
     assert world.job("j0").status_url.startswith(world.sim.base_url)  # type: ignore[union-attr]
     assert WAN25_I2I.startswith("fal-ai/wan-25-preview")
+
+
+def test_a_result_not_ready_after_completed_is_fetched_again_on_its_budget(world_factory: Any) -> None:
+    from jobs.errors import ResultNotReadyError
+
+    world = world_factory(jobs=1, settings=WorkerSettings(limits=Limits(unreachable_calls=3)))
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.clock.advance(2.0)
+    make_client = world.ctx.queue_client
+
+    def result_never_ready(batch: BatchInfo) -> Any:
+        client = make_client(batch)
+
+        class NotReady:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(client, name)
+
+            def result(self, url: str) -> Any:
+                raise ResultNotReadyError("result: HTTP 202 (still IN_PROGRESS)", status_code=202)
+
+        return NotReady()
+
+    world.ctx.queue_client = result_never_ready
+    world.step("j0")  # COMPLETED: the result is fetched at once, and is not ready
+    due = []
+    for _ in range(3):
+        record = world.job("j0")
+        assert record.status is S.COLLECTING
+        due.append(world.ctx.timers.due_at(Timer.step("b", "j0")) - record.updated_at)  # type: ignore[operator]
+        world.step("j0")
+    record = world.job("j0")
+    assert (record.status, record.error_type) == (S.FAILED, "result_unreachable"), "its budget ran out"
+    assert due == pytest.approx([0.1, 0.2, 0.4], abs=0.01), "each wait longer than the last"
+    assert world.stats()["submits"] == 1

@@ -177,3 +177,16 @@ def test_a_consumer_that_lost_its_broker_can_close_and_reconnect(tmp_path: Path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)  # the sockets of the dead broker's connections, by design
         gc.collect()
+
+
+def test_a_worker_of_processes_is_refused(tmp_path: Path) -> None:
+    """The dispatcher renews the leases of the steps its own process runs: a prefork worker could not."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    command = [str(Path(sys.executable).parent / "celery"), "-A", "runner.tasks", "worker", "--loglevel", "WARNING"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "run wan-batch workers in one process with threads" in done.stderr + done.stdout

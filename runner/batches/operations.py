@@ -117,15 +117,15 @@ def cancel_job(ctx: Context, batch_id: str, job_id: str) -> str:
     paid for). Returns "cancelled", "finishing" or "ended" (it was final).
     """
     batch = ctx.ledger.batch(batch_id)
-    answer: str | None = None
+    answer, asked_for = "", "(not asked yet)"
     for _ in range(_MOVE_TRIES):
         record = ctx.ledger.record(batch_id, job_id)
         if batch is None or record is None or record.status.is_final:
             return "ended"
         if not allowed(Move.CANCEL, record.status):
             return "finishing"
-        if answer is None:
-            answer = _cancel_at_fal(ctx, batch, record)
+        if (record.request_id or "") != asked_for:  # the first look, or a submit landed meanwhile: cancel that
+            answer, asked_for = _cancel_at_fal(ctx, batch, record), record.request_id or ""
         update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user (fal: {answer})",
                            finished_at=ctx.clock())  # fmt: skip
         if move(ctx, batch, record, Move.CANCEL, update).applied is not None:
@@ -226,9 +226,10 @@ def purge_batches(ledger: Ledger, older_than_s: float | None, batch_id: str | No
                   scheduled_only: bool = False) -> tuple[list[Purged], list[str]]:  # fmt: skip
     """Remove finished batches' ledger entries (never their folders, reports or images).
 
-    A batch is finished when every job of it is final; with `older_than_s`,
-    only those that ended that long ago. Returns what was removed, and the
-    batches that were asked for by id but are not finished.
+    A batch is finished when every job of it is final (and its report, if a
+    worker is to write it, is written); with `older_than_s`, only those that
+    ended that long ago. Returns what was removed, and the batches that were
+    asked for by id but are not finished.
     """
     now = time.time()
     removed: list[Purged] = []
@@ -238,7 +239,8 @@ def purge_batches(ledger: Ledger, older_than_s: float | None, batch_id: str | No
             continue
         if scheduled_only and info.schedule is None:
             continue
-        if any(n for status, n in counts.items() if not status.is_final):
+        report_due = ledger.redis.zscore(ledger.keys.timers, Timer.end(info.id).member) is not None
+        if report_due or any(n for status, n in counts.items() if not status.is_final):
             if batch_id is not None:
                 kept.append(info.id)
             continue

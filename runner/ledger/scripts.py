@@ -77,6 +77,13 @@ local function admit(c)
   return admitted
 end
 
+local function reopen(c)
+  if redis.call('HGET', c.batch, 'state') == c.done_state then redis.call('HSET', c.batch, 'state', c.open_state) end
+  redis.call('HDEL', c.batch, 'ended_at')
+  redis.call('ZREM', c.timers, c.end_member)
+  redis.call('HDEL', c.claims, c.end_member)  -- a report being written now no longer holds it
+end
+
 local function settle(c)
   for _, status in ipairs(c.unfinished) do
     if tonumber(redis.call('HGET', c.counts, status) or '0') > 0 then return 0 end
@@ -99,7 +106,9 @@ end
 #: error_type (stored JSON text, when the job fails), final, request_id and request_value (to index, or
 #: ""), due_at (when its next step is due; -1: none), keep_claim ("r:<token>" of the worker that runs the
 #: next step at once, or "") and lease_until. Applies the move if the job is still at `from` and
-#: `revision`. Returns {1, old status, admitted job ids, 1 if the batch ended} or {0, current status}.
+#: `revision` (and, with keep_claim, if that worker still holds the job's step). Returns {1, old status,
+#: admitted job ids} or {0, current status}; a repeated call that was applied returns no admitted ids (their
+#: submits are due already).
 APPLY = (
     LIBRARY
     + """
@@ -109,31 +118,25 @@ local current = redis.call('HGET', job_key, 'status')
 if not current then return {0, false} end
 if current ~= c.from or (redis.call('HGET', job_key, 'revision') or '0') ~= c.revision then
   -- The same call again (its answer was lost to a dropped connection): it was applied.
-  if redis.call('HGET', job_key, 'applied_by') == c.token then return {1, c.from, {}, 0} end
+  if redis.call('HGET', job_key, 'applied_by') == c.token then return {1, c.from, {}} end
   return {0, current}
 end
-if c.slot == 'take' then
-  if redis.call('HGET', c.batch, 'state') ~= c.open_state then return {0, current} end
-  if redis.call('SCARD', c.in_flight) >= tonumber(redis.call('HGET', c.batch, 'max_in_flight')) then
-    return {0, current}
-  end
+local member = c.step_prefix .. c.job_id
+if c.keep_claim ~= '' and redis.call('HGET', c.claims, member) ~= c.keep_claim then
+  return {0, current}  -- the mover no longer holds the job's step (its lease lapsed and another took it)
 end
 enter_status(c, job_key, c.job_id, current, c.to, c.error_type)
 write_fields(c, job_key, c.job_id, c.fields)
-if c.slot == 'take' then redis.call('SADD', c.in_flight, c.job_id) end
 if c.slot == 'release' then redis.call('SREM', c.in_flight, c.job_id) end
 if c.requeue then
   redis.call('RPUSH', c.waiting, c.job_id)
-  if redis.call('HGET', c.batch, 'state') == c.done_state then redis.call('HSET', c.batch, 'state', c.open_state) end
-  redis.call('HDEL', c.batch, 'ended_at')
-  redis.call('ZREM', c.timers, c.end_member)
+  reopen(c)
 end
 if c.request_id ~= '' then redis.call('HSET', c.requests, c.request_id, c.request_value) end
-local member = c.step_prefix .. c.job_id
 if c.due_at < 0 then
   redis.call('ZREM', c.timers, member)
   redis.call('HDEL', c.claims, member)
-elseif c.keep_claim ~= '' and redis.call('HGET', c.claims, member) == c.keep_claim then
+elseif c.keep_claim ~= '' then
   redis.call('ZADD', c.timers, c.lease_until, member)
 else
   redis.call('ZADD', c.timers, c.due_at, member)
@@ -141,9 +144,8 @@ else
 end
 local admitted = {}
 if c.slot == 'release' then admitted = admit(c) end
-local ended = 0
-if c.final then ended = settle(c) end
-return {1, current, admitted, ended}
+if c.final then settle(c) end
+return {1, current, admitted}
 """
 )
 
@@ -175,6 +177,7 @@ if not status then
   enter_status(c, job_key, c.job_id, false, c.waiting_status, nil)
   redis.call('RPUSH', KEYS[2], c.job_id)
   redis.call('RPUSH', c.waiting, c.job_id)
+  reopen(c)
   return 'added'
 end
 if redis.call('HGET', job_key, 'fingerprint') == c.fingerprint then return 'kept' end
@@ -186,26 +189,29 @@ redis.call('HSET', job_key, 'fingerprint', c.fingerprint, 'queued_at', c.now_jso
 redis.call('HSET', c.side_prefix .. 'job', c.job_id, c.job)
 write_fields(c, job_key, c.job_id, c.reset)
 if status ~= c.waiting_status then redis.call('RPUSH', c.waiting, c.job_id) end
-if redis.call('HGET', c.batch, 'state') == c.done_state then redis.call('HSET', c.batch, 'state', c.open_state) end
-redis.call('HDEL', c.batch, 'ended_at')
+reopen(c)
 return 'changed'
 """
 )
 
 #: KEYS: timers, claims. ARGV: now, until (when a dispatch claim lapses), limit, the dispatch mark, and
-#: "1" to take over timers whose worker's lease lapsed (its worker is gone) or "" to leave them (this
-#: dispatcher has not been connected long enough for live workers to renew theirs after an outage).
-#: Claims up to `limit` timers due by `now` for a dispatcher and returns them; each comes due again at
-#: `until` unless a worker begins it.
+#: the time before which a worker's lapsed lease may be taken over ("" : none may be: this dispatcher
+#: has not been connected long enough for live workers to renew theirs after an outage). Claims up to
+#: `limit` timers due by `now` for a dispatcher and returns them; each comes due again at `until` unless
+#: a worker begins it. A timer a worker ran is taken over only if its lease lapsed before that time: a
+#: grace period, so that a live worker back from an outage renews first.
 CLAIM_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, 4 * tonumber(ARGV[3]))
 local claimed = {}
-for _, member in ipairs(due) do
+for i = 1, #due, 2 do
+  local member, score = due[i], tonumber(due[i + 1])
   local claim = redis.call('HGET', KEYS[2], member)
-  if ARGV[5] == '1' or not claim or string.sub(claim, 1, 2) ~= 'r:' then
+  local running = claim and string.sub(claim, 1, 2) == 'r:'
+  if not running or (ARGV[5] ~= '' and score < tonumber(ARGV[5])) then
     redis.call('ZADD', KEYS[1], ARGV[2], member)
     redis.call('HSET', KEYS[2], member, ARGV[4])
     table.insert(claimed, member)
+    if #claimed >= tonumber(ARGV[3]) then break end
   end
 end
 return claimed
@@ -213,15 +219,15 @@ return claimed
 
 #: KEYS: timers, claims. ARGV: member, the worker's mark ("r:<token>"), now, lease end, the dispatch mark.
 #: A worker begins a timer it got a message for: "ok" (it holds it until its lease ends), "busy" (another
-#: worker runs it, its lease live), "early" (it is not due: the message is stale) or "gone".
+#: worker holds it: only a dispatcher takes a timer over from a worker that died), "early" (it is not
+#: due: the message is stale) or "gone".
 BEGIN = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return 'gone' end
 local claim = redis.call('HGET', KEYS[2], ARGV[1])
 if claim == ARGV[2] then return 'ok' end  -- the same call again: its answer was lost
-local live = tonumber(score) > tonumber(ARGV[3])
-if claim and claim ~= ARGV[5] and live then return 'busy' end
-if not claim and live then return 'early' end
+if claim and claim ~= ARGV[5] then return 'busy' end
+if not claim and tonumber(score) > tonumber(ARGV[3]) then return 'early' end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 return 'ok'
@@ -239,8 +245,9 @@ end
 return renewed
 """
 
-#: KEYS: timers, claims, tries. ARGV: member, mark, due ('' removes the timer). A worker that holds the
-#: timer lets it go: due again then (counting one more try), or done. Returns 1 if it still held it.
+#: KEYS: timers, claims, tries. ARGV: member, mark, due ('' removes the timer), "1" to count a try. A worker
+#: that holds the timer lets it go: due again then (counting one more try), or done. Returns 1 if it still
+#: held it.
 FINISH = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -249,7 +256,7 @@ if ARGV[3] == '' then
   redis.call('HDEL', KEYS[3], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+  if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[3], ARGV[1], 1) end
 end
 return 1
 """

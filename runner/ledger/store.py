@@ -23,8 +23,9 @@ from typing import Any, Literal, cast
 import redis
 from pydantic import BaseModel, Field
 
+from jobs.errors import IllegalMoveError
 from jobs.job import Job
-from jobs.lifecycle import Plan, Slot
+from jobs.lifecycle import Guard, Plan, Slot
 from jobs.record import JobRecord
 from jobs.status import IN_FLIGHT, JobStatus
 from runner.ledger import scripts
@@ -88,8 +89,6 @@ class Applied:
     record: JobRecord
     #: Jobs that the slot it freed admitted; their submits are due now.
     admitted: list[str]
-    #: The move ended the batch: every job is final.
-    ended: bool
 
 
 class Ledger:
@@ -203,8 +202,12 @@ class Ledger:
 
         Its next step (if its new status has one) is due at `due_at` (default:
         now); `keep_claim`, the mark of the worker that runs that step at once,
-        keeps it held by that worker until `lease_until`.
+        keeps it held by that worker until `lease_until`, and the move is then
+        applied only while that worker still holds the job's step. Raises
+        IllegalMoveError for a move guarded otherwise than by the job's revision.
         """
+        if plan.guard is not Guard.AS_SEEN:  # admitted by `admit`, recorded by `sync_jobs`
+            raise IllegalMoveError(f"{plan.move.value} is not applied one job at a time")
         now = plan.record.updated_at or time.time()
         record = plan.record
         token = secrets.token_hex(8)
@@ -223,7 +226,7 @@ class Ledger:
         if not answer[0]:
             return None
         admitted = [_text(job_id) for job_id in answer[2]] if plan.slot is Slot.RELEASE else []
-        return Applied(record, admitted, bool(answer[3]))
+        return Applied(record, admitted)
 
     def admit(self, batch_id: str) -> list[str]:
         """Fill free slots of the in-flight window from the waiting list, each with its submit due now.
@@ -260,11 +263,15 @@ class Ledger:
         urls = (record.status_url, record.response_url, record.cancel_url)
         if record.request_id and record.response_url and any(name in plan.fields for name in _URLS):
             base = record.response_url.removesuffix(record.request_id)
-            if base != record.response_url and urls == (f"{record.response_url}/status", record.response_url,
-                                                        f"{record.response_url}/cancel"):  # fmt: skip
-                self.redis.hset(self.keys.request_bases(batch_id), record.job.endpoint, base)
+            derived = (f"{record.response_url}/status", record.response_url, f"{record.response_url}/cancel")
+            if base != record.response_url and urls == derived and self._same_base(batch_id, record.job.endpoint, base):
                 stored.update(dict.fromkeys(_URLS, "null"))
         return stored
+
+    def _same_base(self, batch_id: str, endpoint: str, base: str) -> bool:
+        """Whether `base` is the one kept for the endpoint's requests (the first one seen is kept)."""
+        key = self.keys.request_bases(batch_id)
+        return bool(self.redis.hsetnx(key, endpoint, base)) or _text(self.redis.hget(key, endpoint) or b"") == base
 
     # --- purge -----------------------------------------------------------------
 
@@ -287,6 +294,7 @@ class Ledger:
                 members = [Timer.step(batch_id, job_id).member for job_id in chunk]
                 pipe.zrem(k.timers, *members)
                 pipe.hdel(k.timer_claims, *members)
+                pipe.hdel(k.timer_tries, *members)
                 pipe.execute()
         end = Timer.end(batch_id).member
         with self.redis.pipeline() as pipe:

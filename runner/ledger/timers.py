@@ -91,12 +91,14 @@ class Timers:
     def _keys(self) -> list[str]:
         return [self.keys.timers, self.keys.timer_claims]
 
-    def claim_due(self, now: float, claim_s: float, limit: int, take_over: bool = True) -> list[Timer]:
+    def claim_due(self, now: float, claim_s: float, limit: int, take_over_before: float | None = None) -> list[Timer]:
         """Up to `limit` timers due by `now`, claimed for `claim_s` for a dispatcher to send.
 
-        Without `take_over`, timers whose worker's lease lapsed are left alone (see `scripts.CLAIM_DUE`).
+        A timer a worker ran is taken over only if its lease lapsed before
+        `take_over_before` (None: not at all); see `scripts.CLAIM_DUE`.
         """
-        args: list[str | float] = [now, now + claim_s, limit, DISPATCHED, "1" if take_over else ""]
+        grace = "" if take_over_before is None else take_over_before
+        args: list[str | float] = [now, now + claim_s, limit, DISPATCHED, grace]
         members = self._claim_due(keys=self._keys, args=args)
         return [Timer.from_member(m) for m in members]
 
@@ -114,10 +116,11 @@ class Timers:
             args += [timer.member, mark]
         return int(self._renew(keys=self._keys, args=args))
 
-    def finish(self, timer: Timer, mark: str, due_at: float | None) -> bool:
-        """Let go of a timer this worker holds: due again at `due_at` (one more try), or done (None)."""
+    def finish(self, timer: Timer, mark: str, due_at: float | None, count_try: bool = True) -> bool:
+        """Let go of a timer this worker holds: due again at `due_at` (one more try, if counted), or done (None)."""
         keys = [*self._keys, self.keys.timer_tries]
-        return bool(self._finish(keys=keys, args=[timer.member, mark, "" if due_at is None else due_at]))
+        args = [timer.member, mark, "" if due_at is None else due_at, "1" if count_try else ""]
+        return bool(self._finish(keys=keys, args=args))
 
     def schedule(self, timers: list[Timer], due_at: float) -> int:
         """Make `timers` due at `due_at` (also "now"), unless a worker runs one under a live lease."""

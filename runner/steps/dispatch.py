@@ -6,8 +6,10 @@ Celery worker, `runner.tasks`). It claims due timers and sends each as a
 most `tick_s`), and wakes at once when a step of its own worker sets one
 sooner. It renews the leases of the timers its worker runs, so they stay
 held while they run and come back for another worker when this one dies.
-After losing Redis, it takes over other workers' lapsed timers only once it
-has been connected for a whole lease: live workers renew theirs first.
+It takes over a timer from a worker whose lease lapsed only a whole lease
+later, and only once it has itself been connected for a whole lease (a
+look at Redis that took long counts as an outage too): after an outage,
+live workers renew theirs first.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ class Dispatcher:
                     next_renew = now + self._settings.lease_s / 3
                 next_due = self._dispatch(now)
                 failures = 0
+                if self._clock() - now > self._settings.lease_s / 3:  # Redis was slow or away: as an outage
+                    self._connected_since = self._clock()
             except (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError) as exc:
                 self._connected_since = None
                 failures += 1
@@ -121,13 +125,13 @@ class Dispatcher:
 
     def _dispatch(self, now: float) -> float:
         """Send the timers due now; when to look next."""
-        since = self._connected_since
-        take_over = since is not None and now - since >= self._settings.lease_s
+        since, lease_s = self._connected_since, self._settings.lease_s
+        take_over_before = now - lease_s if since is not None and now - since >= lease_s else None
         with self._lock:
             self._wake_at = float("inf")
             self._wake.clear()
         while True:
-            claimed = self._timers.claim_due(now, self._settings.claim_s, self._settings.batch_size, take_over)
+            claimed = self._timers.claim_due(now, self._settings.claim_s, self._settings.batch_size, take_over_before)
             for timer in claimed:
                 send_timer(self._app, timer)
             if len(claimed) < self._settings.batch_size:

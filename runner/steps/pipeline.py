@@ -11,11 +11,15 @@ moved on meanwhile (its move is refused) does nothing more.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
+from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import DownloadError, LocalImageError, PermanentQueueError, QueueAPIError
-from jobs.lifecycle import STEP_OF, Call, CallFailed, GiveUp, JobUpdate, Move, RetryLater, Step, StepCrashed, decide
+from jobs.lifecycle import STEP_OF, Call, CallFailed, GiveUp, JobUpdate, Move, Step, StepCrashed
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.record import JobRecord
 from jobs.status import JobStatus
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 S = JobStatus
 #: A poll that finds the request COMPLETED collects it at once; nothing else runs inline.
 _MOST_INLINE_STEPS = 2
+#: Storing a request fal accepted is tried this often through an outage of Redis (each try is itself
+#: retried by the Redis client for about 20 s), with these waits between: about 10 minutes in all.
+_STORE_TRIES = 12
+_STORE_BACKOFF = Backoff(base_s=1.0, cap_s=30.0, jitter=0.0)
 
 StepFunction = Callable[[Context, BatchInfo, JobRecord, str], Outcome]
 
@@ -74,6 +82,8 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     except LocalImageError as exc:
         return give_up(ctx, batch, record, GiveUp("input_image", str(exc)))
     client = ctx.queue_client(batch)  # all that can fail before sending, fails before SUBMITTING
+    # Read now what the first poll's delay needs: once fal has answered, storing its request_id comes first.
+    learned = (_typical_run_s(ctx, batch.id), _concurrency(ctx, batch.id))
     sending = move(ctx, batch, record, Move.SEND, JobUpdate(attempts=record.attempts + 1), mark=mark)
     if sending.applied is None:
         return sending  # cancelled meanwhile
@@ -86,7 +96,7 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
         log.exception("submit of job %s failed unexpectedly", record.job.id)
         seen = CallFailed(Call.SUBMIT, "submit_unconfirmed", f"{type(exc).__name__}: {exc}"[:400], unconfirmed=True)
     else:
-        return _accepted(ctx, batch, sent, submission)
+        return _accepted(ctx, batch, sent, submission, learned)
     if seen.transient and not seen.unconfirmed:  # nothing left: back to ADMITTED, the same call later
         unsent = move(ctx, batch, sent, Move.UNSENT, JobUpdate(attempts=record.attempts), mark=mark)
         if unsent.applied is None:
@@ -95,15 +105,33 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     return decide_and_apply(ctx, batch, sent, seen)
 
 
-def _accepted(ctx: Context, batch: BatchInfo, sent: JobRecord, submission: Submission) -> Outcome:
-    """Store the request (the move that makes the job QUEUED) and set its first poll."""
-    state = PollState(0, 0.0, _typical_run_s(ctx, batch.id), submission.queue_position, _concurrency(ctx, batch.id))
+def _accepted(
+    ctx: Context, batch: BatchInfo, sent: JobRecord, submission: Submission, learned: tuple[float | None, int]
+) -> Outcome:
+    """Store the request (the move that makes the job QUEUED) and set its first poll.
+
+    The request is paid for: a Redis that does not answer is waited for,
+    with the request_id in the log meanwhile, rather than the request lost.
+    """
+    state = PollState(0, 0.0, learned[0], submission.queue_position, learned[1])
     update = JobUpdate(
         request_id=submission.request_id, status_url=submission.status_url, response_url=submission.response_url,
         cancel_url=submission.cancel_url, submitted_at=ctx.clock(), queue_position=submission.queue_position,
         started_at=None, completed_at=None, last_queued_at=None,
     )  # fmt: skip
-    stored = move(ctx, batch, sent, Move.ACCEPT, update, next_poll_delay_s(state, ctx.settings.poll, ctx.rng.random()))
+    delay_s = next_poll_delay_s(state, ctx.settings.poll, ctx.rng.random())
+    for outage in range(1, _STORE_TRIES + 1):
+        try:
+            stored = move(ctx, batch, sent, Move.ACCEPT, update, delay_s)
+            break
+        except (redis.ConnectionError, redis.TimeoutError):
+            if outage == _STORE_TRIES:
+                log.error("job %s: fal accepted request %s, and Redis never answered to store it", sent.job.id,
+                          submission.request_id)  # fmt: skip
+                raise
+            log.warning("job %s: fal accepted request %s; Redis does not answer, storing it again", sent.job.id,
+                        submission.request_id)  # fmt: skip
+            time.sleep(backoff_delay_s(outage, _STORE_BACKOFF, 0.0))  # waiting for Redis, never for fal
     if stored.applied is None:  # cancelled meanwhile: no request nobody follows
         log.warning("job %s: request %s came after it was cancelled; cancelling it", sent.job.id, submission.request_id)
         cancel_quietly(ctx, batch, submission.cancel_url)
@@ -138,11 +166,8 @@ def collect_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) ->
     folder.remove_leftovers(record.job.id)  # of a worker that died here: this one holds the job now
     try:
         data = ctx.queue_client(batch).result(_url(record.response_url))
-    except QueueAPIError as exc:
-        seen = call_failed(Call.RESULT, exc)
-        if seen.not_ready:  # COMPLETED by status, not by result: poll again, backing off
-            return _not_ready(ctx, batch, record, seen)
-        return decide_and_apply(ctx, batch, record, seen)
+    except QueueAPIError as exc:  # a result not ready although COMPLETED is fetched again, backing off
+        return decide_and_apply(ctx, batch, record, call_failed(Call.RESULT, exc))
     try:
         outputs = save_outputs(ctx.http, batch, record, data, ctx.settings.max_output_bytes)
     except DownloadError as exc:
@@ -154,14 +179,6 @@ def collect_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) ->
         ctx.ledger.note_run_time(batch.id, record.run_s)
     done = JobUpdate(outputs=tuple(outputs), finished_at=ctx.clock(), error_type=None, error_message=None)
     return move(ctx, batch, record, Move.SUCCEED, done)
-
-
-def _not_ready(ctx: Context, batch: BatchInfo, record: JobRecord, seen: CallFailed) -> Outcome:
-    decision = decide(seen, record, batch.max_attempts, ctx.settings.limits, ctx.rng.random())
-    if not isinstance(decision, RetryLater):
-        return give_up(ctx, batch, record, GiveUp(seen.error_type, seen.message))
-    update = JobUpdate(call_failures=record.call_failures + 1)
-    return move(ctx, batch, record, Move.NOT_READY, update, decision.delay_s)
 
 
 def _next_poll_s(
