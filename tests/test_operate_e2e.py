@@ -190,3 +190,21 @@ def test_purge_keeps_a_batch_that_has_not_ended(tmp_path: Path, sim_factory: Any
     assert kept.returncode == 1 and "kept batch batch: it has unfinished jobs" in kept.stderr
     status = json.loads(run_cli(["status", "batch", "--redis", broker, "--json"], tmp_path).stdout)
     assert status["counts"]["admitted"] == 2 and status["state"] == "open"
+
+
+def test_resume_makes_unfinished_steps_due_now_and_says_how_many(tmp_path: Path, sim_factory: Any,
+                                                               redis_server: Any) -> None:  # fmt: skip
+    client = redis.Redis(unix_socket_path=redis_server.socket_path)
+    client.flushall()
+    sim = sim_factory()
+    write_manifest(tmp_path, 3)
+    broker = redis_server.broker_url
+    assert run_cli(["submit", "batch.jsonl", "--redis", broker, "--base-url", sim.base_url,
+                    "--max-in-flight", "2"], tmp_path).returncode == 0  # fmt: skip
+    client.delete("wb:timers")  # what no move ever does: the jobs in the window have lost their steps
+    resumed = run_cli(["resume", "batch", "--redis", broker], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "batch batch: 2 step(s) due now; the workers take it from here" in resumed.stdout
+    assert client.zcard("wb:timers") == 2
+    unknown = run_cli(["resume", "nope", "--redis", broker], tmp_path)
+    assert unknown.returncode == 2 and "no batch 'nope'" in unknown.stderr

@@ -1,7 +1,8 @@
 """From a manifest to a recorded batch: validate it, pick the provider, record it, and write its report.
 
 What `wan-batch run`, `submit` and a schedule's firing share. Nothing here
-sends a Celery task: the caller sends the follow-ups `enqueue_batch` hands it.
+sends a Celery task: a recorded batch's first submits are timers in the
+ledger, which the workers' dispatchers send.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal, cast
 
 import redis
@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from jobs.errors import IllegalMoveError
 from jobs.job import Job
-from jobs.lifecycle import Guard, Plan, Slot
+from jobs.lifecycle import Guard, JobUpdate, Plan, Slot
 from jobs.record import JobRecord
 from jobs.status import IN_FLIGHT, JobStatus
 from runner.ledger import scripts
@@ -44,13 +44,11 @@ _URLS = ("status_url", "response_url", "cancel_url")
 _JSON_FIELDS = _RECORD_FIELDS - {"status", "job", *_SIDE}
 _RECENT_RUN_TIMES = 50
 _CHUNK = 1000
-#: What a job recorded again with a new input starts from.
-_RESET: dict[str, Any] = {"attempts": 0, "request_id": None, "status_url": None, "response_url": None,
-                          "cancel_url": None, "submitted_at": None, "started_at": None, "completed_at": None,
-                          "finished_at": None, "inference_s": None, "queue_position": None,
-                          "last_queued_at": None, "polls": 0, "last_log": None, "outputs": [], "error_type": None,
-                          "error_message": None, "history": [], "call_failures": 0, "step_errors": 0}  # fmt: skip
-
+#: What a job recorded again with a new input starts from: every field a move sets, at its default.
+_RESET: dict[str, Any] = {
+    f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
+    for f in fields(JobRecord) if f.name in JobUpdate.__dataclass_fields__ and f.name != "queued_at"
+}
 
 class BatchInfo(BaseModel):
     """A batch's settings and state, as stored with it."""
@@ -217,7 +215,8 @@ class Ledger:
             revision=str(plan.revision), token=token,
             fields={**self._stored_fields(batch_id, plan), "applied_by": token},
             slot=plan.slot.value, requeue=plan.target is S.WAITING, final=plan.target.is_final,
-            error_type=json.dumps(record.error_type), request_id=record.request_id or "",
+            error_type=json.dumps(record.error_type),
+            request_id=(record.request_id or "") if "request_id" in plan.fields else "",
             request_value=json.dumps([batch_id, record.job.id]),
             due_at=-1 if plan.step is None else (now if due_at is None else due_at),
             keep_claim=keep_claim, lease_until=lease_until,
