@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -312,3 +313,33 @@ def test_a_result_not_ready_after_completed_is_fetched_again_on_its_budget(world
     assert (record.status, record.error_type) == (S.FAILED, "result_unreachable"), "its budget ran out"
     assert due == pytest.approx([0.1, 0.2, 0.4], abs=0.01), "each wait longer than the last"
     assert world.stats()["submits"] == 1
+
+
+def test_a_job_is_final_only_once_its_sidecar_is_on_disk(world_factory: Any) -> None:
+    """The race a SIGKILL between the two found: the ledger said succeeded, the sidecar was never written."""
+    world = world_factory(jobs=1)
+    world.ctx.ledger.admit("b")
+    ledger = world.ctx.ledger
+    real_apply = ledger.apply
+    seen: list[bool] = []
+
+    def apply_checking_the_sidecar(batch_id: str, plan: Any, *args: Any, **kwargs: Any) -> Any:
+        if plan.target.is_final:
+            seen.append((world.folder / "jobs" / "j0.json").is_file())
+        return real_apply(batch_id, plan, *args, **kwargs)
+
+    ledger.apply = apply_checking_the_sidecar  # type: ignore[method-assign]
+    run_until_quiet(world)
+    assert world.job("j0").status is S.SUCCEEDED and seen == [True]
+
+
+def test_the_report_writes_a_sidecar_a_final_job_lacks(world_factory: Any) -> None:
+    from runner.batches.intake import write_report
+
+    world = world_factory(jobs=2)
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
+    sidecar = world.folder / "jobs" / "j1.json"
+    sidecar.unlink()  # as a run killed at the wrong moment by an older version left it
+    write_report(world.ctx.ledger, world.ctx.ledger.batch("b"), None, {})  # type: ignore[arg-type]
+    assert json.loads(sidecar.read_text())["status"] == "succeeded"

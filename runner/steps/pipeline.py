@@ -61,7 +61,10 @@ def run_job_step(ctx: Context, batch_id: str, job_id: str, mark: str) -> list[st
         except Exception as exc:
             log.exception("the %s step of job %s of batch %s failed unexpectedly", STEP_OF[record.status].value,
                           job_id, batch_id)  # fmt: skip
-            outcome = decide_and_apply(ctx, batch, record, StepCrashed(f"{type(exc).__name__}: {exc}"[:400]))
+            now = ctx.ledger.record(batch_id, job_id)  # as the step left it (it may have sent the job)
+            if now is None or now.status not in STEP_OF:
+                break
+            outcome = decide_and_apply(ctx, batch, now, StepCrashed(f"{type(exc).__name__}: {exc}"[:400]))
         admitted += outcome.admitted
         if not outcome.inline:
             break
