@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,26 @@ def test_the_first_jobs_are_admitted_before_the_embedded_worker_starts(tmp_path:
         worker_init.disconnect(on_worker_init)
     assert result.counts[JobStatus.SUCCEEDED] == 3
     assert in_flight_at_worker_start == [2]
+
+
+def test_a_batch_an_earlier_version_recorded_is_refused_with_a_way_out(tmp_path: Path, redis_client: redis.Redis) -> None:
+    """Its jobs are laid out otherwise: running it again could submit jobs that already ran."""
+    from runner.batches import operations
+    from runner.batches.intake import record_batch
+
+    ledger = Ledger(redis_client)
+    manifest = write_manifest(tmp_path, 1)
+    request = RunRequest(manifest=manifest, out=tmp_path / "out")
+    old = {"id": "batch", "manifest": str(manifest.resolve()), "folder": str(tmp_path / "out" / "batch"),
+           "created_at": 1.0, "max_in_flight": 2, "state": "open", "provider_url": FAL_QUEUE_URL}  # fmt: skip
+    redis_client.hset(ledger.keys.batch("batch"), mapping={k: json.dumps(v) for k, v in old.items()})
+    redis_client.zadd(ledger.keys.batches, {"batch": 1.0})
+    redis_client.hset(ledger.keys.counts("batch"), mapping={"queued": 1})
+    assert ledger.batch("batch").ledger_format == 1  # type: ignore[union-attr]
+    with pytest.raises(UsageError, match="recorded by an earlier version of wan-batch") as refused:
+        record_batch(ledger, request, load_batch(request), Provider.fal("k"))
+    assert "wan-batch purge --batch batch" in str(refused.value)
+    with pytest.raises(UsageError, match="earlier version"):
+        operations.view_batch(ledger, "batch")
+    removed, kept = operations.purge_batches(ledger, None, "batch")
+    assert [p.batch_id for p in removed] == ["batch"] and kept == [], "purged although its jobs never ended here"

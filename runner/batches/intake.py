@@ -136,6 +136,7 @@ def record_batch(
             " pass --batch-id or another --out"
         )
     if existing is not None:
+        existing.check_format()
         check_same_provider(existing, provider, request.sim)
     info = BatchInfo(
         id=batch_id, manifest=manifest, folder=str(folder.resolve()),

@@ -17,7 +17,7 @@ from jobs.errors import QueueAPIError
 from jobs.lifecycle import JobUpdate, Move, allowed
 from jobs.record import Attempt, JobRecord
 from jobs.status import IN_FLIGHT, JobStatus
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.store import LEDGER_FORMAT, BatchInfo, Ledger
 from runner.ledger.timers import Timer
 from runner.steps.context import Context
 from runner.steps.moves import move
@@ -81,6 +81,7 @@ def view_batch(ledger: Ledger, batch_id: str) -> BatchView | None:
     info = ledger.batch(batch_id)
     if info is None:
         return None
+    info.check_format()
     view = BatchView(info, ledger.counts(batch_id), failures=ledger.failures_by_type(batch_id))
     order = {status: n for n, status in enumerate(JobStatus)}
     view.in_flight = sorted(ledger.records_with(batch_id, IN_FLIGHT), key=lambda r: (order[r.status], r.job.row))
@@ -240,7 +241,8 @@ def purge_batches(ledger: Ledger, older_than_s: float | None, batch_id: str | No
         if scheduled_only and info.schedule is None:
             continue
         report_due = ledger.redis.zscore(ledger.keys.timers, Timer.end(info.id).member) is not None
-        if report_due or any(n for status, n in counts.items() if not status.is_final):
+        unfinished = report_due or any(n for status, n in counts.items() if not status.is_final)
+        if unfinished and info.ledger_format == LEDGER_FORMAT:  # an earlier version's batch cannot run here
             if batch_id is not None:
                 kept.append(info.id)
             continue

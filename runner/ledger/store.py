@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 import redis
 from pydantic import BaseModel, Field
 
-from jobs.errors import IllegalMoveError
+from jobs.errors import IllegalMoveError, UsageError
 from jobs.job import Job
 from jobs.lifecycle import Guard, JobUpdate, Plan, Slot
 from jobs.record import JobRecord
@@ -34,6 +34,8 @@ from runner.ledger.timers import Timer
 
 S = JobStatus
 BatchState = Literal["open", "cancelled", "done"]
+#: How this version lays a batch out in Redis; a batch stored with none is of format 1 (before timers).
+LEDGER_FORMAT = 2
 _RECORD_FIELDS = frozenset(f.name for f in fields(JobRecord))
 #: Fields of a record kept in side hashes of the batch (`Keys.side`), not in the job's own hash: the long
 #: ones. The job's hash then holds only short values, which Redis packs (a listpack) at a fraction of the
@@ -77,6 +79,17 @@ class BatchInfo(BaseModel):
     report_when_done: bool = False
     #: The schedule whose firing made this batch.
     schedule: str | None = None
+    #: How it is laid out in Redis (`LEDGER_FORMAT`); an older batch is not run by this version.
+    ledger_format: int = LEDGER_FORMAT
+
+    def check_format(self) -> None:
+        """Raise UsageError for a batch an earlier version recorded: this one cannot read its jobs."""
+        if self.ledger_format != LEDGER_FORMAT:
+            raise UsageError(
+                f"batch {self.id!r} was recorded by an earlier version of wan-batch, whose ledger this one cannot"
+                f" read; finish it with that version, or remove it from the ledger with `wan-batch purge --batch"
+                f" {self.id}` (its files stay) and run its manifest again into another --out"
+            )
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,7 @@ class Ledger:
         raw = self.redis.hgetall(self.keys.batch(batch_id))
         if not raw:
             return None
-        return BatchInfo.model_validate({_text(k): json.loads(v) for k, v in raw.items()})
+        return BatchInfo.model_validate({"ledger_format": 1} | {_text(k): json.loads(v) for k, v in raw.items()})
 
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
