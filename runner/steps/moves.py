@@ -9,7 +9,7 @@ apply it atomically to the revision the caller read.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.errors import QueueAPIError, ResultNotReadyError, SubmitUnconfirmedError
@@ -42,8 +42,11 @@ class Outcome:
     applied: Applied | None = None
     #: The job's next step is due now and this worker runs it at once, still holding its timer.
     inline: bool = False
-    #: Jobs that slots freed by this step admitted: their submits are due now.
-    admitted: list[str] = field(default_factory=list)
+
+    @property
+    def admitted(self) -> list[str]:
+        """Jobs that the slot this step freed admitted: their submits are due now."""
+        return [] if self.applied is None else self.applied.admitted
 
 
 def move(
@@ -73,7 +76,7 @@ def move(
         return Outcome()
     if what is Move.FAIL:  # the run's summary lists failures; this is for worker logs
         log.info("job %s failed: %s: %s", record.job.id, applied.record.error_type, applied.record.error_message)
-    return Outcome(applied, inline=bool(mark) and planned.step is not None, admitted=applied.admitted)
+    return Outcome(applied, inline=bool(mark) and planned.step is not None)
 
 
 def apply_decision(ctx: Context, batch: BatchInfo, record: JobRecord, decision: Decision) -> Outcome:
