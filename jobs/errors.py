@@ -111,3 +111,12 @@ class DownloadError(WanBatchError):
         super().__init__(message)
         self.retryable = retryable
         self.status_code = status_code
+
+
+class HistoryQueryError(ValueError):
+    """A query the simulator's request history refuses: `status` 422 (detail: a list, FastAPI style) or 400."""
+
+    def __init__(self, status: int, detail: str | list[dict[str, Any]]) -> None:
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -528,6 +529,22 @@ def test_lost_submit_response_creates_the_request() -> None:
         stats = sim.stats()
         assert (stats["submits"], stats["duplicate_submits"]) == (2, 1)
         assert stats["faults"]["lost_submit_response"] == 1
+
+
+def test_a_slow_submit_answer_comes_after_the_request_exists() -> None:
+    with serve(submit_latency_s=0.3) as (sim, client):
+        seen_while_waiting: list[int] = []
+        waiting = threading.Thread(target=lambda: seen_while_waiting.append(
+            client.post(f"{sim.base_url}/{ECHO}", json={"job": 1}).status_code))  # fmt: skip
+        started = time.monotonic()
+        waiting.start()
+        deadline = started + 10
+        while sim.stats()["submits"] == 0:  # the request is created before its answer goes out
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not seen_while_waiting, "the answer is still on its way"
+        waiting.join(timeout=10)
+        assert seen_while_waiting == [200] and time.monotonic() - started >= 0.3
 
 
 def test_model_error_fails_the_result_with_a_retryable_500() -> None:

@@ -41,17 +41,50 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.command()
 @click.option("--host", default=_SIM_DEFAULTS.host, show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0 picks a free port.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=_SIM_DEFAULTS.concurrency, show_default=True,
-              help="Requests IN_PROGRESS at once; the rest wait IN_QUEUE.")
-@click.option("--run-time", default=_SIM_DEFAULTS.run_time, show_default=True, callback=check_run_time,
-              help="Seconds per request: fixed:S, uniform:A,B or lognormal:MEAN,SIGMA.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=_SIM_DEFAULTS.concurrency,
+    show_default=True,
+    help="Requests IN_PROGRESS at once; the rest wait IN_QUEUE.",
+)
+@click.option(
+    "--run-time",
+    default=_SIM_DEFAULTS.run_time,
+    show_default=True,
+    callback=check_run_time,
+    help="Seconds per request: fixed:S, uniform:A,B or lognormal:MEAN,SIGMA.",
+)
 @click.option("--seed", type=int, default=_SIM_DEFAULTS.seed, show_default=True)
-@click.option("--retention-s", type=click.FloatRange(min=0, min_open=True), default=_SIM_DEFAULTS.retention_s,
-              show_default=True, help="A result answers 404 this long after completion.")
-@click.option("--key", envvar="WAN_BATCH_SIM_KEY",
-              help="Accept only 'Key <KEY>' (also read from WAN_BATCH_SIM_KEY; FAL_KEY is ignored). Default: any key.")
-@click.option("--token", envvar="WAN_BATCH_SIM_TOKEN",
-              help="Accept only 'Bearer <TOKEN>' (also read from WAN_BATCH_SIM_TOKEN).")
+@click.option(
+    "--retention-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_SIM_DEFAULTS.retention_s,
+    show_default=True,
+    help="A result answers 404 this long after completion.",
+)
+@click.option(
+    "--history-lag-s",
+    type=click.FloatRange(min=0),
+    default=_SIM_DEFAULTS.history_lag_s,
+    show_default=True,
+    help="A finished request shows in the request history this long after completion.",
+)
+@click.option(
+    "--submit-latency-s",
+    type=click.FloatRange(min=0),
+    default=_SIM_DEFAULTS.submit_latency_s,
+    show_default=True,
+    help="A submit's answer comes this long after its request was created.",
+)
+@click.option(
+    "--key",
+    envvar="WAN_BATCH_SIM_KEY",
+    help="Accept only 'Key <KEY>' (also read from WAN_BATCH_SIM_KEY; FAL_KEY is ignored). Default: any key.",
+)
+@click.option(
+    "--token", envvar="WAN_BATCH_SIM_TOKEN", help="Accept only 'Bearer <TOKEN>' (also read from WAN_BATCH_SIM_TOKEN)."
+)
 @_fault_options
 @click.option("--fault-limit", type=click.IntRange(min=0), help="Stop injecting each fault kind after N injections.")
 @click.option("--retry-after-s", type=click.FloatRange(min=0), default=_SIM_DEFAULTS.retry_after_s, show_default=True,
@@ -60,6 +93,7 @@ def sim(**options: Any) -> None:
     """Serve a simulated fal queue until Ctrl-C; prints its base URL on stdout.
 
     Point the runner at the printed URL. GET <url>/_stats shows what it saw.
+    The Platform API's request history is at <url>/v1/models/requests/by-endpoint.
     """
     faults = {name: options.pop(name) for name in _FAULT_FLAGS}
     config = SimConfig(**options, faults=FaultRates(**faults))

@@ -6,7 +6,8 @@
 
 It serves `fal-ai/wan/v2.2-a14b/image-to-image`, `fal-ai/wan-25-preview/image-to-image`
 and the echo app `wan-batch-sim/echo[/path]`, with real output images under
-`{base_url}/files/`. See `shared/fal-queue-protocol.md` for the protocol.
+`{base_url}/files/`, and fal's request history (Platform API, base URL `{base_url}/v1`):
+`GET {base_url}/v1/models/requests/by-endpoint`. See `shared/fal-queue-protocol.md`.
 
 Where it is simpler than fal:
 
@@ -15,7 +16,11 @@ Where it is simpler than fal:
 - A result is kept `retention_s` after completion (fal: 1 hour), or
   `large_result_retention_s` when its body is 10 KB or more (fal: 6 minutes);
   then the request's input, result and output files are dropped (files 404 too,
-  where fal's CDN keeps them by the lifecycle preference). /_stats keeps its timings.
+  where fal's CDN keeps them by the lifecycle preference). /_stats keeps its timings,
+  and the request history its input, for as long as the simulator runs (fal: 30 days).
+- The request history lists only finished requests, each `history_lag_s` after it
+  completed (fal: unconfirmed); `json_output` is there only while the result is held
+  here (made on the first result fetch, dropped at the purge).
 
 Pass `run_simulator(config, clock=ManualClock())` to move time by hand in tests.
 """

@@ -50,10 +50,16 @@ class SimConfig(BaseModel):
     run_time: str = "uniform:0.5,1.5"
     seed: int = 0
     #: A result answers 404 this long after its request completed (fal: 1 hour); its
-    #: input, result and output files are then dropped, only its timings stay for /_stats.
+    #: input, result and output files are then dropped; its timings stay for /_stats, and its
+    #: input for the request history (fal keeps payloads 30 days).
     retention_s: Annotated[float, Field(gt=0)] = 3600.0
     #: The same for a result of LARGE_RESULT_BYTES or more (fal: 6 minutes).
     large_result_retention_s: Annotated[float, Field(gt=0)] = 360.0
+    #: A finished request shows in the request history (Platform API) this long after it completed.
+    history_lag_s: Annotated[float, Field(ge=0)] = 1.0
+    #: A submit's answer comes this long after its request was created (a slow or far link): a client
+    #: killed meanwhile never learns the request_id of a request fal has.
+    submit_latency_s: Annotated[float, Field(ge=0)] = 0.0
     #: When set, only `Authorization: Key <key>` is accepted (or the token below).
     key: SecretStr | None = None
     #: When set, only `Authorization: Bearer <token>` is accepted (or the key above).

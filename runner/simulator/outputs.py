@@ -213,6 +213,11 @@ class Outputs:
         for index in range(len(specs)):
             self._cache.discard((request.id, index))
 
+    def held_result(self, request_id: str) -> dict[str, Any] | None:
+        """The result made for a request, while it is held (made on the first fetch, dropped at the purge)."""
+        with self._lock:
+            return self._results.get(request_id)
+
     def held_results(self) -> int:
         """How many results are held in memory, for /_stats."""
         with self._lock:

@@ -41,6 +41,8 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delivery: Delivery = Delivery.SEND
+    #: Seconds the answer waits before it is written (the fault of a slow link).
+    delay_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
     def _deliver(self, reply: Reply) -> None:
+        if reply.delay_s:
+            self.server.sleep(reply.delay_s)  # the fault itself: a slow link
         if reply.delivery is Delivery.DROP:
             self.close_connection = True
             return

@@ -1,4 +1,4 @@
-"""The simulated fal queue as calls in, replies out: routing, auth, faults and the queue."""
+"""The simulated fal queue as calls in, replies out: routing, auth, faults, the queue and its history."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import SecretStr
 
 from jobs.endpoints import KNOWN_ENDPOINTS
+from jobs.errors import HistoryQueryError
 from runner.settings import MIB
 from runner.simulator.config import SimConfig, parse_run_time
 from runner.simulator.faults import FaultInjector, FaultKind, nginx_error_page
+from runner.simulator.history import HISTORY_PATH, parse_query, render_page, select_page
 from runner.simulator.outputs import Outputs, result_size_bytes, serves
 from runner.simulator.responses import (
     Delivery,
@@ -74,7 +76,10 @@ class Service:
         self._outputs = Outputs(self._store, int(config.file_cache_mb * MIB), clock)
 
     def handle(self, call: Call) -> Reply:
-        """The reply to `call`; /_stats and /files are never faulted nor authenticated."""
+        """The reply to `call`; /_stats and /files are never faulted nor authenticated.
+
+        Calls under /v1 go to the Platform API, faulted like the queue's but open to a fal key only.
+        """
         if call.parts[:1] == ["_stats"]:
             return self._stats_call(call)
         if call.parts[:1] == ["files"] and call.method == "GET":
@@ -82,10 +87,13 @@ class Service:
         fault = self._queue_fault()
         if fault is not None:
             return fault
-        problem = _auth_problem(call.headers.get("authorization"), self._config.key, self._config.token)
+        # Before the queue's routes: they would take /v1/models/requests/... for a call of app v1/models.
+        platform = call.parts[:1] == ["v1"]
+        authorize = _platform_auth_problem if platform else _auth_problem
+        problem = authorize(call.headers.get("authorization"), self._config.key, self._config.token)
         if problem is not None:
             return json_reply(401, {"detail": problem})
-        return self._route(call)
+        return self._platform(call) if platform else self._route(call)
 
     def stats(self) -> dict[str, Any]:
         """The /_stats body: call and fault counts, queue counters, per-request timings."""
@@ -162,7 +170,8 @@ class Service:
             "metrics": {},
             "queue_position": view.queue_position or 0,
         }
-        return json_reply(200, payload, request_id)
+        reply = json_reply(200, payload, request_id)
+        return replace(reply, delay_s=self._config.submit_latency_s) if self._config.submit_latency_s else reply
 
     def _status(self, call: Call, app: str, request_id: str) -> Reply:
         self._stats.count(Counter.STATUS_POLLS)
@@ -212,6 +221,22 @@ class Service:
         elif self._strikes(FaultKind.SLOW_DOWNLOAD):
             delivery = Delivery.SLOW
         return Reply(200, found.data, {"Content-Type": found.content_type}, delivery)
+
+    # --- the Platform API ----------------------------------------------
+
+    def _platform(self, call: Call) -> Reply:
+        if "/" + "/".join(call.parts) != HISTORY_PATH:
+            return json_reply(404, {"detail": "Not Found"})
+        if call.method != "GET":
+            return json_reply(405, {"detail": "Method Not Allowed"})
+        self._stats.count(Counter.HISTORY_CALLS)
+        try:
+            query = parse_query(call.query)
+        except HistoryQueryError as exc:
+            return json_reply(exc.status, {"detail": exc.detail})
+        finished, now = self._store.finished(self._config.history_lag_s)
+        page = select_page(finished, query, now, self._store.wall_time)
+        return json_reply(200, render_page(page, query.payloads, self._store.wall_time, self._outputs.held_result))
 
     # --- the model ------------------------------------------------------
 
@@ -268,6 +293,13 @@ def _lifecycle_ttl_s(text: str | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         return None
     return float(value)
+
+
+def _platform_auth_problem(header: str | None, key: SecretStr | None, token: SecretStr | None) -> str | None:
+    """As `_auth_problem`, but a Bearer token is refused: a gateway's token cannot read fal's history."""
+    if (header or "").strip().partition(" ")[0].lower() == "bearer":
+        return "The Platform API takes a fal key ('Authorization: Key <FAL_KEY>'), not a Bearer token"
+    return _auth_problem(header, key, token)
 
 
 def _auth_problem(header: str | None, key: SecretStr | None, token: SecretStr | None) -> str | None:

@@ -7,13 +7,16 @@ So a request starts at max(its submit time, the time a slot freed), whatever
 the clients' polling, and `max_in_progress` and the timings are exact.
 
 A completed request is purged once past its retention: its input, errors
-and (through `on_purge`) its result go, its timings stay for /_stats.
+and (through `on_purge`) its result go, its timings stay for /_stats. What
+fal's request history needs (the input, the timings, the outcome) is kept
+apart, in a FinishedRequest that outlives the purge: fal keeps payloads 30 days.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +111,24 @@ class SimRequest:
         return self.started_at + self.run_s
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedRequest:
+    """What fal's request history keeps of a completed request: a few hundred bytes besides its input."""
+
+    id: str
+    seq: int
+    endpoint: str
+    outcome: Outcome
+    submitted_at: float
+    #: None if it never started (cancelled while queued, or past its start deadline).
+    started_at: float | None
+    completed_at: float
+    #: Seconds it ran; None if it never started.
+    run_s: float | None
+    #: The submitted body as compact JSON: one immutable str, kept when the purge drops the parsed body.
+    input_json: str
+
+
 @dataclass(frozen=True)
 class RequestView:
     """A request as seen at one instant (monotonic `now`)."""
@@ -165,6 +186,8 @@ class RequestStore:
         #: (end of retention, seq, id) of completed requests not yet purged.
         self._expiries: list[tuple[float, int, str]] = []
         self._running: dict[str, SimRequest] = {}
+        #: Completed requests in completion order, never purged (the history reads them).
+        self._finished: list[FinishedRequest] = []
         self._seq = 0
         self._stats_from_seq = 0
         self._max_in_progress = 0
@@ -221,6 +244,13 @@ class RequestStore:
         """Any request ever submitted, expired or purged (check `purged` before reading its input)."""
         with self._lock:
             return self._requests.get(request_id)
+
+    def finished(self, lag_s: float) -> tuple[list[FinishedRequest], float]:
+        """Requests that completed `lag_s` or more ago, in completion order, and now (monotonic)."""
+        with self._lock:
+            now = self._advance()
+            count = bisect.bisect_right(self._finished, now - lag_s, key=lambda done: done.completed_at)
+            return self._finished[:count], now
 
     def wall_time(self, monotonic_s: float) -> float:
         """A monotonic instant of this store as Unix time."""
@@ -304,6 +334,9 @@ class RequestStore:
         request.completed_at = at
         request.outcome = outcome
         heapq.heappush(self._expiries, (at + self._retention.of(request), request.seq, request.id))
+        # Events replay in time order and a cancel completes at now: `_finished` stays sorted, to bisect.
+        assert not self._finished or self._finished[-1].completed_at <= at
+        self._finished.append(_finished_request(request, at, outcome))
 
     def _purge(self, request: SimRequest) -> None:
         request.purged = True
@@ -352,3 +385,18 @@ class RequestStore:
     @staticmethod
     def _queue_key(request: SimRequest) -> tuple[int, int]:
         return (1 if request.submission.low_priority else 0, request.seq)
+
+
+def _finished_request(request: SimRequest, at: float, outcome: Outcome) -> FinishedRequest:
+    started = request.started_at
+    return FinishedRequest(
+        id=request.id,
+        seq=request.seq,
+        endpoint=request.submission.endpoint,
+        outcome=outcome,
+        submitted_at=request.submitted_at,
+        started_at=started,
+        completed_at=at,
+        run_s=None if started is None else request.run_s,
+        input_json=json.dumps(request.submission.body, separators=(",", ":")),
+    )

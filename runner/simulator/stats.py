@@ -24,6 +24,8 @@ class Counter(str, Enum):
     DOWNLOADS = "downloads"
     #: Cancel calls answered.
     CANCELS = "cancels"
+    #: Request history calls (Platform API) answered, refused queries too.
+    HISTORY_CALLS = "history_calls"
 
 
 def input_key(endpoint: str, body: Any) -> str:
