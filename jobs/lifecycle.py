@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import IllegalMoveError
-from jobs.record import Attempt, JobRecord, OutputFile
+from jobs.record import Attempt, JobRecord, OutputFile, Reconciled
 from jobs.status import FINAL, JobStatus
 
 S = JobStatus
@@ -38,6 +38,12 @@ class Move(str, Enum):
     UNSENT = "unsent"
     #: fal answered the submit: its request_id is stored and the job is polled.
     ACCEPT = "accept"
+    #: The submit's answer was lost after the request may have left: fal's request history is searched for it.
+    UNCONFIRM = "unconfirm"
+    #: The lost submit was found in fal's request history: the job follows that request.
+    ADOPT = "adopt"
+    #: The lost submit is proven never to have reached fal: the job goes back in line for a new attempt.
+    ABSENT = "absent"
     #: fal says IN_QUEUE (again, when fal requeues a request it retries on its side).
     SEEN_QUEUED = "seen_queued"
     #: fal says IN_PROGRESS.
@@ -56,6 +62,9 @@ class Move(str, Enum):
     CANCEL = "cancel"
     #: The user retries a failed or cancelled job: it goes back in line.
     REQUEUE = "requeue"
+    #: The user retries a cancelled job whose request fal may have finished anyway: that request is polled
+    #: (and collected if it ran), and the job is submitted again only if fal did cancel it.
+    RECHECK = "recheck"
 
 
 class Slot(str, Enum):
@@ -67,6 +76,8 @@ class Slot(str, Enum):
     KEEP = "keep"
     #: Frees the job's slot; the next waiting job may take it.
     RELEASE = "release"
+    #: Takes a slot even when the window is full: fal already has the job's request, which must be followed.
+    REJOIN = "rejoin"
 
 
 class Guard(str, Enum):
@@ -84,6 +95,8 @@ class Step(str, Enum):
     """The step due for a job in a status: what a worker does next for it."""
 
     SUBMIT = "submit"
+    #: Look for a lost submit in fal's request history.
+    RECONCILE = "reconcile"
     POLL = "poll"
     COLLECT = "collect"
 
@@ -109,20 +122,27 @@ TRANSITIONS: Final[dict[Move, Transition]] = {
     Move.SEND: Transition(frozenset({S.ADMITTED}), S.SUBMITTING, Slot.KEEP, Guard.AS_SEEN, progress=False),
     Move.UNSENT: Transition(frozenset({S.SUBMITTING}), S.ADMITTED, Slot.KEEP, Guard.AS_SEEN, progress=False),
     Move.ACCEPT: Transition(frozenset({S.SUBMITTING}), S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
+    # While it is looked for, the job leaves its slot to the next one: proving a request absent takes a while.
+    Move.UNCONFIRM: Transition(frozenset({S.SUBMITTING}), S.UNCONFIRMED, Slot.RELEASE, Guard.AS_SEEN),
+    Move.ADOPT: Transition(frozenset({S.UNCONFIRMED}), S.QUEUED, Slot.REJOIN, Guard.AS_SEEN),
+    Move.ABSENT: Transition(frozenset({S.UNCONFIRMED}), S.WAITING, Slot.KEEP, Guard.AS_SEEN),
     Move.SEEN_QUEUED: Transition(AT_FAL, S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
     Move.SEEN_RUNNING: Transition(AT_FAL, S.RUNNING, Slot.KEEP, Guard.AS_SEEN),
     Move.COMPLETE: Transition(AT_FAL, S.COLLECTING, Slot.KEEP, Guard.AS_SEEN),
     Move.RETRY: Transition(
-        frozenset({S.ADMITTED, *AT_FAL, S.COLLECTING}), None, Slot.KEEP, Guard.AS_SEEN, progress=False
+        frozenset({S.ADMITTED, S.UNCONFIRMED, *AT_FAL, S.COLLECTING}), None, Slot.KEEP, Guard.AS_SEEN, progress=False
     ),
     Move.RESUBMIT: Transition(frozenset({*AT_FAL, S.COLLECTING}), S.ADMITTED, Slot.KEEP, Guard.AS_SEEN),
     Move.SUCCEED: Transition(frozenset({S.COLLECTING}), S.SUCCEEDED, Slot.RELEASE, Guard.AS_SEEN),
     Move.FAIL: Transition(frozenset(s for s in JobStatus if not s.is_final), S.FAILED, Slot.RELEASE, Guard.AS_SEEN),
-    # A job being collected already ran (its files are paid for): it is left to finish.
+    # A job being collected already ran (its files are paid for): it is left to finish. One being submitted
+    # is cancelled once its answer (or the history) tells whether fal has it; an unconfirmed one once proven
+    # absent; one at fal once fal said it cancelled it.
     Move.CANCEL: Transition(
-        frozenset({S.WAITING, S.ADMITTED, S.SUBMITTING, *AT_FAL}), S.CANCELLED, Slot.RELEASE, Guard.AS_SEEN
+        frozenset({S.WAITING, S.ADMITTED, S.UNCONFIRMED, *AT_FAL}), S.CANCELLED, Slot.RELEASE, Guard.AS_SEEN
     ),
     Move.REQUEUE: Transition(frozenset({S.FAILED, S.CANCELLED}), S.WAITING, Slot.KEEP, Guard.AS_SEEN),
+    Move.RECHECK: Transition(frozenset({S.CANCELLED}), S.QUEUED, Slot.REJOIN, Guard.AS_SEEN),
 }
 
 #: The step due for a job in each status; waiting and final jobs have none.
@@ -130,6 +150,7 @@ STEP_OF: Final[dict[JobStatus, Step]] = {
     S.ADMITTED: Step.SUBMIT,
     # Found so by a step, the submit's worker died mid-call: the submit step decides what became of it.
     S.SUBMITTING: Step.SUBMIT,
+    S.UNCONFIRMED: Step.RECONCILE,
     S.QUEUED: Step.POLL,
     S.RUNNING: Step.POLL,
     S.COLLECTING: Step.COLLECT,
@@ -168,6 +189,9 @@ class JobUpdate:
     error_type: str | Keep | None = KEEP
     error_message: str | Keep | None = KEEP
     history: tuple[Attempt, ...] | Keep = KEEP
+    sent_at: float | Keep | None = KEEP
+    sent_digest: str | Keep | None = KEEP
+    reconciled: tuple[Reconciled, ...] | Keep = KEEP
     call_failures: int | Keep = KEEP
     step_errors: int | Keep = KEEP
 
@@ -232,6 +256,10 @@ class Call(str, Enum):
     STATUS = "status"
     RESULT = "result"
     DOWNLOAD = "download"
+    #: A page of fal's request history, looking for a lost submit.
+    HISTORY = "history"
+    #: A cancel, for a job of a cancelled batch.
+    CANCEL = "cancel"
 
 
 @dataclass(frozen=True)
@@ -281,6 +309,13 @@ class SubmitAgain:
 
 
 @dataclass(frozen=True)
+class Reconcile:
+    """The submit's answer was lost: fal's request history will say whether fal has the request."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class GiveUp:
     """The job ends FAILED; with `cancel_at_fal`, its request may still run at fal and is cancelled there."""
 
@@ -289,7 +324,7 @@ class GiveUp:
     cancel_at_fal: bool = False
 
 
-Decision = RetryLater | SubmitAgain | GiveUp
+Decision = RetryLater | SubmitAgain | Reconcile | GiveUp
 
 
 class Limits(BaseModel):
@@ -312,16 +347,35 @@ class Limits(BaseModel):
     not_ready_backoff: Backoff = Backoff(base_s=0.1, cap_s=30.0, jitter=0.0)
 
 
-def decide(seen: Seen, record: JobRecord, max_attempts: int, limits: Limits, rand: float) -> Decision:
-    """What follows what a step saw of `record`; `rand` in [0, 1) draws the jitter of a delay."""
+#: What a user is told of a submit that may have reached fal and cannot be looked up.
+UNCONFIRMED_ADVICE = (
+    "fal may have queued it, so it is not sent again: check fal's dashboard, and `wan-batch retry` it if it did"
+    " not run"
+)
+
+
+def decide(seen: Seen, record: JobRecord, max_attempts: int, limits: Limits, rand: float,
+           reconcilable: bool = False) -> Decision:  # fmt: skip
+    """What follows what a step saw of `record`; `rand` in [0, 1) draws the jitter of a delay.
+
+    `reconcilable`: fal's request history can be searched for a submit of the
+    job's batch whose answer was lost (else such a job ends `submit_unconfirmed`).
+    """
     if isinstance(seen, StepCrashed):
-        return _after_crash(seen, record, limits, rand)
+        return _after_crash(seen, record, limits, rand, reconcilable)
     if seen.call is Call.SUBMIT:
-        return _after_submit(seen, record, limits, rand)
+        return _after_submit(seen, record, limits, rand, reconcilable)
     if seen.not_ready or seen.transient:
         return _call_again(seen, record, limits, rand)
     if seen.call is Call.DOWNLOAD:
         return GiveUp(seen.error_type, seen.message)
+    if seen.call is Call.HISTORY:
+        return GiveUp("submit_unconfirmed", f"fal's request history cannot be searched: {seen.message}; "
+                      + UNCONFIRMED_ADVICE)  # fmt: skip
+    if seen.call is Call.CANCEL:  # never reported cancelled: fal did not say so
+        return GiveUp("cancel_failed", f"{seen.message}; fal may still run it", cancel_at_fal=False)
+    if seen.call is Call.RESULT and seen.status_code == 499:  # cancelled at fal: nothing runs; not a failed try
+        return SubmitAgain(seen.error_type, seen.message)
     if seen.status_code == 404:  # fal no longer has the request (or its result): nothing runs, so run it again
         return _new_attempt(SubmitAgain(seen.error_type, seen.message), record, max_attempts)
     model_error = seen.call is Call.RESULT and (seen.status_code or 0) >= 500 and seen.job_retryable is not False
@@ -330,24 +384,30 @@ def decide(seen: Seen, record: JobRecord, max_attempts: int, limits: Limits, ran
     return GiveUp(seen.error_type, seen.message, cancel_at_fal=record.status in AT_FAL)
 
 
-def _after_crash(seen: StepCrashed, record: JobRecord, limits: Limits, rand: float) -> Decision:
-    if record.status is S.SUBMITTING:  # the request may have left: never sent again
-        return GiveUp("submit_unconfirmed", f"{seen.message}; fal may have queued it, so it is not sent again")
+def _after_crash(seen: StepCrashed, record: JobRecord, limits: Limits, rand: float, reconcilable: bool) -> Decision:
+    if record.status is S.SUBMITTING:  # the request may have left: never sent again unless proven absent
+        return _unconfirmed(seen.message, reconcilable)
     if record.step_errors < limits.step_errors:
         return RetryLater(backoff_delay_s(record.step_errors + 1, limits.step_backoff, rand), "step_errors")
     message = f"failed {record.step_errors + 1} times: {seen.message}"
     return GiveUp("internal_error", message, cancel_at_fal=record.status in AT_FAL)
 
 
-def _after_submit(seen: CallFailed, record: JobRecord, limits: Limits, rand: float) -> Decision:
+def _after_submit(seen: CallFailed, record: JobRecord, limits: Limits, rand: float, reconcilable: bool) -> Decision:
     if seen.unconfirmed:
-        return GiveUp("submit_unconfirmed", f"{seen.message}; it is not sent again")
+        return _unconfirmed(seen.message, reconcilable)
     if not seen.transient:
         return GiveUp(seen.error_type, seen.message)
     if record.call_failures < limits.call_retries:
         delay_s = backoff_delay_s(record.call_failures + 1, limits.call_backoff, rand, seen.retry_after_s)
         return RetryLater(delay_s, "call_failures")
     return GiveUp(seen.error_type, seen.message)
+
+
+def _unconfirmed(message: str, reconcilable: bool) -> Decision:
+    if reconcilable:
+        return Reconcile(f"{message}; looking for it in fal's request history")
+    return GiveUp("submit_unconfirmed", f"{message}; {UNCONFIRMED_ADVICE}")
 
 
 def _call_again(seen: CallFailed, record: JobRecord, limits: Limits, rand: float) -> Decision:
@@ -364,6 +424,11 @@ def _call_again(seen: CallFailed, record: JobRecord, limits: Limits, rand: float
         return GiveUp(seen.error_type, seen.message)
     if seen.call is Call.RESULT:
         return GiveUp("result_unreachable", seen.message)
+    if seen.call is Call.HISTORY:
+        return GiveUp("submit_unconfirmed", f"fal's request history did not answer: {seen.message}; "
+                      + UNCONFIRMED_ADVICE)  # fmt: skip
+    if seen.call is Call.CANCEL:
+        return GiveUp("cancel_unreachable", f"{seen.message}; fal may still run it", cancel_at_fal=False)
     # fal may still run it: never a resubmit, and it is cancelled there rather than left running unwatched.
     message = f"{seen.message}; fal may still run it, so it is not submitted again"
     return GiveUp("status_unreachable", message, cancel_at_fal=record.status in AT_FAL)

@@ -35,6 +35,21 @@ class Attempt:
     ended_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """A submit whose answer was lost, and how fal's request history resolved it (kept for the report)."""
+
+    #: The attempt whose submit it was.
+    attempt: int
+    #: "adopted": fal had the request, and it was followed; "absent": fal never had it.
+    outcome: str
+    #: The request adopted (None when absent).
+    request_id: str | None
+    #: When that submit was sent, and when the history settled it.
+    sent_at: float | None
+    resolved_at: float
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """A job and everything that happened to it; times are Unix seconds."""
@@ -65,6 +80,12 @@ class JobRecord:
     error_type: str | None = None
     error_message: str | None = None
     history: tuple[Attempt, ...] = field(default=())
+    #: When the latest submit call began, and the digest of the exact body it sent (`jobs.reconcile`):
+    #: what fal's request history is searched for when its answer is lost.
+    sent_at: float | None = None
+    sent_digest: str | None = None
+    #: Lost submits of the job and how each was resolved.
+    reconciled: tuple[Reconciled, ...] = field(default=())
     #: Moves applied to the job so far: a move is applied only to the revision its mover read.
     revision: int = 0
     #: Transient failures in a row of the call the job's step makes now (status, result, download...).
@@ -78,6 +99,7 @@ class JobRecord:
         data["status"] = self.status.value
         data["outputs"] = [asdict(o) for o in self.outputs]
         data["history"] = [asdict(a) for a in self.history]
+        data["reconciled"] = [asdict(r) for r in self.reconciled]
         return data
 
     @classmethod
@@ -87,6 +109,7 @@ class JobRecord:
         values["status"] = JobStatus(values["status"])
         values["outputs"] = tuple(OutputFile(**o) for o in values.get("outputs") or ())
         values["history"] = tuple(Attempt(**a) for a in values.get("history") or ())
+        values["reconciled"] = tuple(Reconciled(**r) for r in values.get("reconciled") or ())
         return cls(**values)
 
     @property

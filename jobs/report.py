@@ -12,7 +12,7 @@ from jobs.status import JobStatus
 
 COLUMNS = (
     "job_id", "row", "endpoint", "prompt", "input_images", "status", "request_id", "seed", "output_path",
-    "width", "height", "attempts", "error_type", "error_message", "queue_wait_s", "run_s",
+    "width", "height", "attempts", "error_type", "error_message", "queue_wait_s", "run_s", "reconciled",
 )  # fmt: skip
 IMAGE_FIELDS = ("image_url", "image_urls")
 
@@ -41,6 +41,8 @@ def summarize(records: Sequence[JobRecord], wall_s: float | None) -> dict[str, A
         "images_written": sum(len(r.outputs) for r in records),
         "attempts": sum(r.attempts for r in records),
         "failures_by_error_type": dict(failures.most_common()),
+        # Lost submits, by how fal's request history settled them: adopted (fal had it) or absent (sent again).
+        "reconciled": dict(Counter(entry.outcome for r in records for entry in r.reconciled).most_common()),
         "latency_s": {
             "p50": _percentile(latencies, 50),
             "p95": _percentile(latencies, 95),
@@ -69,8 +71,18 @@ def _job_columns(record: JobRecord) -> dict[str, Any]:
         "error_message": record.error_message,
         "queue_wait_s": _round(record.queue_wait_s),
         "run_s": _round(record.run_s),
+        "reconciled": _reconciled(record),
         "_meta": job.meta,
     }
+
+
+def _reconciled(record: JobRecord) -> str | None:
+    """How each lost submit of the job was settled, in order: "adopted <request_id>" or "absent"."""
+    if not record.reconciled:
+        return None
+    return "; ".join(
+        f"attempt {r.attempt}: {r.outcome}" + (f" {r.request_id}" if r.request_id else "") for r in record.reconciled
+    )
 
 
 def _meta(row: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,9 @@ class JobStatus(str, Enum):
     ADMITTED = "admitted"
     #: The submit call may have reached fal, and no request_id is stored yet.
     SUBMITTING = "submitting"
+    #: The submit's answer was lost after the request may have left: fal's request history is searched
+    #: for it (found: it is followed; proven absent: submitted again). Holds no slot while it waits.
+    UNCONFIRMED = "unconfirmed"
     #: fal has it (request_id stored) and reports it IN_QUEUE.
     QUEUED = "queued"
     #: fal reports IN_PROGRESS.
@@ -35,6 +38,11 @@ class JobStatus(str, Enum):
         return self in IN_FLIGHT
 
     @property
+    def has_step(self) -> bool:
+        """Whether a worker has something to do for the job (a submit, a lookup, a poll, a collect)."""
+        return self in ACTIVE
+
+    @property
     def has_request(self) -> bool:
         """Whether fal has a request for the job (so it is polled, never resubmitted)."""
         return self in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COLLECTING)
@@ -44,3 +52,5 @@ FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 IN_FLIGHT = frozenset(
     {JobStatus.ADMITTED, JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COLLECTING}
 )
+#: Jobs a worker has a step for: those holding a slot, and those whose lost submit is looked for.
+ACTIVE = IN_FLIGHT | {JobStatus.UNCONFIRMED}

@@ -6,9 +6,11 @@ import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.lifecycle import Limits
 from jobs.polling import PollPolicy
+from jobs.reconcile import ReconcilePolicy
 
 MIB = 1024 * 1024
 #: Environment variables a worker reads its credential from, by auth scheme.
@@ -40,11 +42,19 @@ class TimerSettings(BaseModel):
     batch_size: int = Field(default=200, gt=0)
 
 
-class WorkerSettings(BaseModel):
-    """How a worker talks to fal: budgets and delays of retries, polling, timers and download limits."""
+class WorkerSettings(BaseSettings):
+    """How a worker talks to fal: budgets and delays of retries, polling, lost submits, timers and downloads.
+
+    Each can be set in the worker's environment, `WAN_BATCH_` then the path with `__` between parts,
+    e.g. `WAN_BATCH_RECONCILE__HISTORY_LAG_S=300` (values given in code win).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WAN_BATCH_", env_nested_delimiter="__", extra="ignore")
 
     limits: Limits = Limits()
     poll: PollPolicy = PollPolicy()
+    #: How a submit whose answer was lost is looked for in fal's request history.
+    reconcile: ReconcilePolicy = ReconcilePolicy()
     timers: TimerSettings = TimerSettings()
     #: Largest output file accepted.
     max_output_bytes: int = Field(default=256 * MIB, gt=0)

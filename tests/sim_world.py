@@ -17,6 +17,7 @@ from jobs.job import Job, canonical_json, fingerprint
 from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.record import JobRecord
 from jobs.status import JobStatus
+from runner.fal.history import HistoryClient
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient
 from runner.ledger.store import BatchInfo, Ledger
@@ -102,8 +103,9 @@ def world_factory(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Any]:
                                     created_at=0.0, max_in_flight=max_in_flight, max_attempts=max_attempts,
                                     provider_url=running.base_url, report_when_done=report_when_done))  # fmt: skip
         ledger.sync_jobs("b", make_jobs(jobs), now=0.0)
-        ctx = Context(ledger, http, lambda _b: QueueClient(http, provider), settings or WorkerSettings(),
-                      random.Random(1))  # fmt: skip
+        history = HistoryClient(http, Provider.fal(KEY, base_url=f"{running.base_url}/v1"))
+        ctx = Context(ledger, http, lambda _b: QueueClient(http, provider), lambda _b: history,
+                      settings or WorkerSettings(), random.Random(1))  # fmt: skip
         runtime = Runtime(create_app("redis://unused:1/0"), lambda: ctx)
         return World(ctx, running, clock, tmp_path / "out" / "b", http, provider, runtime)
 

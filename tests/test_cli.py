@@ -72,12 +72,14 @@ def test_the_image_size_cap_is_an_option(tmp_path: Path, make_image) -> None:  #
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
-    [(["validate", "nope.csv"], "does not exist"), (["validate"], "Missing argument"), (["frobnicate"], "No such command")],
-)
+    [(["validate", "nope.csv"], "does not exist"), (["validate"], "Missing argument"), (["frobnicate"], "No such command"),
+     (["worker", "--api-url", "api.example/v1"], "--api-url: give a plain http(s) URL, or none"),
+     (["worker", "--api-url", "http://u:secret-pw@127.0.0.1/v1"], "--api-url: give a plain http(s) URL, or none")],
+)  # fmt: skip
 def test_bad_usage_exits_2(args: list[str], fragment: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
-    assert fragment in result.output
+    assert fragment in result.output and "secret-pw" not in result.output
 
 
 def test_console_script_runs(tmp_path: Path) -> None:

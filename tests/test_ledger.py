@@ -178,6 +178,73 @@ def test_a_changed_row_runs_again_unless_it_is_at_fal(redis_client: redis.Redis)
     assert ledger.admit("b") == ["j0"]
 
 
+def test_an_unconfirmed_row_is_not_recorded_again_with_a_new_input(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    jobs = open_batch(ledger, 1)
+    ledger.admit("b")
+    move(ledger, "j0", Move.SEND)
+    move(ledger, "j0", Move.UNCONFIRM)  # fal may have it: its input stays what was sent
+    edited = [Job(j.id, j.endpoint, {"prompt": "new"}, "fp-new", j.file, j.line, j.row) for j in jobs]
+    assert ledger.sync_jobs("b", edited, now=9.0) == Counter(in_flight=1)
+
+
+def test_an_unconfirmed_job_leaves_its_slot_and_rejoins_over_the_window_when_found(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 3, max_in_flight=1)
+    assert ledger.admit("b") == ["j0"]
+    move(ledger, "j0", Move.SEND)
+    lost = ledger.apply("b", plan(ledger.record("b", "j0"), Move.UNCONFIRM, JobUpdate(), 10.0))  # type: ignore[arg-type]
+    assert lost is not None and lost.admitted == ["j1"], "its slot goes to the next job at once"
+    found = move(ledger, "j0", Move.ADOPT, request_id="r-0")
+    assert found is not None and found.status is S.QUEUED
+    assert ledger.in_flight("b") == 2, "fal has its request: it is followed even with the window full"
+    assert ledger.job_for_request("r-0") == ("b", "j0")
+
+
+def test_a_request_another_job_holds_is_never_adopted(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 2)
+    ledger.admit("b")
+    for job_id in ("j0", "j1"):
+        move(ledger, job_id, Move.SEND)
+    move(ledger, "j0", Move.ACCEPT, request_id="r-same")
+    move(ledger, "j1", Move.UNCONFIRM)
+    assert move(ledger, "j1", Move.ADOPT, request_id="r-same") is None
+    assert ledger.record("b", "j1").status is S.UNCONFIRMED  # type: ignore[union-attr]
+    assert ledger.job_for_request("r-same") == ("b", "j0")
+
+
+def test_absent_goes_back_in_line_and_is_admitted_when_a_slot_is_free(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 1)
+    ledger.admit("b")
+    move(ledger, "j0", Move.SEND)
+    move(ledger, "j0", Move.UNCONFIRM)
+    absent = ledger.apply("b", plan(ledger.record("b", "j0"), Move.ABSENT, JobUpdate(), 10.0))  # type: ignore[arg-type]
+    assert absent is not None and absent.admitted == ["j0"], "the window had room: its new submit is due"
+    assert ledger.record("b", "j0").status is S.ADMITTED  # type: ignore[union-attr]
+
+
+def test_a_cancel_is_tallied_with_its_move(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 2)
+    for job_id in ("j0", "j1"):
+        record = ledger.record("b", job_id)
+        assert record is not None
+        ledger.apply("b", plan(record, Move.CANCEL, JobUpdate(), 10.0), tally="never_sent")
+    assert ledger.tallies("b") == {"never_sent": 2}
+    ledger.reset_tallies("b")
+    assert ledger.tallies("b") == {}
+
+
+def test_the_longest_run_is_kept(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    assert ledger.longest_run_s("b") is None
+    for run_s in (3.0, 9.5, 2.0):
+        ledger.note_run_time("b", run_s)
+    assert ledger.longest_run_s("b") == 9.5
+
+
 def test_the_batch_ends_with_its_last_job_and_an_unattended_one_gets_its_end_timer(redis_client: redis.Redis) -> None:
     ledger, timers = Ledger(redis_client), Timers(redis_client)
     open_batch(ledger, 2, report_when_done=True)

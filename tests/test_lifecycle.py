@@ -18,6 +18,7 @@ from jobs.lifecycle import (
     JobUpdate,
     Limits,
     Move,
+    Reconcile,
     RetryLater,
     Slot,
     Step,
@@ -46,15 +47,20 @@ ALLOWED = {
     Move.SEND: {S.ADMITTED},
     Move.UNSENT: {S.SUBMITTING},
     Move.ACCEPT: {S.SUBMITTING},
+    Move.UNCONFIRM: {S.SUBMITTING},
+    Move.ADOPT: {S.UNCONFIRMED},
+    Move.ABSENT: {S.UNCONFIRMED},
     Move.SEEN_QUEUED: {S.QUEUED, S.RUNNING},
     Move.SEEN_RUNNING: {S.QUEUED, S.RUNNING},
     Move.COMPLETE: {S.QUEUED, S.RUNNING},
-    Move.RETRY: {S.ADMITTED, S.QUEUED, S.RUNNING, S.COLLECTING},
+    Move.RETRY: {S.ADMITTED, S.UNCONFIRMED, S.QUEUED, S.RUNNING, S.COLLECTING},
     Move.RESUBMIT: {S.QUEUED, S.RUNNING, S.COLLECTING},
     Move.SUCCEED: {S.COLLECTING},
-    Move.FAIL: {S.WAITING, S.ADMITTED, S.SUBMITTING, S.QUEUED, S.RUNNING, S.COLLECTING},
-    Move.CANCEL: {S.WAITING, S.ADMITTED, S.SUBMITTING, S.QUEUED, S.RUNNING},
+    Move.FAIL: {S.WAITING, S.ADMITTED, S.SUBMITTING, S.UNCONFIRMED, S.QUEUED, S.RUNNING, S.COLLECTING},
+    # A job being submitted is cancelled once it is known whether fal has it; one being collected never.
+    Move.CANCEL: {S.WAITING, S.ADMITTED, S.UNCONFIRMED, S.QUEUED, S.RUNNING},
     Move.REQUEUE: {S.FAILED, S.CANCELLED},
+    Move.RECHECK: {S.CANCELLED},
 }
 
 
@@ -78,6 +84,9 @@ def test_each_move_is_allowed_exactly_from_its_sources(move: Move, status: JobSt
         (Move.SEND, S.SUBMITTING, Slot.KEEP, Guard.AS_SEEN),
         (Move.UNSENT, S.ADMITTED, Slot.KEEP, Guard.AS_SEEN),
         (Move.ACCEPT, S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
+        (Move.UNCONFIRM, S.UNCONFIRMED, Slot.RELEASE, Guard.AS_SEEN),
+        (Move.ADOPT, S.QUEUED, Slot.REJOIN, Guard.AS_SEEN),
+        (Move.ABSENT, S.WAITING, Slot.KEEP, Guard.AS_SEEN),
         (Move.SEEN_QUEUED, S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
         (Move.SEEN_RUNNING, S.RUNNING, Slot.KEEP, Guard.AS_SEEN),
         (Move.COMPLETE, S.COLLECTING, Slot.KEEP, Guard.AS_SEEN),
@@ -87,6 +96,7 @@ def test_each_move_is_allowed_exactly_from_its_sources(move: Move, status: JobSt
         (Move.FAIL, S.FAILED, Slot.RELEASE, Guard.AS_SEEN),
         (Move.CANCEL, S.CANCELLED, Slot.RELEASE, Guard.AS_SEEN),
         (Move.REQUEUE, S.WAITING, Slot.KEEP, Guard.AS_SEEN),
+        (Move.RECHECK, S.QUEUED, Slot.REJOIN, Guard.AS_SEEN),
     ],
 )
 def test_the_table(move: Move, target: JobStatus | None, slot: Slot, guard: Guard) -> None:
@@ -100,19 +110,22 @@ def test_a_slot_is_held_exactly_by_the_statuses_that_say_so() -> None:
     for move, row in TRANSITIONS.items():
         for source in row.sources:
             target = row.target or source
-            holds_after = {Slot.TAKE: True, Slot.RELEASE: False, Slot.KEEP: source.holds_slot}[row.slot]
+            holds_after = {Slot.TAKE: True, Slot.REJOIN: True, Slot.RELEASE: False,
+                           Slot.KEEP: source.holds_slot}[row.slot]  # fmt: skip
             assert holds_after == target.holds_slot, (move, source, target)
 
 
 @pytest.mark.parametrize(
     ("status", "step"),
-    [(S.WAITING, None), (S.ADMITTED, Step.SUBMIT), (S.SUBMITTING, Step.SUBMIT), (S.QUEUED, Step.POLL),
-     (S.RUNNING, Step.POLL), (S.COLLECTING, Step.COLLECT), (S.SUCCEEDED, None), (S.FAILED, None),
-     (S.CANCELLED, None)],
+    [(S.WAITING, None), (S.ADMITTED, Step.SUBMIT), (S.SUBMITTING, Step.SUBMIT), (S.UNCONFIRMED, Step.RECONCILE),
+     (S.QUEUED, Step.POLL), (S.RUNNING, Step.POLL), (S.COLLECTING, Step.COLLECT), (S.SUCCEEDED, None),
+     (S.FAILED, None), (S.CANCELLED, None)],
 )  # fmt: skip
 def test_every_job_that_holds_a_slot_has_a_step_due(status: JobStatus, step: Step | None) -> None:
+    """And so has an unconfirmed one, which leaves its slot while fal's history is searched."""
     assert STEP_OF.get(status) == step
-    assert (step is not None) == status.holds_slot
+    assert (step is not None) == status.has_step
+    assert status.holds_slot == (status.has_step and status is not S.UNCONFIRMED)
 
 
 # --- plans -----------------------------------------------------------------------------------------------------
@@ -208,6 +221,40 @@ def failed(call: Call, **values: object) -> CallFailed:
 )  # fmt: skip
 def test_decide(seen: CallFailed | StepCrashed, job: JobRecord, expected: type) -> None:
     assert type(decide(seen, job, max_attempts=3, limits=LIMITS, rand=0.5)) is expected
+
+
+@pytest.mark.parametrize(
+    ("seen", "job", "expected", "error_type"),
+    [
+        # a lost submit, or a worker that died sending it: looked for in fal's history, never sent again blind
+        (failed(Call.SUBMIT, unconfirmed=True), record(S.SUBMITTING), Reconcile, None),
+        (StepCrashed("boom"), record(S.SUBMITTING), Reconcile, None),
+        # the history's outages are waited out; a history that refuses us leaves the job to a person
+        (failed(Call.HISTORY, transient=True), record(S.UNCONFIRMED, call_failures=4), RetryLater, None),
+        (failed(Call.HISTORY, transient=True), record(S.UNCONFIRMED, call_failures=5), GiveUp, "submit_unconfirmed"),
+        (failed(Call.HISTORY, status_code=403), record(S.UNCONFIRMED), GiveUp, "submit_unconfirmed"),
+        # a cancel that fails is tried again, and never reported as done
+        (failed(Call.CANCEL, transient=True), record(S.RUNNING), RetryLater, None),
+        (failed(Call.CANCEL, transient=True), record(S.RUNNING, call_failures=5), GiveUp, "cancel_unreachable"),
+        (failed(Call.CANCEL, status_code=401), record(S.RUNNING), GiveUp, "cancel_failed"),
+        # fal cancelled it (a retry after a cancel): submitted again, whatever the attempts so far
+        (failed(Call.RESULT, status_code=499), record(S.COLLECTING, attempts=3), SubmitAgain, None),
+    ],
+)  # fmt: skip
+def test_decide_with_a_request_history(seen: CallFailed | StepCrashed, job: JobRecord, expected: type,
+                                       error_type: str | None) -> None:  # fmt: skip
+    decision = decide(seen, job, max_attempts=3, limits=LIMITS, rand=0.5, reconcilable=True)
+    assert type(decision) is expected
+    if isinstance(decision, GiveUp):
+        assert decision.error_type == error_type and not decision.cancel_at_fal
+    if isinstance(decision, Reconcile):
+        assert "request history" in decision.message
+
+
+def test_without_a_history_a_lost_submit_ends_with_the_advice_to_check_fal() -> None:
+    decision = decide(failed(Call.SUBMIT, unconfirmed=True), record(S.SUBMITTING), 3, LIMITS, 0.5)
+    assert isinstance(decision, GiveUp) and decision.error_type == "submit_unconfirmed"
+    assert "check fal's dashboard" in decision.message
 
 
 def test_the_retry_counter_bug_a_poll_with_many_failed_calls_survives_one_crash() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from jobs.lifecycle import Move
 from jobs.status import JobStatus
 from runner.batches import operations
@@ -64,15 +66,47 @@ def test_cancel_stops_admission_and_cancels_requests_at_fal(world_factory: Any) 
     world.ctx.ledger.admit("b")
     world.step("j0")
     world.step("j1")
-    outcome = operations.cancel_batch(world.ctx, "b")
-    assert outcome == {"cancelled": 4}
+    summary = operations.cancel_batch(world.ctx, "b", call_fal=True)
+    assert summary == {"cancelled_at_fal": 2, "finished": 0, "never_sent": 2, "gone": 0, "not_reached_yet": 0,
+                       "collecting": 0}  # fmt: skip
     assert world.stats()["cancels"] == 2, "the two requests at fal were cancelled there"
     assert {world.job(f"j{n}").status for n in range(4)} == {S.CANCELLED}
-    assert "CANCELLATION_REQUESTED" in (world.job("j0").error_message or "")
+    assert "fal cancelled its request" in (world.job("j0").error_message or "")
     info = world.ctx.ledger.batch("b")
     assert info is not None and info.state == "cancelled" and info.ended_at is not None
     assert world.ctx.ledger.admit("b") == []
-    assert world.ctx.ledger.in_flight("b") == 0 and world.due() == [], "no step of theirs is left to run"
+    assert world.ctx.ledger.in_flight("b") == 0
+    run_until_quiet(world)
+    assert world.stats()["cancels"] == 2 and world.due() == [], "no step of theirs is left to run"
+
+
+def test_cancel_without_a_credential_hands_the_cancels_to_the_workers(world_factory: Any) -> None:
+    world = world_factory(jobs=3, max_in_flight=2, run_time="fixed:30")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.step("j1")
+    summary = operations.cancel_batch(world.ctx, "b", call_fal=False)
+    assert (summary["never_sent"], summary["cancelled_at_fal"], summary["not_reached_yet"]) == (1, 0, 2)
+    assert world.stats()["cancels"] == 0, "nothing was said to fal, and nothing is reported cancelled there"
+    assert {world.job(j).status for j in ("j0", "j1")} == {S.QUEUED}, "still tracked"
+    assert {t.item for t in world.due()} == {"j0", "j1"}, "their steps are due now, for the workers"
+    run_until_quiet(world)
+    view = operations.view_batch(world.ctx.ledger, "b")
+    assert view is not None and view.to_dict()["cancel"]["cancelled_at_fal"] == 2
+    assert world.stats()["cancels"] == 2 and view.to_dict()["cancel"]["not_reached_yet"] == 0
+
+
+def test_a_request_fal_had_finished_is_collected_not_cancelled(world_factory: Any) -> None:
+    world = world_factory(jobs=1, run_time="fixed:1")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.clock.advance(2.0)  # it ran at fal: it is paid for
+    summary = operations.cancel_batch(world.ctx, "b", call_fal=True)
+    assert (summary["finished"], summary["cancelled_at_fal"], summary["collecting"]) == (1, 0, 1)
+    run_until_quiet(world)
+    record = world.job("j0")
+    assert record.status is S.SUCCEEDED and (world.folder / record.outputs[0].path).is_file()
+    assert world.stats()["submits"] == 1
 
 
 def test_cancel_leaves_a_job_being_collected_to_finish(world_factory: Any) -> None:
@@ -81,9 +115,29 @@ def test_cancel_leaves_a_job_being_collected_to_finish(world_factory: Any) -> No
     world.step("j0")
     world.clock.advance(2.0)
     world.force("j0", Move.COMPLETE)  # its poll saw it COMPLETED; the download is under way
-    assert operations.cancel_batch(world.ctx, "b") == {"finishing": 1}
+    assert operations.cancel_batch(world.ctx, "b", call_fal=True)["collecting"] == 1
     world.step("j0")
     assert world.job("j0").status is S.SUCCEEDED
+
+
+@pytest.mark.parametrize(("ran", "submits"), [(True, 1), (False, 2)])
+def test_retry_of_a_cancelled_job_collects_what_fal_ran_and_resubmits_only_what_it_cancelled(
+    world_factory: Any, ran: bool, submits: int
+) -> None:
+    world = world_factory(jobs=1, run_time="fixed:1")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    if ran:  # fal ran it although the job was cancelled (an answer that came too late, an older version)
+        world.clock.advance(2.0)
+        world.force("j0", Move.CANCEL, error_type="cancelled", error_message="cancelled by the user")
+    else:
+        operations.cancel_batch(world.ctx, "b", call_fal=True)
+    assert world.job("j0").status is S.CANCELLED
+    assert operations.retry_jobs(world.ctx, "b", statuses=[S.CANCELLED]) == ["j0"]
+    run_until_quiet(world)
+    record = world.job("j0")
+    assert record.status is S.SUCCEEDED, record.error_message
+    assert world.stats()["submits"] == submits and world.stats()["duplicate_submits"] == submits - 1
 
 
 def test_retry_requeues_exactly_the_chosen_failures(world_factory: Any) -> None:
@@ -140,9 +194,9 @@ def test_sweep_gives_a_timer_back_to_a_job_that_lost_it(world_factory: Any) -> N
     world.ctx.clock = lambda: later
     assert operations.sweep(world.ctx, stale_after_s=300) == {"b": 1}
     assert world.ctx.timers.due_at(Timer.step("b", "j0")) == later
-    world.ctx.ledger.set_batch_state("b", "cancelled")
+    world.ctx.ledger.set_batch_state("b", "cancelled")  # its jobs still have cancels to make
     world.ctx.timers.forget([Timer.step("b", "j0")])
-    assert operations.sweep(world.ctx, stale_after_s=300) == {}
+    assert operations.sweep(world.ctx, stale_after_s=300) == {"b": 1}
 
 
 def test_model_failures_then_retry_succeeds(world_factory: Any) -> None:
@@ -175,28 +229,6 @@ def test_purge_removes_only_finished_batches_and_never_their_files(world_factory
     assert [k for k in redis.scan_iter("wb:batch:b*")] == [] and world.ctx.ledger.batch_ids() == []
     assert world.ctx.ledger.job_for_request(request_id or "") is None
     assert sorted(p.relative_to(world.folder) for p in world.folder.rglob("*")) == files
-
-
-def test_cancel_cancels_at_fal_a_request_that_lands_while_it_cancels(world_factory: Any) -> None:
-    """A worker's submit lands between cancel's look at the job and its move: that request is cancelled too."""
-    world = world_factory(jobs=1, run_time="fixed:30")
-    world.ctx.ledger.admit("b")
-    ledger = world.ctx.ledger
-    real_apply = ledger.apply
-    landed: list[bool] = []
-
-    def apply_after_the_submit_lands(batch_id: str, plan: Any, *args: Any, **kwargs: Any) -> Any:
-        if plan.move is Move.CANCEL and not landed:
-            landed.append(True)
-            world.step("j0")  # the worker sends it; fal accepts it; its request_id is stored
-        return real_apply(batch_id, plan, *args, **kwargs)
-
-    ledger.apply = apply_after_the_submit_lands  # type: ignore[method-assign]
-    assert operations.cancel_job(world.ctx, "b", "j0") == "cancelled"
-    record = world.job("j0")
-    assert record.status is S.CANCELLED and record.request_id is not None
-    assert world.stats()["submits"] == 1 and world.stats()["cancels"] == 1, "the request that landed was cancelled"
-    assert "CANCELLATION_REQUESTED" in (record.error_message or "")
 
 
 def test_purge_keeps_an_ended_batch_until_its_report_is_written(world_factory: Any) -> None:

@@ -159,7 +159,9 @@ def test_a_worker_that_died_mid_collect_is_taken_over(world_factory: Any) -> Non
     assert not leftover.exists()
 
 
-def test_a_request_that_arrives_after_its_job_was_cancelled_is_cancelled_at_fal(world_factory: Any) -> None:
+def test_a_request_that_lands_as_its_batch_is_cancelled_is_cancelled_at_fal_by_its_next_step(
+    world_factory: Any,
+) -> None:
     world = world_factory(jobs=1, run_time="fixed:30")
     world.ctx.ledger.admit("b")
     make_client = world.ctx.queue_client
@@ -170,7 +172,7 @@ def test_a_request_that_arrives_after_its_job_was_cancelled_is_cancelled_at_fal(
         class UserCancelsDuringTheCall:
             def submit(self, endpoint: str, body: dict[str, Any]) -> Any:
                 submission = client.submit(endpoint, body)
-                world.force("j0", Move.CANCEL)  # `wan-batch cancel` while the call was out
+                world.ctx.ledger.set_batch_state("b", "cancelled")  # `wan-batch cancel` while the call was out
                 return submission
 
             def cancel(self, url: str) -> Any:
@@ -180,12 +182,17 @@ def test_a_request_that_arrives_after_its_job_was_cancelled_is_cancelled_at_fal(
 
     world.ctx.queue_client = cancelling_meanwhile
     world.step("j0")
-    assert world.stats()["cancels"] == 1
-    assert world.job("j0").status is S.CANCELLED and world.job("j0").request_id is None
+    landed = world.job("j0")
+    assert landed.status is S.QUEUED and landed.request_id, "a request fal accepted is stored, never lost"
+    world.step("j0")
+    record = world.job("j0")
+    assert world.stats()["cancels"] == 1 and world.stats()["submits"] == 1
+    assert record.status is S.CANCELLED and record.request_id == landed.request_id
+    assert "fal cancelled its request" in (record.error_message or "")
+    assert world.ctx.ledger.tallies("b") == {"cancelled_at_fal": 1}
 
 
-def test_an_unexpected_error_from_the_submit_call_is_never_sent_again(world_factory: Any) -> None:
-    world = world_factory(jobs=1)
+def _exploding_after_the_send(world: Any) -> None:
     make_client = world.ctx.queue_client
 
     def exploding(batch: BatchInfo) -> Any:
@@ -196,25 +203,50 @@ def test_an_unexpected_error_from_the_submit_call_is_never_sent_again(world_fact
                 client.submit(endpoint, body)  # it reached fal...
                 raise RuntimeError("...and then something broke")
 
+            def __getattr__(self, name: str) -> Any:  # every other call as the real client makes it
+                return getattr(client, name)
+
         return Exploding()
 
     world.ctx.queue_client = exploding
+
+
+def test_an_unexpected_error_from_the_submit_call_is_never_sent_again_without_a_history(world_factory: Any) -> None:
+    world = world_factory(jobs=1)
+    _exploding_after_the_send(world)
+    world.ctx.history_client = lambda _batch: None  # a gateway, or --api-url none
     world.ctx.ledger.admit("b")
     world.step("j0")
     record = world.job("j0")
     assert (record.status, record.error_type) == (S.FAILED, "submit_unconfirmed")
+    assert "check fal's dashboard" in (record.error_message or "")
     assert world.stats()["submits"] == 1
     assert world.ctx.ledger.in_flight("b") == 0
 
 
-def test_a_worker_that_died_mid_submit_is_written_off_never_resent(world_factory: Any) -> None:
+def test_an_unexpected_error_from_the_submit_call_is_looked_up_and_adopted(world_factory: Any) -> None:
     world = world_factory(jobs=1)
+    _exploding_after_the_send(world)
     world.ctx.ledger.admit("b")
-    world.force("j0", Move.SEND, attempts=1)  # its worker sent it, then died before storing the answer
     world.step("j0")
     record = world.job("j0")
-    assert (record.status, record.error_type) == (S.FAILED, "submit_unconfirmed")
-    assert world.stats()["submits"] == 0
+    assert record.status is S.UNCONFIRMED and record.request_id is None
+    assert world.ctx.ledger.in_flight("b") == 0, "it leaves its slot while it is looked for"
+    run_until_quiet(world)
+    done = world.job("j0")
+    assert done.status is S.SUCCEEDED, done.error_message
+    assert [(r.outcome, r.attempt) for r in done.reconciled] == [("adopted", 1)]
+    assert world.stats()["submits"] == 1 and done.attempts == 1
+
+
+def test_a_worker_that_died_mid_submit_is_looked_for_never_resent_blind(world_factory: Any) -> None:
+    world = world_factory(jobs=1)
+    world.ctx.ledger.admit("b")
+    # Its worker marked it sent, then died before the call left: fal never had it.
+    world.force("j0", Move.SEND, attempts=1, sent_at=world.ctx.clock(), sent_digest="0" * 32)
+    world.step("j0")
+    record = world.job("j0")
+    assert record.status is S.UNCONFIRMED and world.stats()["submits"] == 0
 
 
 def test_a_job_fal_did_not_start_in_time_runs_again(world_factory: Any) -> None:

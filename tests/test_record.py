@@ -1,7 +1,7 @@
 import pytest
 
 from jobs.job import Job
-from jobs.record import Attempt, JobRecord, OutputFile
+from jobs.record import Attempt, JobRecord, OutputFile, Reconciled
 from jobs.status import FINAL, IN_FLIGHT, JobStatus
 
 JOB = Job("j1", "fal-ai/wan-25-preview/image-to-image", {"prompt": "p", "image_urls": ["a.png"]}, "f" * 64, "m.csv", 2, 1)
@@ -10,7 +10,9 @@ OUT = OutputFile(0, "images/j1_0.png", "http://x/0.png", "image/png", 512, 512, 
 
 def test_round_trip_through_a_dict() -> None:
     record = JobRecord(JOB, JobStatus.SUCCEEDED, attempts=2, request_id="r", outputs=(OUT,),
-                       history=(Attempt(1, "r0", "runner_server_error", "boom", 1.0, 2.0),))  # fmt: skip
+                       history=(Attempt(1, None, "submit_lost", "never reached fal", 1.0, 2.0),),
+                       sent_at=3.0, sent_digest="ab" * 16,
+                       reconciled=(Reconciled(1, "absent", None, 1.0, 2.0), Reconciled(2, "adopted", "r", 3.0, 9.0)))  # fmt: skip
     assert JobRecord.from_dict(record.to_dict()) == record
 
 

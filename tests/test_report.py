@@ -1,5 +1,5 @@
 from jobs.job import Job
-from jobs.record import JobRecord, OutputFile
+from jobs.record import JobRecord, OutputFile, Reconciled
 from jobs.report import COLUMNS, report_rows, summarize
 from jobs.status import JobStatus
 
@@ -19,7 +19,8 @@ RECORDS = [
     JobRecord(job(1, _source="s1"), JobStatus.SUCCEEDED, attempts=1, request_id="r1", outputs=(output(0, 5), output(1, 6)),
               submitted_at=0.0, completed_at=2.0, inference_s=1.5, finished_at=2.5),
     JobRecord(job(2), JobStatus.FAILED, attempts=3, request_id="r2", error_type="runner_server_error", error_message="boom"),
-    JobRecord(job(3), JobStatus.SUCCEEDED, attempts=2, outputs=(output(0, 9),), submitted_at=0.0, finished_at=4.5),
+    JobRecord(job(3), JobStatus.SUCCEEDED, attempts=2, outputs=(output(0, 9),), submitted_at=0.0, finished_at=4.5,
+              request_id="r3", reconciled=(Reconciled(1, "absent", None, 0.0, 1.0), Reconciled(2, "adopted", "r3", 1.0, 2.0))),
 ]  # fmt: skip
 
 
@@ -34,6 +35,7 @@ def test_one_row_per_image_and_one_per_job_without_images() -> None:
     assert (first["width"], first["height"], first["queue_wait_s"], first["run_s"]) == (512, 384, 0.5, 1.5)
     assert first["_source"] == "s1"
     assert rows[2]["error_type"] == "runner_server_error" and rows[2]["status"] == "failed"
+    assert rows[3]["reconciled"] == "attempt 1: absent; attempt 2: adopted r3" and first["reconciled"] is None
 
 
 def test_summary() -> None:
@@ -43,6 +45,7 @@ def test_summary() -> None:
     assert summary["images_written"] == 3
     assert summary["attempts"] == 6
     assert summary["failures_by_error_type"] == {"runner_server_error": 1}
+    assert summary["reconciled"] == {"absent": 1, "adopted": 1}
     assert summary["latency_s"] == {"p50": 3.5, "p95": 4.4, "max": 4.5}
     assert summary["wall_s"] == 10.0
 

@@ -15,6 +15,8 @@ import pytest
 import redis
 
 from jobs.schedule import When
+from runner.ledger.connection import redis_client
+from runner.ledger.store import Ledger
 from runner.schedules import beat
 from runner.steps.dispatch import QUEUE
 from runner.tasks import create_app
@@ -88,7 +90,8 @@ def test_a_schedule_fires_once_its_batch_runs_and_the_list_shows_the_outcome(
     hook_url, received = hook
     write_manifest(tmp_path, 3)
     added = schedule_cli(tmp_path, broker, "add", "batch.jsonl", "--at", soon(8), "--tz", "UTC", "--name", "nightly",
-                         "--base-url", sim.base_url, "--notify", hook_url)  # fmt: skip
+                         "--base-url", sim.base_url, "--notify", hook_url, "--api-url", f"{sim.base_url}/v1",
+                         "--start-timeout-s", "120")  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert added.stdout.startswith("schedule nightly: once at ") and "  next: " in added.stdout
     # As docker-compose.yml runs them: the Redis comes from REDIS_URL.
@@ -103,6 +106,8 @@ def test_a_schedule_fires_once_its_batch_runs_and_the_list_shows_the_outcome(
     assert firing["summary"]["counts"]["succeeded"] == 3
     report = json.loads((tmp_path / "out" / "nightly" / label / "report.json").read_text())
     assert report["batch_id"] == firing["id"] and report["summary"]["counts"]["succeeded"] == 3
+    info = Ledger(redis_client(broker)).batch(firing["id"])
+    assert info is not None and (info.api_url, info.start_timeout_s) == (f"{sim.base_url}/v1", 120.0)
     assert len(list((tmp_path / "out" / "nightly" / label / "images").iterdir())) == 3
     stats = sim.stats()
     assert stats["submits"] == 3 and stats["duplicate_submits"] == 0
@@ -245,6 +250,7 @@ def test_a_schedule_of_a_broken_manifest_is_refused_with_the_errors_of_validate(
         (["--cron", "0 2 * * *", "--name", ""], "--name: '' is not a schedule name"),
         (["--cron", "0 2 * * *", "--name", "no/slash"], "--name: 'no/slash' is not a schedule name"),
         (["--cron", "0 2 * * *", "--base-url", "http://user:pw@h/"], "--base-url:"),
+        (["--cron", "0 2 * * *", "--api-url", "http://user:pw@h/v1"], "--api-url: give a plain http(s) URL"),
     ],
 )
 def test_schedule_add_usage_errors(tmp_path: Path, broker: str, args: list[str], message: str) -> None:

@@ -39,7 +39,7 @@ def broken_context(client: redis.Redis, tmp_path: Path, step_errors: int) -> Con
         raise RuntimeError("the queue client could not be built")
 
     settings = WorkerSettings(limits=Limits(step_errors=step_errors))
-    return Context(ledger, httpx.Client(), no_client, settings, random.Random(1))
+    return Context(ledger, httpx.Client(), no_client, lambda _batch: None, settings, random.Random(1))
 
 
 def queued_messages(client: redis.Redis) -> list[dict[str, Any]]:

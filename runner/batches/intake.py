@@ -18,10 +18,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 from jobs.errors import ManifestError, UsageError
 from jobs.manifest import Batch, ManifestOptions
+from jobs.reconcile import start_timeout_s
 from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.batches.manifests import load_manifest
 from runner.batches.operations import resume_batch
+from runner.fal.history import NO_API, api_url_for
 from runner.fal.providers import FAL_QUEUE_URL, Provider
 from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
@@ -47,6 +49,8 @@ class RunRequest(BaseModel):
     max_image_mb: float = Field(default=10.0, gt=0)
     priority: Literal["normal", "low"] | None = None
     start_timeout_s: float | None = None
+    #: fal's Platform API, where lost submits are looked for ("none": nowhere); default: fal's for a FAL_KEY.
+    api_url: str | None = None
     #: With a shared Redis: seconds without any job changing status before hinting that no worker runs.
     stall_hint_s: float = Field(default=60.0, gt=0)
 
@@ -107,6 +111,24 @@ def provider_for(request: RunRequest) -> Provider:
     return provider
 
 
+def api_url_of(request: RunRequest, provider: Provider) -> str:
+    """The request history URL a batch stores: `--api-url` as checked, else fal's own for a fal key, else
+    "none" (a gateway has no history unless given). Raises UsageError for a URL that is not plain http(s)."""
+    given = request.api_url.strip() if request.api_url is not None else None
+    if given is None:
+        return api_url_for(None, provider.auth_scheme) or NO_API
+    if given.lower() == NO_API:
+        return NO_API
+    try:
+        checked = Provider(base_url=given, auth_scheme=provider.auth_scheme, credential=provider.credential).base_url
+        port_ok = urlsplit(checked).port != 0
+    except (ValidationError, ValueError):
+        port_ok = False
+    if not port_ok:
+        raise UsageError("--api-url: give a plain http(s) URL, or none (credentials go in the environment)")
+    return checked
+
+
 def _describe_invalid(exc: ValidationError, scheme: Literal["Key", "Bearer"]) -> str:
     """pydantic's complaint without the value it refused (a URL with a password, a credential)."""
     problems = []
@@ -143,7 +165,8 @@ def record_batch(
         created_at=existing.created_at if existing else time.time(), jobs=len(batch.jobs),
         max_in_flight=request.max_in_flight, max_attempts=request.max_attempts, state="open",
         provider_url=provider.base_url, auth_scheme=provider.auth_scheme, priority=request.priority,
-        start_timeout_s=request.start_timeout_s, max_image_bytes=int(request.max_image_mb * MIB),
+        start_timeout_s=start_timeout_s(request.priority, request.start_timeout_s),
+        api_url=api_url_of(request, provider), max_image_bytes=int(request.max_image_mb * MIB),
         report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
     )  # fmt: skip
     ledger.save_batch(info)

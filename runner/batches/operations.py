@@ -7,21 +7,22 @@ what workers must do next is a timer in Redis, which their dispatchers send.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.errors import QueueAPIError
-from jobs.lifecycle import JobUpdate, Move, allowed
+from jobs.lifecycle import AT_FAL, JobUpdate, Move
 from jobs.record import Attempt, JobRecord
-from jobs.status import IN_FLIGHT, JobStatus
+from jobs.status import ACTIVE, JobStatus
 from runner.ledger.store import LEDGER_FORMAT, BatchInfo, Ledger
 from runner.ledger.timers import Timer
 from runner.steps.context import Context
 from runner.steps.moves import move
+from runner.steps.pipeline import poll_job
 
+log = logging.getLogger(__name__)
 S = JobStatus
 #: `status` shows this many of the latest failures (grouped by type); the counts are of all of them.
 LATEST_FAILURES = 200
@@ -40,6 +41,8 @@ class BatchView:
     failures: dict[str, int] = field(default_factory=dict)
     #: The latest failures by error type, newest first.
     errors: dict[str, list[JobRecord]] = field(default_factory=dict)
+    #: How its latest cancel ended so far (see `cancel_batch`).
+    tallies: dict[str, int] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -55,6 +58,7 @@ class BatchView:
             "finished": self.finished,
             "counts": {status.value: n for status, n in self.counts.items()},
             "in_flight": [_in_flight_row(r) for r in self.in_flight],
+            **({"cancel": cancel_summary(self.tallies, self.counts)} if self.info.state == "cancelled" else {}),
             "errors": {
                 error_type: {"count": count, "latest": [_error_row(r) for r in self.errors.get(error_type, [])[:5]]}
                 for error_type, count in self.failures.items()
@@ -82,9 +86,10 @@ def view_batch(ledger: Ledger, batch_id: str) -> BatchView | None:
     if info is None:
         return None
     info.check_format()
-    view = BatchView(info, ledger.counts(batch_id), failures=ledger.failures_by_type(batch_id))
+    view = BatchView(info, ledger.counts(batch_id), failures=ledger.failures_by_type(batch_id),
+                     tallies=ledger.tallies(batch_id))  # fmt: skip
     order = {status: n for n, status in enumerate(JobStatus)}
-    view.in_flight = sorted(ledger.records_with(batch_id, IN_FLIGHT), key=lambda r: (order[r.status], r.job.row))
+    view.in_flight = sorted(ledger.records_with(batch_id, ACTIVE), key=lambda r: (order[r.status], r.job.row))
     for record in reversed(ledger.records_with(batch_id, [S.FAILED], latest=LATEST_FAILURES)):
         view.errors.setdefault(record.error_type or "unknown", []).append(record)
     return view
@@ -100,47 +105,54 @@ def list_batches(ledger: Ledger) -> list[tuple[BatchInfo, dict[JobStatus, int]]]
     return found
 
 
-def cancel_batch(ctx: Context, batch_id: str) -> Counter[str]:
-    """Stop a batch: no new submits, every request at fal cancelled; how many jobs ended how."""
-    ctx.ledger.set_batch_state(batch_id, "cancelled")
-    outcome: Counter[str] = Counter()
-    unfinished = [s for s in JobStatus if not s.is_final]
-    for job_id in ctx.ledger.job_ids(batch_id, unfinished):
-        outcome[cancel_job(ctx, batch_id, job_id)] += 1
-    ctx.ledger.admit(batch_id)  # admits nothing now; ends the batch if it had no job left to end
-    return outcome
+#: What `cancel_batch` counts, and what `status` shows of a cancelled batch.
+CANCEL_TALLIES = {
+    "cancelled_at_fal": "cancelled at fal",
+    "finished": "had already finished at fal (paid for: collected)",
+    "never_sent": "never sent",
+    "gone": "no longer known to fal",
+}
 
 
-def cancel_job(ctx: Context, batch_id: str, job_id: str) -> str:
-    """Cancel a job: at fal if it has a request there; it ends CANCELLED with whatever it had saved.
+def cancel_summary(tallies: dict[str, int], counts: dict[JobStatus, int]) -> dict[str, int]:
+    """The counts of a cancel: how each job ended, and how many are still at fal or looked for (tracked)."""
+    summary = {name: tallies.get(name, 0) for name in CANCEL_TALLIES}
+    summary["not_reached_yet"] = sum(counts[s] for s in (*AT_FAL, S.SUBMITTING, S.UNCONFIRMED))
+    summary["collecting"] = counts[S.COLLECTING]
+    return summary
 
-    A job being collected is left to finish (it already ran; its files are
-    paid for). Returns "cancelled", "finishing" or "ended" (it was final).
+
+def cancel_batch(ctx: Context, batch_id: str, call_fal: bool) -> dict[str, int]:
+    """Stop a batch: nothing new is sent, and every request at fal is cancelled there.
+
+    With `call_fal` (this process has the credential) the cancels are made
+    here; else the workers' next step of each job makes them (it is due now).
+    A job fal had already finished is collected, not discarded (it is paid
+    for); one whose submit is in flight or unconfirmed is cancelled once it is
+    known whether fal has it. Returns `cancel_summary` as it stands when done.
     """
     batch = ctx.ledger.batch(batch_id)
-    answer, asked_for = "", "(not asked yet)"
-    for _ in range(_MOVE_TRIES):
-        record = ctx.ledger.record(batch_id, job_id)
-        if batch is None or record is None or record.status.is_final:
-            return "ended"
-        if not allowed(Move.CANCEL, record.status):
-            return "finishing"
-        if (record.request_id or "") != asked_for:  # the first look, or a submit landed meanwhile: cancel that
-            answer, asked_for = _cancel_at_fal(ctx, batch, record), record.request_id or ""
-        update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user (fal: {answer})",
+    if batch is None:
+        return {}
+    ctx.ledger.reset_tallies(batch_id)
+    ctx.ledger.set_batch_state(batch_id, "cancelled")
+    batch = batch.model_copy(update={"state": "cancelled"})
+    for record in ctx.ledger.records_with(batch_id, [S.WAITING, S.ADMITTED]):
+        update = JobUpdate(error_type="cancelled", error_message="cancelled by the user before it was sent",
                            finished_at=ctx.clock())  # fmt: skip
-        if move(ctx, batch, record, Move.CANCEL, update).applied is not None:
-            return "cancelled"
-    return "finishing"
-
-
-def _cancel_at_fal(ctx: Context, batch: BatchInfo, record: JobRecord) -> str:
-    if not (record.status.has_request and record.cancel_url):
-        return "never sent"
-    try:
-        return ctx.queue_client(batch).cancel(record.cancel_url)
-    except QueueAPIError as exc:
-        return f"cancel failed: {exc}"
+        move(ctx, batch, record, Move.CANCEL, update, tally="never_sent")  # one a worker admitted meanwhile: below
+    at_fal = ctx.ledger.job_ids(batch_id, [*AT_FAL, S.ADMITTED])
+    if call_fal:  # the poll step of a cancelled batch: cancelled at fal, or (finished there) collected next
+        for record in ctx.ledger.records_with(batch_id, AT_FAL):
+            try:
+                poll_job(ctx, batch, record, "")
+            except Exception:  # left to the workers, as without a credential: its step is due now
+                log.exception("cancelling job %s of batch %s at fal failed; its workers try again", record.job.id,
+                              batch_id)  # fmt: skip
+    # What is left (fal had finished it, the cancel failed, or a worker makes the cancel) is due now.
+    ctx.timers.schedule([Timer.step(batch_id, job_id) for job_id in at_fal], ctx.clock())
+    ctx.ledger.admit(batch_id)  # admits nothing now; ends the batch if it had no job left to end
+    return cancel_summary(ctx.ledger.tallies(batch_id), ctx.ledger.counts(batch_id))
 
 
 def retry_jobs(
@@ -152,29 +164,39 @@ def retry_jobs(
 ) -> list[str]:
     """Give exactly the chosen failed or cancelled jobs a new attempt; jobs that succeeded never.
 
-    Returns the ids put back in line; the free slots admit them at once.
+    A cancelled job whose request fal may have run anyway is polled first:
+    collected if it ran (it is paid for), submitted again only if fal did
+    cancel it. Returns the ids put back in line; the free slots admit them at once.
     """
     batch = ctx.ledger.batch(batch_id)
     if batch is None:
         return []
     wanted_types = set(error_types) if error_types is not None else None
     wanted_ids = set(job_ids) if job_ids is not None else None
+    chosen = [
+        record for record in ctx.ledger.records_with(batch_id, set(statuses) & {S.FAILED, S.CANCELLED})
+        if (wanted_types is None or record.error_type in wanted_types)
+        and (wanted_ids is None or record.job.id in wanted_ids)
+    ]  # fmt: skip
+    if chosen and batch.state == "cancelled":  # open first: a poll in a cancelled batch would cancel again
+        ctx.ledger.set_batch_state(batch_id, "open")
+        batch = batch.model_copy(update={"state": "open"})
     requeued = []
-    for record in ctx.ledger.records_with(batch_id, set(statuses) & {S.FAILED, S.CANCELLED}):
-        if wanted_types is not None and record.error_type not in wanted_types:
-            continue
-        if wanted_ids is not None and record.job.id not in wanted_ids:
-            continue
-        ended = Attempt(record.attempts, record.request_id, record.error_type, record.error_message,
-                        record.submitted_at, record.finished_at)  # fmt: skip
-        update = JobUpdate(history=(*record.history, ended), error_type=None, error_message=None, outputs=(),
-                           finished_at=None, queue_position=None, request_id=None, status_url=None,
-                           response_url=None, cancel_url=None)  # fmt: skip
-        if move(ctx, batch, record, Move.REQUEUE, update).applied is not None:
+    for record in chosen:
+        if record.status is S.CANCELLED and record.request_id and record.cancel_url:
+            update = JobUpdate(error_type=None, error_message=None, finished_at=None, queue_position=None,
+                               last_log="retried after a cancel: asking fal whether it ran")  # fmt: skip
+            done = move(ctx, batch, record, Move.RECHECK, update)
+        else:
+            ended = Attempt(record.attempts, record.request_id, record.error_type, record.error_message,
+                            record.submitted_at, record.finished_at)  # fmt: skip
+            update = JobUpdate(history=(*record.history, ended), error_type=None, error_message=None, outputs=(),
+                               finished_at=None, queue_position=None, request_id=None, status_url=None,
+                               response_url=None, cancel_url=None)  # fmt: skip
+            done = move(ctx, batch, record, Move.REQUEUE, update)
+        if done.applied is not None:
             requeued.append(record.job.id)
     if requeued:
-        if batch.state == "cancelled":
-            ctx.ledger.set_batch_state(batch_id, "open")
         ctx.ledger.admit(batch_id)
     return requeued
 
@@ -185,10 +207,10 @@ def resume_batch(ctx: Context, batch_id: str, owners_gone: bool = False) -> int:
     A step a live worker runs now is left to it, unless `owners_gone` (the
     run that held them is known to be dead, e.g. a rerun of `wan-batch run`
     into its folder): then every step is given out again. Jobs at fal are
-    polled again, never submitted again; a job caught mid-submit is written
-    off as `submit_unconfirmed` by its step.
+    polled again, never submitted again; a job caught mid-submit is looked
+    for in fal's request history by its step.
     """
-    job_ids = ctx.ledger.job_ids(batch_id, IN_FLIGHT)
+    job_ids = ctx.ledger.job_ids(batch_id, ACTIVE)
     timers = [Timer.step(batch_id, job_id) for job_id in job_ids]
     if owners_gone:
         ctx.timers.forget(timers)
@@ -198,7 +220,7 @@ def resume_batch(ctx: Context, batch_id: str, owners_gone: bool = False) -> int:
 
 
 def sweep(ctx: Context, stale_after_s: float) -> dict[str, int]:
-    """A safety net for open batches: a job holding a slot, unchanged for `stale_after_s`, without a timer gets one.
+    """A safety net for unfinished batches: a job with a step, unchanged for `stale_after_s`, without a timer gets one.
 
     Every such job has a timer (they are set in the same step as its
     status), so this finds none unless something went wrong; it reads only
@@ -207,9 +229,9 @@ def sweep(ctx: Context, stale_after_s: float) -> dict[str, int]:
     found: dict[str, int] = {}
     before = ctx.clock() - stale_after_s
     for info, counts in list_batches(ctx.ledger):
-        if info.state != "open" or not any(counts[s] for s in IN_FLIGHT):
+        if info.state == "done" or not any(counts[s] for s in ACTIVE):
             continue
-        stale = ctx.ledger.job_ids(info.id, IN_FLIGHT, changed_before=before)
+        stale = ctx.ledger.job_ids(info.id, ACTIVE, changed_before=before)
         lost = [Timer.step(info.id, j) for j in stale if ctx.timers.due_at(Timer.step(info.id, j)) is None]
         if lost:
             found[info.id] = ctx.timers.schedule(lost, ctx.clock())

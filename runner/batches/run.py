@@ -30,10 +30,13 @@ from runner.embedded.worker import EmbeddedWorker
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
 from runner.ledger.store import BatchInfo, Ledger
+from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator
 from runner.steps.context import Context, make_context
 
 _FOLLOW_EVERY_S = 0.2
+#: A simulator's history lags by a known amount, on this machine's clock: a second more covers it.
+_SIM_LAG_MARGIN_S = 1.0
 
 
 Progress = Callable[[dict[JobStatus, int], int], None]
@@ -83,7 +86,7 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
     started = time.monotonic()
     embedded = request.redis_url is None
     with ExitStack() as stack:
-        provider = stack.enter_context(_provision(request))
+        provider, request, settings = stack.enter_context(_provision(request))
         if embedded:
             stack.enter_context(hold_folder(request.out))
         client, broker_url = _redis(request, stack)
@@ -92,7 +95,7 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
         synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)))
         secret = provider.credential.get_secret_value()
-        context = make_context(ledger, http, lambda _scheme: secret)
+        context = make_context(ledger, http, lambda _scheme: secret, settings)
         app = make_app(broker_url, lambda: context)
         # Every unfinished job's step is due now. Embedded, the last run's worker is surely gone, so the
         # steps it held are given out again; on a shared Redis, steps that live workers run are theirs.
@@ -109,14 +112,25 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
 
 
 @contextmanager
-def _provision(request: RunRequest) -> Iterator[Provider]:
+def _provision(request: RunRequest) -> Iterator[tuple[Provider, RunRequest, WorkerSettings]]:
+    """Where the run sends its jobs, the request as it runs, and its worker's settings.
+
+    With `--sim`, a simulator of fal on this machine serves both the queue and
+    the request history, whose short lag its worker waits for.
+    """
     if request.sim:
         sim_key = secrets.token_urlsafe(16)
         config = SimConfig(concurrency=request.sim_concurrency, run_time=request.sim_run_time, key=sim_key)
         with run_simulator(config) as sim:
-            yield Provider.fal(sim_key, sim.base_url)
+            api_url = request.api_url if request.api_url is not None else f"{sim.base_url}/v1"
+            settings = WorkerSettings()
+            same_machine = settings.reconcile.model_copy(
+                update={"history_lag_s": config.history_lag_s + _SIM_LAG_MARGIN_S, "clock_skew_s": _SIM_LAG_MARGIN_S}
+            )
+            yield (Provider.fal(sim_key, sim.base_url), request.model_copy(update={"api_url": api_url}),
+                   settings.model_copy(update={"reconcile": same_machine}))  # fmt: skip
         return
-    yield provider_for(request)
+    yield provider_for(request), request, WorkerSettings()
 
 
 @contextmanager

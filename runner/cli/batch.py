@@ -18,12 +18,14 @@ from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import ManifestError, UsageError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.status import JobStatus
-from runner.batches.intake import RunRequest, RunResult, load_batch
+from runner.batches.intake import RunRequest, RunResult, api_url_of, load_batch
 from runner.batches.manifests import load_manifest
 from runner.batches.run import Watchers, open_ledger, report_batch, run_batch
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
+from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env
+from runner.steps.context import context_from_env
 from runner.steps.dispatch import QUEUE
 from runner.tasks import create_app
 
@@ -107,7 +109,10 @@ def _print_validation(batch: Batch) -> None:
 @click.option("--batch-id", help="Batch id (default: the manifest's file name).")
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
 @click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
-              help="fal gives up on a request not started by then.")
+              help="fal gives up on a request not started by then (default: 900 s, or 3600 s with --priority low).")
+@click.option("--api-url", envvar="FAL_API_URL",
+              help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
+                   "FAL_KEY; none with a gateway), or none.")
 @click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @click.option("--sim-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="With --sim: requests the simulator runs at once.")
@@ -209,17 +214,24 @@ def report(folder: Path, redis_url: str | None, as_json: bool) -> None:
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Worker threads.")
 @click.option("--queues", default=QUEUE, show_default=True, help="Comma-separated queues to take tasks from.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, loglevel: str) -> None:  # fmt: skip
+@click.option("--api-url", envvar="FAL_API_URL",
+              help="Where to look for lost submits of batches that name no API URL (recorded by older versions).")
+def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, loglevel: str,
+           api_url: str | None) -> None:  # fmt: skip
     """Run a worker (the same as `celery -A runner.tasks worker -P threads`) until Ctrl-C.
 
     The credential comes from this machine's FAL_KEY or WAN_BATCH_GATEWAY_TOKEN.
+    Settings of its retries, polls and lookups of lost submits can be set in
+    its environment, e.g. WAN_BATCH_RECONCILE__HISTORY_LAG_S=300.
     """
     try:
         keep_days_from_env()  # checked now, not at the end of the first scheduled batch
-    except ValueError as exc:
+        if api_url is not None:
+            api_url = api_url_of(RunRequest(manifest=Path("-"), api_url=api_url), Provider.fal("checked-here"))
+    except (ValueError, UsageError) as exc:
         raise click.UsageError(str(exc)) from None
     with open_ledger(redis_url, out) as (_, broker_url):
-        app = create_app(broker_url)
+        app = create_app(broker_url, lambda: context_from_env(broker_url, api_url=api_url))
         worker = app.Worker(pool="threads", concurrency=concurrency, loglevel=loglevel, queues=queues.split(","))
         worker.start()
     # Non-zero when the worker gave up (it could not recover its broker): a supervisor then starts it again.

@@ -26,6 +26,7 @@ from runner.batches.run import open_ledger, submit_batch
 from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar
 from runner.ledger.store import Ledger
+from runner.settings import credential_from_env
 from runner.steps.context import Context, make_context
 from runner.tasks import create_app
 
@@ -60,6 +61,11 @@ def _context(ledger: Ledger, http: httpx.Client) -> Context:
 @click.option("--skip-invalid", is_flag=True, help="Submit the valid rows of a manifest that has errors.")
 @click.option("--batch-id", help="Batch id (default: the manifest's file name).")
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
+@click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
+              help="fal gives up on a request not started by then (default: 900 s, or 3600 s with --priority low).")
+@click.option("--api-url", envvar="FAL_API_URL",
+              help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
+                   "FAL_KEY; none with a gateway), or none.")
 def submit(manifest: Path, **options: Any) -> None:
     """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once."""
     request = RunRequest(manifest=manifest, **options)
@@ -108,6 +114,10 @@ def status(batch_id: str, redis_url: str | None, out: Path, as_json: bool) -> No
     created = datetime.fromtimestamp(view.info.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     click.echo(f"batch {batch_id} ({view.info.state}, created {created}): "
                + ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n))  # fmt: skip
+    if "cancel" in data:
+        click.echo(f"  cancel: {_cancel_line(data['cancel'])}"
+                   + (f"; {data['cancel']['not_reached_yet']} not settled yet" if data["cancel"]["not_reached_yet"]
+                      else ""))  # fmt: skip
     for row in data["in_flight"]:
         position = "" if row["queue_position"] is None else f" queue position {row['queue_position']}"
         log_line = f"  {row['last_log']}" if row["last_log"] else ""
@@ -138,13 +148,38 @@ def watch(batch_id: str, redis_url: str | None, out: Path) -> None:
 @click.command()
 @click.argument("batch_id")
 @_where
-def cancel(batch_id: str, redis_url: str | None, out: Path) -> None:
-    """Stop BATCH_ID: nothing new is submitted and every request at fal is cancelled."""
+@click.option("--wait-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Without a credential here: how long to wait for the workers to make the cancels at fal.")
+def cancel(batch_id: str, redis_url: str | None, out: Path, wait_s: float) -> None:
+    """Stop BATCH_ID: nothing new is sent, and every request at fal is cancelled there.
+
+    With the batch's credential here (FAL_KEY, or the gateway token) this
+    makes the cancels; without, the workers make them (they hold it) and this
+    waits up to --wait-s for them. A request fal had already finished is paid
+    for: its outputs are collected, not discarded. Exits 0 when every request
+    was settled, 1 when some were not reached yet (they stay tracked).
+    """
     with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
-        _batch_view(ledger, batch_id)
-        outcome = operations.cancel_batch(_context(ledger, http), batch_id)
-    click.echo(f"batch {batch_id} cancelled: {outcome['cancelled']} job(s) cancelled"
-               + (f", {outcome['finishing']} finishing their downloads" if outcome["finishing"] else ""))  # fmt: skip
+        view = _batch_view(ledger, batch_id)
+        call_fal = credential_from_env(view.info.auth_scheme) is not None
+        summary = operations.cancel_batch(_context(ledger, http), batch_id, call_fal)
+        waited = time.monotonic() + (0.0 if call_fal else wait_s)
+        while summary["not_reached_yet"] and time.monotonic() < waited:
+            time.sleep(_WATCH_EVERY_S)
+            summary = operations.cancel_summary(ledger.tallies(batch_id), ledger.counts(batch_id))
+    click.echo(f"batch {batch_id} cancelled: " + _cancel_line(summary))
+    if summary["not_reached_yet"]:
+        who = "the workers keep trying" if redis_url else "the next `wan-batch run` of its manifest tries again"
+        click.echo(f"  {summary['not_reached_yet']} request(s) not settled yet: still tracked, {who};"
+                   f" `wan-batch status {batch_id}` shows them", err=True)  # fmt: skip
+        raise SystemExit(1)
+
+
+def _cancel_line(summary: dict[str, int]) -> str:
+    shown = [f"{summary[name]} {what}" for name, what in operations.CANCEL_TALLIES.items() if summary.get(name)]
+    if summary.get("collecting"):
+        shown.append(f"{summary['collecting']} being collected")
+    return ", ".join(shown) or "nothing was left to cancel"
 
 
 @click.command()

@@ -15,7 +15,7 @@ S = JobStatus
 
 
 class ProgressBar:
-    """done / failed / in flight / queued at fal / waiting, with an ETA; silent when `enabled` is False."""
+    """done / failed / in flight / queued at fal / waiting / looked up, with an ETA; silent when not `enabled`."""
 
     def __init__(self, total: int, enabled: bool, console: Console | None = None) -> None:
         self._enabled = enabled
@@ -53,6 +53,7 @@ class ProgressBar:
             f"[green]{counts[S.SUCCEEDED]} done[/] [red]{counts[S.FAILED]} failed[/] "
             f"{in_flight} in flight ({counts[S.QUEUED]} queued at fal, {counts[S.RUNNING]} running) "
             f"{counts[S.WAITING]} waiting"
+            + (f" {counts[S.UNCONFIRMED]} lost submit(s) looked up at fal" if counts[S.UNCONFIRMED] else "")
         )
         self._progress.update(self._task, completed=done, total=sum(counts.values()), detail=detail)
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from jobs.errors import ManifestError, ScheduleError, UsageError
 from jobs.schedule import When
-from runner.batches.intake import RunRequest, batch_id_for, load_batch
+from runner.batches.intake import RunRequest, api_url_of, batch_id_for, load_batch
 from runner.cli.batch import refuse_manifest
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
@@ -59,6 +59,11 @@ def schedule() -> None:
 @click.option("--notify", help="POST each firing's summary as JSON to this URL.")
 @click.option("--follow-file", is_flag=True, help="Read MANIFEST when it fires, not as it is now.")
 @click.option("--base-url", help="Queue base URL: a gateway (with WAN_BATCH_GATEWAY_TOKEN) or another fal URL.")
+@click.option("--api-url", envvar="FAL_API_URL",
+              help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
+                   "FAL_KEY; none with a gateway), or none.")
+@click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
+              help="fal gives up on a request not started by then (default: 900 s, or 3600 s with --priority low).")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--endpoint", help="Endpoint of rows that name none.")
@@ -74,7 +79,7 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
         when = When.from_options(cron, at, local_zone() if tz is None else tz, now)
     except ScheduleError as exc:
         raise UsageError(str(exc)) from None
-    _check_urls(notify, options["base_url"])
+    _check_urls(notify, options["base_url"], options["api_url"])
     request = RunRequest(manifest=manifest, endpoint=options["endpoint"], skip_invalid=options["skip_invalid"])
     data = manifest.read_bytes()
     try:
@@ -212,7 +217,7 @@ def _is_zone(name: str) -> bool:
     return True
 
 
-def _check_urls(notify: str | None, base_url: str | None) -> None:
+def _check_urls(notify: str | None, base_url: str | None, api_url: str | None = None) -> None:
     if notify is not None:
         try:
             parts = urlsplit(notify)
@@ -226,6 +231,8 @@ def _check_urls(notify: str | None, base_url: str | None) -> None:
             Provider(base_url=base_url, auth_scheme="Key", credential="checked-at-fire-time")
         except ValidationError:
             raise UsageError("--base-url: give a plain http(s) URL (credentials go in the environment)") from None
+    if api_url is not None:
+        api_url_of(RunRequest(manifest=Path("-"), api_url=api_url), Provider.fal("checked-at-fire-time"))
 
 
 def _set_paused(name: str, redis_url: str, paused: bool) -> ScheduleSpec:

@@ -117,8 +117,8 @@ def user_agent() -> str:
     return f"wan-batch/{version}"
 
 
-class QueueClient:
-    """One provider's queue over a caller-owned `httpx.Client`; each method makes one call."""
+class FalHttp:
+    """One HTTP call to one of a provider's APIs, its failures classified; the credential goes only to its host."""
 
     def __init__(self, http: httpx.Client, provider: Provider, options: QueueOptions | None = None) -> None:
         self._http = http
@@ -127,88 +127,10 @@ class QueueClient:
 
     def __repr__(self) -> str:
         """Where and how it authenticates; never the credential."""
-        return f"QueueClient(base_url={self._provider.base_url!r}, auth_scheme={self._provider.auth_scheme!r})"
-
-    def submit(self, endpoint_id: str, body: dict[str, Any], webhook_url: str | None = None) -> Submission:
-        """Queue one request. Not idempotent: each successful call is a billed request.
-
-        Raises ValueError for a malformed `endpoint_id`, SubmitUnconfirmedError
-        when the answer was lost after the request was sent, and the other
-        QueueAPIError kinds as classified.
-        """
-        if not is_endpoint_id(endpoint_id):
-            raise ValueError(f"not a fal endpoint id (owner/app[/path]): {endpoint_id!r}")
-        params = {"fal_webhook": webhook_url} if webhook_url else None
-        headers = self._submit_headers()
-        url, timeout_s = self._provider.submit_url(endpoint_id), self._options.submit_timeout_s
-        response = self._send("submit", "POST", url, timeout_s=timeout_s, json=body, params=params, headers=headers)
-        data = self._success_body("submit", response)
-        request_id = data.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            raise SubmitUnconfirmedError(
-                f"submit {_display_url(str(response.url))}: HTTP {response.status_code} without a"
-                " request_id; the request may be queued but cannot be followed",
-                status_code=response.status_code,
-                detail=self._provider.redact(data),
-            )
-        return self._submission(endpoint_id, request_id, data)
-
-    def status(self, status_url: str, with_logs: bool = True) -> QueueStatus:
-        """The request's state; raises a QueueAPIError as classified."""
-        params = {"logs": "1"} if with_logs else None
-        response = self._send("status", "GET", status_url, timeout_s=self._options.poll_timeout_s, params=params)
-        return _parse_status(response, self._success_body("status", response))
-
-    def result(self, response_url: str) -> dict[str, Any]:
-        """The model's output (only a 200 is one).
-
-        Raises ResultNotReadyError before completion (its `detail` is the
-        status body), PermanentQueueError for a failed model (422 with the
-        `detail` list, 500...) or an expired result (404).
-        """
-        response = self._send("result", "GET", response_url, timeout_s=self._options.result_timeout_s)
-        data = self._success_body("result", response)
-        if response.status_code != 200:
-            raise ResultNotReadyError(
-                f"result {_display_url(str(response.url))}: HTTP {response.status_code},"
-                f" not completed yet (status {data.get('status')!r})",
-                status_code=response.status_code,
-                detail=data,
-            )
-        return data
-
-    def cancel(self, cancel_url: str) -> CancelStatus:
-        """Ask to cancel; safe to repeat. A request fal no longer knows (404) gives NOT_FOUND."""
-        response = self._send("cancel", "PUT", cancel_url, timeout_s=self._options.poll_timeout_s)
-        body = _json_or_none(response)
-        stated = body.get("status") if isinstance(body, dict) else None
-        if response.status_code in (200, 202, 400, 404) and stated in _CANCEL_STATUSES:
-            return cast(CancelStatus, stated)
-        if response.status_code == 404:
-            return "NOT_FOUND"
-        data = self._success_body("cancel", response)
-        raise PermanentQueueError(
-            f"cancel {_display_url(str(response.url))}: unexpected answer {_summary(data)}",
-            status_code=response.status_code,
-            error_type="invalid_response",
-            detail=data,
-        )
+        name = type(self).__name__
+        return f"{name}(base_url={self._provider.base_url!r}, auth_scheme={self._provider.auth_scheme!r})"
 
     # --- one HTTP call -------------------------------------------------------
-
-    def _submit_headers(self) -> dict[str, str]:
-        opts, headers = self._options, dict[str, str]()
-        if opts.priority:
-            headers["X-Fal-Queue-Priority"] = opts.priority
-        if opts.start_timeout_s is not None:
-            headers["X-Fal-Request-Timeout"] = str(float(opts.start_timeout_s))
-        if opts.object_expiration_s is not None:
-            headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(
-                {"expiration_duration_seconds": opts.object_expiration_s}
-            )
-        if opts.no_server_retry:
-            headers["x-fal-no-retry"] = "1"
-        return headers
 
     def _send(self, call: str, method: str, url: str, *, timeout_s: float, **kwargs: Any) -> httpx.Response:
         own_url = self._provider.own_url(url)
@@ -279,6 +201,95 @@ class QueueClient:
             fal_request_id=fal_request_id,
             job_retryable=retryable_hint(headers),
         )
+
+
+class QueueClient(FalHttp):
+    """One provider's queue over a caller-owned `httpx.Client`; each method makes one call."""
+
+    def submit(self, endpoint_id: str, body: dict[str, Any], webhook_url: str | None = None) -> Submission:
+        """Queue one request. Not idempotent: each successful call is a billed request.
+
+        Raises ValueError for a malformed `endpoint_id`, SubmitUnconfirmedError
+        when the answer was lost after the request was sent, and the other
+        QueueAPIError kinds as classified.
+        """
+        if not is_endpoint_id(endpoint_id):
+            raise ValueError(f"not a fal endpoint id (owner/app[/path]): {endpoint_id!r}")
+        params = {"fal_webhook": webhook_url} if webhook_url else None
+        headers = self._submit_headers()
+        url, timeout_s = self._provider.submit_url(endpoint_id), self._options.submit_timeout_s
+        response = self._send("submit", "POST", url, timeout_s=timeout_s, json=body, params=params, headers=headers)
+        data = self._success_body("submit", response)
+        request_id = data.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise SubmitUnconfirmedError(
+                f"submit {_display_url(str(response.url))}: HTTP {response.status_code} without a"
+                " request_id; the request may be queued but cannot be followed",
+                status_code=response.status_code,
+                detail=self._provider.redact(data),
+            )
+        return self._submission(endpoint_id, request_id, data)
+
+    def status(self, status_url: str, with_logs: bool = True) -> QueueStatus:
+        """The request's state; raises a QueueAPIError as classified."""
+        params = {"logs": "1"} if with_logs else None
+        response = self._send("status", "GET", status_url, timeout_s=self._options.poll_timeout_s, params=params)
+        return _parse_status(response, self._success_body("status", response))
+
+    def result(self, response_url: str) -> dict[str, Any]:
+        """The model's output (only a 200 is one).
+
+        Raises ResultNotReadyError before completion (its `detail` is the
+        status body), PermanentQueueError for a failed model (422 with the
+        `detail` list, 500...) or an expired result (404).
+        """
+        response = self._send("result", "GET", response_url, timeout_s=self._options.result_timeout_s)
+        data = self._success_body("result", response)
+        if response.status_code != 200:
+            raise ResultNotReadyError(
+                f"result {_display_url(str(response.url))}: HTTP {response.status_code},"
+                f" not completed yet (status {data.get('status')!r})",
+                status_code=response.status_code,
+                detail=data,
+            )
+        return data
+
+    def cancel(self, cancel_url: str) -> CancelStatus:
+        """Ask to cancel; safe to repeat. A request fal no longer knows (404) gives NOT_FOUND."""
+        response = self._send("cancel", "PUT", cancel_url, timeout_s=self._options.poll_timeout_s)
+        body = _json_or_none(response)
+        stated = body.get("status") if isinstance(body, dict) else None
+        if response.status_code in (200, 202, 400, 404) and stated in _CANCEL_STATUSES:
+            return cast(CancelStatus, stated)
+        if response.status_code == 404:
+            return "NOT_FOUND"
+        data = self._success_body("cancel", response)
+        raise PermanentQueueError(
+            f"cancel {_display_url(str(response.url))}: unexpected answer {_summary(data)}",
+            status_code=response.status_code,
+            error_type="invalid_response",
+            detail=data,
+        )
+
+    def follow(self, endpoint_id: str, request_id: str) -> Submission:
+        """The URLs of a request known only by its id (found in fal's request history): fal's form, owner/app only."""
+        return self._submission(endpoint_id, request_id, {})
+
+    # --- inside ---------------------------------------------------------------
+
+    def _submit_headers(self) -> dict[str, str]:
+        opts, headers = self._options, dict[str, str]()
+        if opts.priority:
+            headers["X-Fal-Queue-Priority"] = opts.priority
+        if opts.start_timeout_s is not None:
+            headers["X-Fal-Request-Timeout"] = str(float(opts.start_timeout_s))
+        if opts.object_expiration_s is not None:
+            headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(
+                {"expiration_duration_seconds": opts.object_expiration_s}
+            )
+        if opts.no_server_retry:
+            headers["x-fal-no-retry"] = "1"
+        return headers
 
     def _submission(self, endpoint_id: str, request_id: str, data: dict[str, Any]) -> Submission:
         # Without URLs in the answer, build fal's form (owner/app only) rather than lose the id.

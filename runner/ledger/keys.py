@@ -61,6 +61,15 @@ class Keys:
         """Hash: endpoint -> the start of its requests' URLs (`.../requests/`), so a job stores only its request_id."""
         return f"{self.prefix}:batch:{batch_id}:bases"
 
+    def tallies(self, batch_id: str) -> str:
+        """Hash: how the batch's latest cancel ended for its jobs (at fal, already finished...), kept by the moves."""
+        return f"{self.prefix}:batch:{batch_id}:tallies"
+
+    def longest_run(self, batch_id: str) -> str:
+        """Sorted set of one member scored by the longest run time (seconds) the batch has seen: how long a lost
+        submit may still run at fal."""
+        return f"{self.prefix}:batch:{batch_id}:longest"
+
     def errors(self, batch_id: str) -> str:
         """Hash: failed jobs per error type (the stored JSON of the type), kept by every transition."""
         return f"{self.prefix}:batch:{batch_id}:errors"

@@ -102,13 +102,13 @@ end
 #: KEYS: job. ARGV[1]: the context (see LIBRARY) plus the move: job_id, from, to, revision (the one the
 #: mover read, as text), token (unique to the call, so that a retried call whose answer was lost knows it
 #: was applied; also in `fields` as applied_by), fields (name -> stored text), slot ("take", "keep",
-#: "release"), requeue,
+#: "release", "rejoin"), requeue, tally, exclusive (the request_id must not be held by another job),
 #: error_type (stored JSON text, when the job fails), final, request_id and request_value (to index, or
 #: ""), due_at (when its next step is due; -1: none), keep_claim ("r:<token>" of the worker that runs the
 #: next step at once, or "") and lease_until. Applies the move if the job is still at `from` and
 #: `revision` (and, with keep_claim, if that worker still holds the job's step). Returns {1, old status,
 #: admitted job ids} or {0, current status}; a repeated call that was applied returns no admitted ids (their
-#: submits are due already).
+#: submits are due already). With `tally` (a name, or ""), counts the move in the batch's tallies.
 APPLY = (
     LIBRARY
     + """
@@ -125,9 +125,15 @@ local member = c.step_prefix .. c.job_id
 if c.keep_claim ~= '' and redis.call('HGET', c.claims, member) ~= c.keep_claim then
   return {0, current}  -- the mover no longer holds the job's step (its lease lapsed and another took it)
 end
+if c.exclusive and c.request_id ~= '' then
+  local holder = redis.call('HGET', c.requests, c.request_id)
+  if holder and holder ~= c.request_value then return {0, current} end  -- another job follows that request
+end
 enter_status(c, job_key, c.job_id, current, c.to, c.error_type)
 write_fields(c, job_key, c.job_id, c.fields)
 if c.slot == 'release' then redis.call('SREM', c.in_flight, c.job_id) end
+if c.slot == 'rejoin' then redis.call('SADD', c.in_flight, c.job_id) end
+if c.tally ~= '' then redis.call('HINCRBY', c.tallies, c.tally, 1) end
 if c.requeue then
   redis.call('RPUSH', c.waiting, c.job_id)
   reopen(c)
@@ -143,7 +149,7 @@ else
   redis.call('HDEL', c.claims, member)
 end
 local admitted = {}
-if c.slot == 'release' then admitted = admit(c) end
+if c.slot == 'release' or c.requeue then admitted = admit(c) end
 if c.final then settle(c) end
 return {1, current, admitted}
 """

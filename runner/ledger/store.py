@@ -25,9 +25,9 @@ from pydantic import BaseModel, Field
 
 from jobs.errors import IllegalMoveError, UsageError
 from jobs.job import Job
-from jobs.lifecycle import Guard, JobUpdate, Plan, Slot
+from jobs.lifecycle import Guard, JobUpdate, Move, Plan, Slot
 from jobs.record import JobRecord
-from jobs.status import IN_FLIGHT, JobStatus
+from jobs.status import ACTIVE, JobStatus
 from runner.ledger import scripts
 from runner.ledger.keys import Keys
 from runner.ledger.timers import Timer
@@ -40,7 +40,8 @@ _RECORD_FIELDS = frozenset(f.name for f in fields(JobRecord))
 #: Fields of a record kept in side hashes of the batch (`Keys.side`), not in the job's own hash: the long
 #: ones. The job's hash then holds only short values, which Redis packs (a listpack) at a fraction of the
 #: memory of a hash table; a side hash holds a job's entry only while it has a value.
-_SIDE = ("job", "outputs", "history", "error_message", "last_log", "status_url", "response_url", "cancel_url")
+_SIDE = ("job", "outputs", "history", "reconciled", "error_message", "last_log", "status_url", "response_url",
+         "cancel_url")
 _URLS = ("status_url", "response_url", "cancel_url")
 #: The fields of the job's own hash that hold JSON (`status` is its name, `fingerprint` hex, `applied_by` a token).
 _JSON_FIELDS = _RECORD_FIELDS - {"status", "job", *_SIDE}
@@ -71,8 +72,12 @@ class BatchInfo(BaseModel):
     provider_url: str = ""
     auth_scheme: Literal["Key", "Bearer"] = "Key"
     priority: Literal["normal", "low"] | None = None
-    #: `X-Fal-Request-Timeout`: fal gives up on a request not started by then.
+    #: `X-Fal-Request-Timeout`: fal gives up on a request not started by then (None: recorded before every
+    #: submit carried one).
     start_timeout_s: float | None = None
+    #: Where fal's request history is read for lost submits (the Platform API's base URL, never a credential);
+    #: "none": nowhere; None: recorded before this was stored (the worker's own choice applies).
+    api_url: str | None = None
     #: Cap of a local image sent as a data URI.
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     #: A worker writes its report when it ends (batches nobody follows: submitted, scheduled).
@@ -143,7 +148,7 @@ class Ledger:
         """Record a manifest's jobs, idempotently: how many were added, kept, changed, in flight."""
         outcome: Counter[str] = Counter()
         context = self._context(batch_id, now)
-        context["in_flight_statuses"] = sorted(s.value for s in IN_FLIGHT)
+        context["in_flight_statuses"] = sorted(s.value for s in ACTIVE)  # fal may have a request of these
         context["reset"] = {name: _stored(value) for name, value in _RESET.items()}
         for start in range(0, len(jobs), _CHUNK):
             with self.redis.pipeline(transaction=False) as pipe:
@@ -208,13 +213,15 @@ class Ledger:
         return list(self._load(batch_id, self.job_ids(batch_id, statuses, changed_before, latest)))
 
     def apply(self, batch_id: str, plan: Plan, due_at: float | None = None, keep_claim: str = "",
-              lease_until: float = 0.0) -> Applied | None:  # fmt: skip
+              lease_until: float = 0.0, tally: str = "") -> Applied | None:  # fmt: skip
         """Apply `plan` if the job is still at the status and revision it was planned from; None if not.
 
         Its next step (if its new status has one) is due at `due_at` (default:
         now); `keep_claim`, the mark of the worker that runs that step at once,
         keeps it held by that worker until `lease_until`, and the move is then
-        applied only while that worker still holds the job's step. Raises
+        applied only while that worker still holds the job's step. A request found in fal's history
+        is adopted only if no other job holds it. `tally` names a count of the
+        batch's tallies the move adds one to, in the same step (how a cancel ended). Raises
         IllegalMoveError for a move guarded otherwise than by the job's revision.
         """
         if plan.guard is not Guard.AS_SEEN:  # admitted by `admit`, recorded by `sync_jobs`
@@ -232,12 +239,13 @@ class Ledger:
             request_id=(record.request_id or "") if "request_id" in plan.fields else "",
             request_value=json.dumps([batch_id, record.job.id]),
             due_at=-1 if plan.step is None else (now if due_at is None else due_at),
-            keep_claim=keep_claim, lease_until=lease_until,
+            keep_claim=keep_claim, lease_until=lease_until, tally=tally, exclusive=plan.move is Move.ADOPT,
         )  # fmt: skip
         answer = self._apply(keys=[self.keys.job(batch_id, record.job.id)], args=[json.dumps(context)])
         if not answer[0]:
             return None
-        admitted = [_text(job_id) for job_id in answer[2]] if plan.slot is Slot.RELEASE else []
+        frees = plan.slot is Slot.RELEASE or plan.target is S.WAITING
+        admitted = [_text(job_id) for job_id in answer[2]] if frees else []
         return Applied(record, admitted)
 
     def admit(self, batch_id: str) -> list[str]:
@@ -263,7 +271,20 @@ class Ledger:
         with self.redis.pipeline() as pipe:
             pipe.lpush(self.keys.run_times(batch_id), f"{run_s:.4f}")
             pipe.ltrim(self.keys.run_times(batch_id), 0, _RECENT_RUN_TIMES - 1)
+            pipe.zadd(self.keys.longest_run(batch_id), {"run_s": run_s}, gt=True)
             pipe.execute()
+
+    def longest_run_s(self, batch_id: str) -> float | None:
+        """The longest run the batch has seen, or None before its first."""
+        found = self.redis.zscore(self.keys.longest_run(batch_id), "run_s")
+        return None if found is None else float(found)
+
+    def tallies(self, batch_id: str) -> dict[str, int]:
+        """How the batch's latest cancel ended for its jobs so far (see `runner.batches.operations.cancel_batch`)."""
+        return {_text(k): int(v) for k, v in self.redis.hgetall(self.keys.tallies(batch_id)).items()}
+
+    def reset_tallies(self, batch_id: str) -> None:
+        self.redis.delete(self.keys.tallies(batch_id))
 
     def recent_run_times(self, batch_id: str) -> list[float]:
         return [float(v) for v in self.redis.lrange(self.keys.run_times(batch_id), 0, -1)]
@@ -312,6 +333,7 @@ class Ledger:
         with self.redis.pipeline() as pipe:
             pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
                         k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id), k.request_bases(batch_id),
+                        k.tallies(batch_id), k.longest_run(batch_id),
                         *(k.status_index(batch_id, s.value) for s in JobStatus),
                         *(k.side(batch_id, name) for name in _SIDE))  # fmt: skip
             pipe.zrem(k.timers, end)
@@ -350,7 +372,8 @@ class Ledger:
             "in_flight": k.in_flight(batch_id), "waiting": k.waiting(batch_id), "timers": k.timers,
             "claims": k.timer_claims, "requests": k.requests, "index_prefix": k.status_index_prefix(batch_id),
             "job_prefix": k.job_prefix(batch_id), "step_prefix": Timer.step_prefix(batch_id),
-            "end_member": Timer.end(batch_id).member, "failed": S.FAILED.value, "waiting_status": S.WAITING.value,
+            "end_member": Timer.end(batch_id).member, "tallies": k.tallies(batch_id),
+            "failed": S.FAILED.value, "waiting_status": S.WAITING.value,
             "side": dict.fromkeys(_SIDE, True), "side_prefix": k.side_prefix(batch_id),
             "admitted_status": S.ADMITTED.value, "unfinished": [s.value for s in JobStatus if not s.is_final],
             "open_state": json.dumps("open"), "done_state": json.dumps("done"), "now": now,

@@ -57,6 +57,9 @@ class ScheduleSpec(BaseModel):
     overlap: Literal["skip", "queue"] = "skip"
     notify: str | None = None
     base_url: str | None = None
+    #: fal's Platform API for its batches' lost submits (None: the default of the credential).
+    api_url: str | None = None
+    start_timeout_s: float | None = None
     endpoint: str | None = None
     skip_invalid: bool = False
     max_in_flight: int = Field(default=10, gt=0)
@@ -75,7 +78,7 @@ class ScheduleSpec(BaseModel):
             manifest=Path(self.manifest), out=Path(self.out) / self.name, batch_id=batch_id,
             endpoint=self.endpoint, skip_invalid=self.skip_invalid, base_url=self.base_url,
             max_in_flight=self.max_in_flight, max_attempts=self.max_attempts, max_image_mb=self.max_image_mb,
-            priority=self.priority,
+            priority=self.priority, api_url=self.api_url, start_timeout_s=self.start_timeout_s,
         )  # fmt: skip
 
 

@@ -13,6 +13,8 @@ import httpx
 from pydantic import SecretStr
 
 from jobs.errors import AuthError
+from jobs.reconcile import start_timeout_s
+from runner.fal.history import HistoryClient, api_url_for
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient, QueueOptions
 from runner.ledger.connection import redis_client
@@ -32,6 +34,8 @@ class Context:
     http: httpx.Client
     #: The queue client of a batch's provider (credentials come from the worker's side).
     queue_client: Callable[[BatchInfo], QueueClient]
+    #: The client of a batch's request history; None when the batch has none to look in.
+    history_client: Callable[[BatchInfo], HistoryClient | None]
     settings: WorkerSettings = field(default_factory=WorkerSettings)
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
@@ -46,15 +50,20 @@ def make_context(
     http: httpx.Client,
     credential: CredentialSource = credential_from_env,
     settings: WorkerSettings | None = None,
+    api_url: str | None = None,
 ) -> Context:
-    """A context whose queue clients take their credential from `credential` (the environment by default)."""
-    return Context(ledger, http, queue_clients(http, credential), settings or WorkerSettings())
+    """A context whose clients take their credential from `credential` (the environment by default).
+
+    `api_url`: where the request history of a batch that stored no API URL is read (see `api_url_for`).
+    """
+    return Context(ledger, http, queue_clients(http, credential), history_clients(http, credential, api_url),
+                   settings or WorkerSettings())  # fmt: skip
 
 
-def context_from_env(redis_url: str, settings: WorkerSettings | None = None) -> Context:
+def context_from_env(redis_url: str, settings: WorkerSettings | None = None, api_url: str | None = None) -> Context:
     """A worker's context from its environment: the ledger's Redis and its own credentials."""
     http = httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
-    return make_context(Ledger(redis_client(redis_url)), http, credential_from_env, settings)
+    return make_context(Ledger(redis_client(redis_url)), http, credential_from_env, settings, api_url)
 
 
 def queue_clients(http: httpx.Client, credential: CredentialSource) -> Callable[[BatchInfo], QueueClient]:
@@ -66,14 +75,37 @@ def queue_clients(http: httpx.Client, credential: CredentialSource) -> Callable[
         key = (batch.provider_url, batch.auth_scheme, batch.priority, batch.start_timeout_s)
         with lock:
             if key not in cache:
-                secret = credential(batch.auth_scheme)
-                if secret is None:
-                    raise AuthError(f"this worker has no {CREDENTIAL_ENV[batch.auth_scheme]} in its environment")
-                provider = Provider(
-                    base_url=batch.provider_url, auth_scheme=batch.auth_scheme, credential=SecretStr(secret)
-                )
-                options = QueueOptions(priority=batch.priority, start_timeout_s=batch.start_timeout_s)
+                provider = _provider(batch.provider_url, batch.auth_scheme, credential)
+                options = QueueOptions(priority=batch.priority,
+                                       start_timeout_s=start_timeout_s(batch.priority, batch.start_timeout_s))
                 cache[key] = QueueClient(http, provider, options)
             return cache[key]
 
     return client_for
+
+
+def history_clients(
+    http: httpx.Client, credential: CredentialSource, fallback_api_url: str | None
+) -> Callable[[BatchInfo], HistoryClient | None]:
+    """A cached HistoryClient per API URL; None for a batch with no request history to look in."""
+    cache: dict[tuple[str, str], HistoryClient] = {}
+    lock = threading.Lock()
+
+    def client_for(batch: BatchInfo) -> HistoryClient | None:
+        api_url = api_url_for(batch.api_url, batch.auth_scheme, fallback_api_url)
+        if api_url is None:
+            return None
+        key = (api_url, batch.auth_scheme)
+        with lock:
+            if key not in cache:
+                cache[key] = HistoryClient(http, _provider(api_url, batch.auth_scheme, credential))
+            return cache[key]
+
+    return client_for
+
+
+def _provider(base_url: str, scheme: Literal["Key", "Bearer"], credential: CredentialSource) -> Provider:
+    secret = credential(scheme)
+    if secret is None:
+        raise AuthError(f"this worker has no {CREDENTIAL_ENV[scheme]} in its environment")
+    return Provider(base_url=base_url, auth_scheme=scheme, credential=SecretStr(secret))

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.errors import QueueAPIError, ResultNotReadyError, SubmitUnconfirmedError
+from jobs.errors import AuthError, QueueAPIError, ResultNotReadyError, SubmitUnconfirmedError
 from jobs.lifecycle import (
     Call,
     CallFailed,
@@ -20,6 +20,7 @@ from jobs.lifecycle import (
     GiveUp,
     JobUpdate,
     Move,
+    Reconcile,
     RetryLater,
     Seen,
     SubmitAgain,
@@ -57,19 +58,21 @@ def move(
     update: JobUpdate,
     next_in_s: float = 0.0,
     mark: str = "",
+    tally: str = "",
 ) -> Outcome:
     """Apply `what` to `record` (as the caller read it); the job's next step, if any, is due in `next_in_s`.
 
     With `mark` (the claim of the worker that runs this step), the next step
     is due now and stays with that worker: it runs it at once (`inline`).
     An Outcome with no `applied` means the job moved on meanwhile: the caller does nothing more.
+    `tally` counts the move in the batch's tallies (how a cancel ended), atomically with it.
     """
     now = ctx.clock()
     planned = plan(record, what, update, now)
     if planned.target.is_final:
         BatchFolder(Path(batch.folder)).write_sidecar(planned.record)
     lease_until = now + ctx.settings.timers.lease_s
-    applied = ctx.ledger.apply(batch.id, planned, now + next_in_s, mark, lease_until if mark else 0.0)
+    applied = ctx.ledger.apply(batch.id, planned, now + next_in_s, mark, lease_until if mark else 0.0, tally)
     if applied is None:
         if planned.target.is_final:
             _rewrite_sidecar(ctx, batch, record.job.id)
@@ -87,12 +90,32 @@ def apply_decision(ctx: Context, batch: BatchInfo, record: JobRecord, decision: 
         return move(ctx, batch, record, Move.RETRY, counted, next_in_s=decision.delay_s)
     if isinstance(decision, SubmitAgain):
         return submit_again(ctx, batch, record, decision)
+    if isinstance(decision, Reconcile):
+        return unconfirm(ctx, batch, record, decision.message)
     return give_up(ctx, batch, record, decision)
 
 
 def decide_and_apply(ctx: Context, batch: BatchInfo, record: JobRecord, seen: Seen) -> Outcome:
-    decision = decide(seen, record, batch.max_attempts, ctx.settings.limits, ctx.rng.random())
+    reconcilable = can_reconcile(ctx, batch)
+    decision = decide(seen, record, batch.max_attempts, ctx.settings.limits, ctx.rng.random(), reconcilable)
     return apply_decision(ctx, batch, record, decision)
+
+
+def can_reconcile(ctx: Context, batch: BatchInfo) -> bool:
+    """Whether this worker can look for the batch's lost submits in fal's request history."""
+    try:
+        return ctx.history_client(batch) is not None
+    except AuthError:
+        return False
+
+
+def unconfirm(ctx: Context, batch: BatchInfo, record: JobRecord, message: str) -> Outcome:
+    """A submit whose answer was lost: the job leaves its slot and waits while fal's history is searched."""
+    update = JobUpdate(last_log=message[:500], queue_position=None)
+    done = move(ctx, batch, record, Move.UNCONFIRM, update, next_in_s=ctx.settings.reconcile.first_look_s)
+    if done.applied is not None:
+        log.warning("job %s: %s", record.job.id, message)
+    return done
 
 
 def submit_again(ctx: Context, batch: BatchInfo, record: JobRecord, again: SubmitAgain) -> Outcome:

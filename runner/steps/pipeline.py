@@ -1,8 +1,9 @@
 """What happens to a job, one step at a time: load it, make the one call to fal, apply what follows.
 
 The step due for a job follows from its status (`jobs.lifecycle.STEP_OF`):
-submit, poll or collect. `run_job_step` runs it for a worker that holds the
-job's timer; what a failed call or an unexpected error leads to is
+submit, reconcile (look for a lost submit in fal's request history), poll or
+collect; in a cancelled batch, the poll step cancels the job at fal.
+`run_job_step` runs it for a worker that holds the job's timer; what a failed call or an unexpected error leads to is
 `jobs.lifecycle.decide`'s, applied by `runner.steps.moves`. Nothing here
 sleeps: a wait is the due time of the job's next step. A step whose job
 moved on meanwhile (its move is refused) does nothing more.
@@ -13,15 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import redis
 
 from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import DownloadError, LocalImageError, PermanentQueueError, QueueAPIError
-from jobs.lifecycle import STEP_OF, Call, CallFailed, GiveUp, JobUpdate, Move, Step, StepCrashed
+from jobs.lifecycle import STEP_OF, UNCONFIRMED_ADVICE, Call, CallFailed, GiveUp, JobUpdate, Move, Step, StepCrashed
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
-from jobs.record import JobRecord
+from jobs.reconcile import absent_after, input_digest, next_look_s, start_timeout_s
+from jobs.record import Attempt, JobRecord, Reconciled
 from jobs.status import JobStatus
 from runner.fal.local_images import inline_local_images
 from runner.fal.queue_api import QueueStatus, Submission
@@ -29,7 +32,16 @@ from runner.ledger.store import BatchInfo
 from runner.steps.collect import save_outputs
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
-from runner.steps.moves import Outcome, call_failed, cancel_quietly, decide_and_apply, give_up, move
+from runner.steps.moves import (
+    Outcome,
+    call_failed,
+    can_reconcile,
+    cancel_quietly,
+    decide_and_apply,
+    give_up,
+    move,
+    unconfirm,
+)
 
 log = logging.getLogger(__name__)
 S = JobStatus
@@ -74,11 +86,11 @@ def run_job_step(ctx: Context, batch_id: str, job_id: str, mark: str) -> list[st
 def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Outcome:
     """Send an admitted job to fal and store its request_id before anything else happens to it."""
     if record.status is S.SUBMITTING:  # the worker that sent it died mid-call
-        message = "its submit was cut off in flight; fal may have queued it, so it is not sent again"
-        return give_up(ctx, batch, record, GiveUp("submit_unconfirmed", message))
+        return _cut_off(ctx, batch, record)
     if batch.state == "cancelled":
-        update = JobUpdate(error_type="cancelled", error_message="the batch was cancelled before it was sent")
-        return move(ctx, batch, record, Move.CANCEL, update)
+        update = JobUpdate(error_type="cancelled", error_message="cancelled by the user before it was sent",
+                           finished_at=ctx.clock())  # fmt: skip
+        return move(ctx, batch, record, Move.CANCEL, update, tally="never_sent")
     try:
         # The manifest's resolved folder: a worker elsewhere may run in another directory.
         body = inline_local_images(record.job, Path(batch.manifest).parent, batch.max_image_bytes)
@@ -87,7 +99,9 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     client = ctx.queue_client(batch)  # all that can fail before sending, fails before SUBMITTING
     # Read now what the first poll's delay needs: once fal has answered, storing its request_id comes first.
     learned = (_typical_run_s(ctx, batch.id), _concurrency(ctx, batch.id))
-    sending = move(ctx, batch, record, Move.SEND, JobUpdate(attempts=record.attempts + 1), mark=mark)
+    # What was sent, and when, is stored before it leaves: if its answer is lost, fal's history is searched for it.
+    what = JobUpdate(attempts=record.attempts + 1, sent_at=ctx.clock(), sent_digest=input_digest(body))
+    sending = move(ctx, batch, record, Move.SEND, what, mark=mark)
     if sending.applied is None:
         return sending  # cancelled meanwhile
     sent = sending.applied.record
@@ -106,6 +120,13 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
             return unsent
         sent = unsent.applied.record
     return decide_and_apply(ctx, batch, sent, seen)
+
+
+def _cut_off(ctx: Context, batch: BatchInfo, record: JobRecord) -> Outcome:
+    message = "its submit was cut off in flight"
+    if can_reconcile(ctx, batch):
+        return unconfirm(ctx, batch, record, f"{message}; looking for it in fal's request history")
+    return give_up(ctx, batch, record, GiveUp("submit_unconfirmed", f"{message}; {UNCONFIRMED_ADVICE}"))
 
 
 def _accepted(
@@ -135,14 +156,114 @@ def _accepted(
             log.warning("job %s: fal accepted request %s; Redis does not answer, storing it again", sent.job.id,
                         submission.request_id)  # fmt: skip
             time.sleep(backoff_delay_s(outage, _STORE_BACKOFF, 0.0))  # waiting for Redis, never for fal
-    if stored.applied is None:  # cancelled meanwhile: no request nobody follows
-        log.warning("job %s: request %s came after it was cancelled; cancelling it", sent.job.id, submission.request_id)
-        cancel_quietly(ctx, batch, submission.cancel_url)
+    if stored.applied is not None:
+        return stored
+    now = ctx.ledger.record(batch.id, sent.job.id)
+    if now is not None and now.status is S.UNCONFIRMED and now.sent_at == sent.sent_at:
+        # Another worker took the step over and is looking for this very submit: its answer is here.
+        log.warning("job %s: request %s answered late; following it", sent.job.id, submission.request_id)
+        return adopt(ctx, batch, now, submission.request_id)
+    log.warning("job %s: request %s came after the job moved on; cancelling it", sent.job.id, submission.request_id)
+    cancel_quietly(ctx, batch, submission.cancel_url)
     return stored
 
 
+def reconcile_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Outcome:
+    """Look for the job's lost submit in fal's request history: follow it if fal has it, send it again only
+    once it is proven absent (see `jobs.reconcile`)."""
+    history = ctx.history_client(batch)
+    if history is None or record.sent_at is None or record.sent_digest is None:
+        message = "its submit's answer was lost, and there is no request history to look for it in"
+        return give_up(ctx, batch, record, GiveUp("submit_unconfirmed", f"{message}; {UNCONFIRMED_ADVICE}"))
+    policy = ctx.settings.reconcile
+    def taken(request_id: str) -> bool:  # by this job's earlier attempts too
+        return ctx.ledger.job_for_request(request_id) is not None
+
+    try:
+        search = history.find(record.job.endpoint, record.sent_digest, record.sent_at, taken, policy)
+    except QueueAPIError as exc:
+        seen = call_failed(Call.HISTORY, exc)
+        if (exc.status_code or 0) >= 500:  # the Platform API's own trouble: asked again, as any outage
+            seen = replace(seen, transient=True)
+        return decide_and_apply(ctx, batch, record, seen)
+    if search.found is not None:
+        return adopt(ctx, batch, record, search.found.request_id)
+    now = ctx.clock()
+    deadline = absent_after(record.sent_at, start_timeout_s(batch.priority, batch.start_timeout_s),
+                            ctx.ledger.longest_run_s(batch.id), policy)  # fmt: skip
+    if now < deadline or not search.complete:
+        look = JobUpdate(call_failures=0)
+        return move(ctx, batch, record, Move.RETRY, look, next_look_s(now, record.sent_at, deadline, policy))
+    if search.blind:
+        message = (f"its submit's answer was lost, and fal's request history lists {search.blind} request(s) without"
+                   f" the input they were sent (payloads not stored), so it cannot tell; {UNCONFIRMED_ADVICE}")
+        return give_up(ctx, batch, record, GiveUp("submit_unconfirmed", message))
+    return _absent(ctx, batch, record, now)
+
+
+def adopt(ctx: Context, batch: BatchInfo, record: JobRecord, request_id: str) -> Outcome:
+    """The lost submit is fal's `request_id`: the job follows it (polled now), nothing is sent again."""
+    urls = ctx.queue_client(batch).follow(record.job.endpoint, request_id)
+    found = Reconciled(record.attempts, "adopted", request_id, record.sent_at, ctx.clock())
+    update = JobUpdate(
+        request_id=request_id, status_url=urls.status_url, response_url=urls.response_url, cancel_url=urls.cancel_url,
+        submitted_at=record.sent_at, queue_position=None, started_at=None, completed_at=None, last_queued_at=None,
+        reconciled=(*record.reconciled, found), last_log=f"its lost submit is fal request {request_id}; following it",
+    )  # fmt: skip
+    done = move(ctx, batch, record, Move.ADOPT, update)
+    if done.applied is not None:
+        log.info("job %s: its lost submit is fal request %s; following it", record.job.id, request_id)
+    return done
+
+
+def _absent(ctx: Context, batch: BatchInfo, record: JobRecord, now: float) -> Outcome:
+    """fal never had the lost submit: the job goes back in line for a new attempt (none in a cancelled batch)."""
+    proven = Reconciled(record.attempts, "absent", None, record.sent_at, now)
+    why = "its submit's answer was lost, and fal's request history shows fal never had it"
+    if batch.state == "cancelled":
+        update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user; {why}", finished_at=now,
+                           reconciled=(*record.reconciled, proven))  # fmt: skip
+        return move(ctx, batch, record, Move.CANCEL, update, tally="never_sent")
+    if record.attempts >= batch.max_attempts:
+        update = JobUpdate(error_type="submit_lost", error_message=f"{why}, {record.attempts} time(s): out of attempts;"
+                           " nothing ran, so `wan-batch retry` is safe", finished_at=now,
+                           reconciled=(*record.reconciled, proven))  # fmt: skip
+        return move(ctx, batch, record, Move.FAIL, update)
+    ended = Attempt(record.attempts, None, "submit_lost", why, record.sent_at, now)
+    update = JobUpdate(history=(*record.history, ended), reconciled=(*record.reconciled, proven),
+                       last_log=f"{why}; submitting it again")  # fmt: skip
+    done = move(ctx, batch, record, Move.ABSENT, update)
+    if done.applied is not None:
+        log.info("job %s: %s; submitting it again", record.job.id, why)
+    return done
+
+
+def cancel_at_fal(ctx: Context, batch: BatchInfo, record: JobRecord) -> Outcome | None:
+    """Cancel the job's request at fal; None when fal had finished it (it is paid for: it is collected).
+
+    The job ends CANCELLED only when fal said so; a cancel that fails is tried again like any call.
+    """
+    try:
+        answer = ctx.queue_client(batch).cancel(_url(record.cancel_url))
+    except QueueAPIError as exc:
+        return decide_and_apply(ctx, batch, record, call_failed(Call.CANCEL, exc))
+    if answer == "ALREADY_COMPLETED":
+        return None
+    gone = answer == "NOT_FOUND"
+    said = "fal no longer knew its request" if gone else "fal cancelled its request"
+    update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user; {said}",
+                       finished_at=ctx.clock(), queue_position=None)  # fmt: skip
+    return move(ctx, batch, record, Move.CANCEL, update, tally="gone" if gone else "cancelled_at_fal")
+
+
 def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Outcome:
-    """Ask fal how the job is doing; when it is COMPLETED, collect it at once."""
+    """Ask fal how the job is doing; when it is COMPLETED, collect it at once. In a cancelled batch, cancel it
+    at fal first: one fal had already finished is paid for, so it is still collected."""
+    cancelling = batch.state == "cancelled"
+    if cancelling:
+        cancelled = cancel_at_fal(ctx, batch, record)
+        if cancelled is not None:
+            return cancelled
     try:
         status = ctx.queue_client(batch).status(_url(record.status_url))
     except QueueAPIError as exc:
@@ -152,7 +273,7 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
         inference = (status.metrics or {}).get("inference_time")
         update = JobUpdate(completed_at=now, polls=polls, queue_position=None,
                            inference_s=float(inference) if isinstance(inference, int | float) else None)  # fmt: skip
-        return move(ctx, batch, record, Move.COMPLETE, update, mark=mark)
+        return move(ctx, batch, record, Move.COMPLETE, update, mark=mark, tally="finished" if cancelling else "")
     if status.status == "IN_QUEUE":
         update = JobUpdate(queue_position=status.queue_position, last_queued_at=now, polls=polls)
         return move(ctx, batch, record, Move.SEEN_QUEUED, update, _next_poll_s(ctx, batch, record, status, None))
@@ -209,4 +330,6 @@ def _url(value: str | None) -> str:
     return value
 
 
-STEPS: dict[Step, StepFunction] = {Step.SUBMIT: submit_job, Step.POLL: poll_job, Step.COLLECT: collect_job}
+STEPS: dict[Step, StepFunction] = {
+    Step.SUBMIT: submit_job, Step.RECONCILE: reconcile_job, Step.POLL: poll_job, Step.COLLECT: collect_job,
+}
