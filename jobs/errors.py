@@ -113,7 +113,7 @@ class DownloadError(WanBatchError):
         self.status_code = status_code
 
 
-class HistoryQueryError(ValueError):
+class HistoryQueryError(WanBatchError):
     """A query the simulator's request history refuses: `status` 422 (detail: a list, FastAPI style) or 400."""
 
     def __init__(self, status: int, detail: str | list[dict[str, Any]]) -> None:

@@ -63,7 +63,8 @@ class Move(str, Enum):
     #: The user retries a failed or cancelled job: it goes back in line.
     REQUEUE = "requeue"
     #: The user retries a cancelled job whose request fal may have finished anyway: that request is polled
-    #: (and collected if it ran), and the job is submitted again only if fal did cancel it.
+    #: (and collected if it ran), and the job is submitted again only if fal did cancel it. It keeps its
+    #: error_type `cancelled` until then, which is how `decide` knows a 499 was the user's cancel.
     RECHECK = "recheck"
 
 
@@ -191,6 +192,8 @@ class JobUpdate:
     history: tuple[Attempt, ...] | Keep = KEEP
     sent_at: float | Keep | None = KEEP
     sent_digest: str | Keep | None = KEEP
+    sent_start_timeout_s: float | Keep | None = KEEP
+    reached_by: float | Keep | None = KEEP
     reconciled: tuple[Reconciled, ...] | Keep = KEEP
     call_failures: int | Keep = KEEP
     step_errors: int | Keep = KEEP
@@ -258,7 +261,8 @@ class Call(str, Enum):
     DOWNLOAD = "download"
     #: A page of fal's request history, looking for a lost submit.
     HISTORY = "history"
-    #: A cancel, for a job of a cancelled batch.
+    #: A cancel, for a job of a cancelled batch (only a failure in passing is decided: any other leaves the
+    #: job to be followed to its end).
     CANCEL = "cancel"
 
 
@@ -372,9 +376,8 @@ def decide(seen: Seen, record: JobRecord, max_attempts: int, limits: Limits, ran
     if seen.call is Call.HISTORY:
         return GiveUp("submit_unconfirmed", f"fal's request history cannot be searched: {seen.message}; "
                       + UNCONFIRMED_ADVICE)  # fmt: skip
-    if seen.call is Call.CANCEL:  # never reported cancelled: fal did not say so
-        return GiveUp("cancel_failed", f"{seen.message}; fal may still run it", cancel_at_fal=False)
-    if seen.call is Call.RESULT and seen.status_code == 499:  # cancelled at fal: nothing runs; not a failed try
+    if seen.call is Call.RESULT and seen.status_code == 499 and record.error_type == "cancelled":
+        # The user retried a job of a cancel, and fal had cancelled its request: not a failed try, sent again.
         return SubmitAgain(seen.error_type, seen.message)
     if seen.status_code == 404:  # fal no longer has the request (or its result): nothing runs, so run it again
         return _new_attempt(SubmitAgain(seen.error_type, seen.message), record, max_attempts)
@@ -390,6 +393,8 @@ def _after_crash(seen: StepCrashed, record: JobRecord, limits: Limits, rand: flo
     if record.step_errors < limits.step_errors:
         return RetryLater(backoff_delay_s(record.step_errors + 1, limits.step_backoff, rand), "step_errors")
     message = f"failed {record.step_errors + 1} times: {seen.message}"
+    if record.status is S.UNCONFIRMED:  # fal may have it: never a blind retry
+        return GiveUp("submit_unconfirmed", f"looking for its lost submit {message}; {UNCONFIRMED_ADVICE}")
     return GiveUp("internal_error", message, cancel_at_fal=record.status in AT_FAL)
 
 
@@ -427,8 +432,6 @@ def _call_again(seen: CallFailed, record: JobRecord, limits: Limits, rand: float
     if seen.call is Call.HISTORY:
         return GiveUp("submit_unconfirmed", f"fal's request history did not answer: {seen.message}; "
                       + UNCONFIRMED_ADVICE)  # fmt: skip
-    if seen.call is Call.CANCEL:
-        return GiveUp("cancel_unreachable", f"{seen.message}; fal may still run it", cancel_at_fal=False)
     # fal may still run it: never a resubmit, and it is cancelled there rather than left running unwatched.
     message = f"{seen.message}; fal may still run it, so it is not submitted again"
     return GiveUp("status_unreachable", message, cancel_at_fal=record.status in AT_FAL)

@@ -9,10 +9,13 @@ this ledger (`pick`).
 
 The history lists only finished requests, after a lag (both *unconfirmed*; a
 request listed while it runs is found all the same). So "not listed" proves
-nothing until the request could no longer be pending at fal: after its start
-deadline (`X-Fal-Request-Timeout`, which every submit carries), plus the
-longest run seen, plus the history's lag (`absent_after`). Only then is the
-job submitted again.
+nothing until the request could no longer be pending at fal: after the
+latest time it can have reached fal, its start deadline
+(`X-Fal-Request-Timeout`, which every submit carries), the longest run seen
+and the history's lag (`absent_after`). `settle` says what a look at the history leads to. A proof
+of absence also needs the history to list inputs as they were sent: the
+runner checks that on a request of the batch it knows before it trusts one.
+Only then is the job submitted again.
 """
 
 from __future__ import annotations
@@ -72,21 +75,80 @@ class ReconcilePolicy(BaseModel):
     #: Looks at the history are spaced by a quarter of the time since the submit, within these bounds.
     first_look_s: float = Field(default=2.0, gt=0)
     most_between_looks_s: float = Field(default=60.0, gt=0)
-    #: Pages of 100 requests one look reads at most; a look cut short proves nothing and is made again.
+    #: Requests a page of the history holds, and pages one look reads at most: a look cut short proves
+    #: nothing and is made again.
+    page_size: int = Field(default=100, ge=1, le=100)
     pages_per_look: int = Field(default=50, gt=0)
+    #: Looks past the deadline that prove nothing (cut short, or no request to check the history on) before
+    #: the job is left to a person: about an hour at the widest spacing.
+    inconclusive_looks: int = Field(default=60, ge=0)
 
 
-def absent_after(sent_at: float, start_deadline_s: float, longest_run_s: float | None,
+def absent_after(reached_by: float, start_deadline_s: float, longest_run_s: float | None,
                  policy: ReconcilePolicy) -> float:  # fmt: skip
-    """When a request sent at `sent_at` that fal's history does not list can no longer be pending at fal."""
+    """When a request that fal's history does not list can no longer be pending at fal, if it reached fal by
+    `reached_by` (when its submit failed, or would have timed out)."""
     run_s = (longest_run_s if longest_run_s is not None else policy.unknown_run_s) * policy.run_margin
-    return sent_at + start_deadline_s + run_s + policy.history_lag_s + policy.clock_skew_s
+    return reached_by + start_deadline_s + run_s + policy.history_lag_s + policy.clock_skew_s
 
 
 def next_look_s(now: float, sent_at: float, deadline: float, policy: ReconcilePolicy) -> float:
     """Seconds until the next look: sparser as the wait grows, and never past the deadline."""
     spacing = min(max((now - sent_at) / 4, policy.first_look_s), policy.most_between_looks_s)
     return max(0.0, min(spacing, deadline - now)) if now < deadline else spacing
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """fal has the lost submit: the job follows `request_id`."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class LookAgain:
+    """Nothing is settled yet: look again in `delay_s`; `inconclusive` counts a look past the deadline."""
+
+    delay_s: float
+    inconclusive: bool = False
+
+
+@dataclass(frozen=True)
+class Absent:
+    """fal never had it, if the history lists inputs as they were sent (checked before the job is sent again)."""
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """The history cannot tell: the job is left to a person."""
+
+    message: str
+
+
+Settled = Adopt | LookAgain | Absent | Unsettled
+
+
+def settle(found: str | None, complete: bool, blind: int, looked_at: float, sent_at: float, deadline: float,
+           inconclusive: int, policy: ReconcilePolicy) -> Settled:  # fmt: skip
+    """What a look at the history that began at `looked_at` leads to.
+
+    `found`: the request it matched; `complete`: it read every page; `blind`:
+    requests it saw listed without their input; `inconclusive`: looks past the
+    deadline that proved nothing so far.
+    """
+    if found is not None:
+        return Adopt(found)
+    if looked_at < deadline:  # a look that began before the deadline proves nothing, whatever it read
+        return LookAgain(next_look_s(looked_at, sent_at, deadline, policy))
+    if not complete:
+        if inconclusive >= policy.inconclusive_looks:
+            return Unsettled(f"fal's request history lists more requests than {policy.inconclusive_looks} looks"
+                             " could read")  # fmt: skip
+        return LookAgain(policy.most_between_looks_s, inconclusive=True)
+    if blind:
+        return Unsettled(f"fal's request history lists {blind} request(s) without the input they were sent"
+                         " (payloads not stored), so it cannot tell")  # fmt: skip
+    return Absent()
 
 
 @dataclass(frozen=True)

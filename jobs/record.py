@@ -84,6 +84,11 @@ class JobRecord:
     #: what fal's request history is searched for when its answer is lost.
     sent_at: float | None = None
     sent_digest: str | None = None
+    #: The start deadline (`X-Fal-Request-Timeout`) that submit carried: it bounds how long fal may hold it.
+    sent_start_timeout_s: float | None = None
+    #: Of a lost submit: the latest time it can have reached fal (when its call failed, or when it would
+    #: have timed out); its start deadline runs from then.
+    reached_by: float | None = None
     #: Lost submits of the job and how each was resolved.
     reconciled: tuple[Reconciled, ...] = field(default=())
     #: Moves applied to the job so far: a move is applied only to the revision its mover read.

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.errors import UsageError
 from jobs.lifecycle import Limits
 from jobs.polling import PollPolicy
 from jobs.reconcile import ReconcilePolicy
@@ -61,6 +62,19 @@ class WorkerSettings(BaseSettings):
     #: The sweep (`wan-batch beat`) gives a timer back to a job of an open batch unchanged this long
     #: that has none (a safety net: every job that holds a slot has one).
     sweep_stale_after_s: float = Field(default=300.0, gt=0)
+
+
+def worker_settings(**given: Any) -> WorkerSettings:
+    """A worker's settings: `given`, the rest from its environment.
+
+    Raises UsageError naming each variable that does not hold what it must (never its value).
+    """
+    try:
+        return WorkerSettings(**given)
+    except ValidationError as exc:
+        problems = [f"WAN_BATCH_{'__'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+                    for error in exc.errors(include_url=False, include_input=False, include_context=False)]  # fmt: skip
+        raise UsageError("the worker's settings from the environment: " + "; ".join(problems)) from None
 
 
 def credential_from_env(scheme: Literal["Key", "Bearer"]) -> str | None:

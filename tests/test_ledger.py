@@ -368,3 +368,17 @@ def test_a_move_that_keeps_the_step_is_refused_to_a_worker_that_no_longer_holds_
     assert ledger.apply("b", sending, keep_claim=other, lease_until=111.0) is None, "its lease was taken over"
     assert ledger.apply("b", sending, keep_claim=mine, lease_until=111.0) is not None
     assert timers.due_at(Timer.step("b", "j0")) == 111.0, "still held by its worker, running it now"
+
+
+def test_a_job_is_never_put_back_in_line_in_a_cancelled_batch(redis_client: redis.Redis) -> None:
+    """A lost submit proven absent as its batch is cancelled would wait in line forever: the move is refused."""
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 1)
+    ledger.admit("b")
+    move(ledger, "j0", Move.SEND)
+    move(ledger, "j0", Move.UNCONFIRM)
+    ledger.set_batch_state("b", "cancelled")
+    assert move(ledger, "j0", Move.ABSENT) is None
+    assert ledger.record("b", "j0").status is S.UNCONFIRMED  # type: ignore[union-attr]
+    assert move(ledger, "j0", Move.CANCEL) is not None
+    assert ledger.batch("b").ended_at is not None  # type: ignore[union-attr]

@@ -233,12 +233,16 @@ def test_decide(seen: CallFailed | StepCrashed, job: JobRecord, expected: type) 
         (failed(Call.HISTORY, transient=True), record(S.UNCONFIRMED, call_failures=4), RetryLater, None),
         (failed(Call.HISTORY, transient=True), record(S.UNCONFIRMED, call_failures=5), GiveUp, "submit_unconfirmed"),
         (failed(Call.HISTORY, status_code=403), record(S.UNCONFIRMED), GiveUp, "submit_unconfirmed"),
-        # a cancel that fails is tried again, and never reported as done
+        # a cancel that fails in passing is tried again (any other failure is the poll step's to ride out)
         (failed(Call.CANCEL, transient=True), record(S.RUNNING), RetryLater, None),
-        (failed(Call.CANCEL, transient=True), record(S.RUNNING, call_failures=5), GiveUp, "cancel_unreachable"),
-        (failed(Call.CANCEL, status_code=401), record(S.RUNNING), GiveUp, "cancel_failed"),
-        # fal cancelled it (a retry after a cancel): submitted again, whatever the attempts so far
-        (failed(Call.RESULT, status_code=499), record(S.COLLECTING, attempts=3), SubmitAgain, None),
+        # fal cancelled it: submitted again, whatever the attempts, when the user retried it after a cancel...
+        (failed(Call.RESULT, status_code=499), record(S.COLLECTING, attempts=3, error_type="cancelled"), SubmitAgain,
+         None),
+        # ... else someone else cancelled it at fal: not sent again, and no loop
+        (failed(Call.RESULT, status_code=499, error_type="client_cancelled"), record(S.COLLECTING, attempts=1),
+         GiveUp, "client_cancelled"),
+        # a reconcile step that keeps blowing up leaves the job to a person, never to a blind retry
+        (StepCrashed("boom"), record(S.UNCONFIRMED, step_errors=2), GiveUp, "submit_unconfirmed"),
     ],
 )  # fmt: skip
 def test_decide_with_a_request_history(seen: CallFailed | StepCrashed, job: JobRecord, expected: type,

@@ -133,14 +133,16 @@ def test_retry_after_a_cancel_whose_requests_had_finished_collects_them_and_subm
     cancelled = run_cli(["cancel", "batch", "--redis", broker, "--wait-s", "0.5"], tmp_path, FAL_KEY="")
     assert cancelled.returncode == 1, "nothing was cancelled at fal yet, and it says so"
     assert "3 request(s) not settled yet" in cancelled.stderr and sim.stats()["cancels"] == 0
-    retried = run_cli(["retry", "batch", "--redis", broker, "--status", "cancelled"], tmp_path)
-    assert "0 job(s) queued" in retried.stdout, "none was cancelled: fal had run them all"
+    early = run_cli(["retry", "batch", "--redis", broker, "--status", "cancelled"], tmp_path)
+    assert early.returncode == 2 and "3 request(s) of its cancel are not settled yet" in early.stderr
     worker = start_worker(tmp_path, broker)
     try:
         wait_for(lambda: (tmp_path / "out" / "batch" / "report.json").exists(), timeout_s=60)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
+    retried = run_cli(["retry", "batch", "--redis", broker, "--status", "cancelled"], tmp_path)
+    assert "0 job(s) queued" in retried.stdout, "none was cancelled: fal had run them all"
     stats = sim.stats()
     assert stats["submits"] == 3 and stats["duplicate_submits"] == 0, "nothing was submitted again"
     assert stats["cancels"] == 3, "each was asked to cancel, and fal said it had finished"

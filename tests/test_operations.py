@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from jobs.errors import PermanentQueueError, UsageError
 from jobs.lifecycle import Move
 from jobs.status import JobStatus
 from runner.batches import operations
+from runner.fal.providers import Provider
+from runner.fal.queue_api import QueueClient
+from runner.ledger.store import BatchInfo
 from runner.ledger.timers import Timer, worker_mark
 from runner.simulator import FaultRates
 from tests.sim_world import EVERYTHING_DUE, run_until_quiet
@@ -239,3 +244,58 @@ def test_purge_keeps_an_ended_batch_until_its_report_is_written(world_factory: A
     world.run(Timer.end("b"))
     removed, _ = operations.purge_batches(world.ctx.ledger, 0.0, "b")
     assert [p.batch_id for p in removed] == ["b"] and (world.folder / "report.json").is_file()
+
+
+def test_retry_is_refused_while_the_cancels_of_a_batch_are_not_settled(world_factory: Any) -> None:
+    world = world_factory(jobs=3, max_in_flight=2, run_time="fixed:30")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.step("j1")
+    operations.cancel_batch(world.ctx, "b", call_fal=False)  # the workers have yet to cancel j0 and j1 at fal
+    with pytest.raises(UsageError, match="2 request\\(s\\) of its cancel are not settled yet"):
+        operations.retry_jobs(world.ctx, "b", statuses=[S.CANCELLED], job_ids=["j2"])
+    assert world.ctx.ledger.batch("b").state == "cancelled"  # type: ignore[union-attr]
+    run_until_quiet(world)
+    assert world.stats()["cancels"] == 2
+    assert operations.retry_jobs(world.ctx, "b", statuses=[S.CANCELLED], job_ids=["j2"]) == ["j2"]
+
+
+def test_a_cancel_refused_to_this_shell_leaves_the_jobs_to_the_workers(world_factory: Any) -> None:
+    world = world_factory(jobs=2, max_in_flight=2, run_time="fixed:30")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    world.step("j1")
+    wrong = Provider.fal("not-the-key", base_url=world.sim.base_url)  # the operator's shell has a stale key
+    shell = replace(world.ctx, queue_client=lambda _batch: QueueClient(world.http, wrong))
+    summary = operations.cancel_batch(shell, "b", call_fal=True)
+    assert (summary["cancelled_at_fal"], summary["not_reached_yet"]) == (0, 2), "nothing is said cancelled"
+    assert {world.job(j).status for j in ("j0", "j1")} == {S.QUEUED}, "nor failed: still tracked"
+    run_until_quiet(world)  # the workers, with the right key
+    assert {world.job(j).status for j in ("j0", "j1")} == {S.CANCELLED}
+    assert world.ctx.ledger.tallies("b") == {"cancelled_at_fal": 2}
+
+
+def test_a_cancel_fal_does_not_take_follows_the_job_to_its_end(world_factory: Any) -> None:
+    world = world_factory(jobs=1, run_time="fixed:2")
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    make_client = world.ctx.queue_client
+
+    def refusing(batch: BatchInfo) -> Any:
+        client = make_client(batch)
+
+        class CancelRefused:
+            def cancel(self, url: str) -> Any:
+                raise PermanentQueueError("cancel: HTTP 403: not allowed", status_code=403)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(client, name)
+
+        return CancelRefused()
+
+    world.ctx.queue_client = refusing
+    operations.cancel_batch(world.ctx, "b", call_fal=False)
+    run_until_quiet(world)
+    record = world.job("j0")
+    assert record.status is S.SUCCEEDED and (world.folder / record.outputs[0].path).is_file(), "paid for: collected"
+    assert world.ctx.ledger.tallies("b") == {"finished": 1}

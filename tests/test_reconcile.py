@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 
+from jobs.errors import PermanentQueueError
 from jobs.lifecycle import Move
 from jobs.reconcile import (
     DEFAULT_START_TIMEOUT_S,
+    Absent,
+    Adopt,
     HistoryItem,
+    LookAgain,
     ReconcilePolicy,
+    Unsettled,
     absent_after,
     input_digest,
     next_look_s,
     pick,
+    settle,
     start_timeout_s,
 )
 from jobs.status import JobStatus
@@ -73,6 +81,26 @@ def test_absence_is_proven_after_the_start_deadline_the_longest_run_and_the_lag(
     assert start_timeout_s("low", 42.0) == 42.0
 
 
+@pytest.mark.parametrize(
+    ("found", "complete", "blind", "looked_at", "inconclusive", "expected"),
+    [
+        ("r1", False, 0, 100.0, 0, Adopt("r1")),  # found is found, whenever
+        (None, True, 0, 150.0, 0, LookAgain(2.0)),  # before the deadline nothing proves absence
+        (None, True, 3, 150.0, 0, LookAgain(2.0)),
+        (None, True, 0, 200.0, 0, Absent()),  # a full look that began at the deadline
+        (None, False, 0, 200.0, 0, LookAgain(2.0, inconclusive=True)),  # ... cut short: counted
+        (None, False, 0, 200.0, 4, Unsettled("fal's request history lists more requests than 4 looks could read")),
+        (None, True, 2, 200.0, 0,
+         Unsettled("fal's request history lists 2 request(s) without the input they were sent (payloads not stored),"
+                   " so it cannot tell")),
+    ],
+)  # fmt: skip
+def test_settle(found: str | None, complete: bool, blind: int, looked_at: float, inconclusive: int,
+                expected: object) -> None:  # fmt: skip
+    policy = POLICY.model_copy(update={"inconclusive_looks": 4})
+    assert settle(found, complete, blind, looked_at, 100.0, 200.0, inconclusive, policy) == expected
+
+
 def test_looks_grow_sparser_and_never_pass_the_deadline() -> None:
     assert next_look_s(now=100.0, sent_at=100.0, deadline=200.0, policy=POLICY) == 0.5
     assert next_look_s(now=104.0, sent_at=100.0, deadline=200.0, policy=POLICY) == 1.0
@@ -90,6 +118,7 @@ def test_looks_grow_sparser_and_never_pass_the_deadline() -> None:
         (None, "Key", "http://10.0.0.1/v1", "http://10.0.0.1/v1"),  # the worker's, for a batch that stored none
         ("http://a/v1", "Key", "http://b/v1", "http://a/v1"),  # what the batch stored wins
         (None, "Key", NO_API, None),
+        (None, "Bearer", "http://10.0.0.1/v1", None),  # a gateway's token never goes to the worker's fal API
     ],
 )
 def test_where_the_history_is(stored: str | None, scheme: Any, fallback: str | None, expected: str | None) -> None:
@@ -136,8 +165,9 @@ def test_a_lost_submit_fal_never_had_is_sent_again_only_after_its_deadline(world
     world.step("j0")  # the connection drops before the submit does anything: fal never has it
     lost = world.job("j0")
     assert lost.status is S.UNCONFIRMED and world.stats()["submits"] == 0
-    assert lost.sent_at is not None
-    deadline = absent_after(lost.sent_at, 5.0, None, POLICY)
+    assert lost.sent_at is not None and lost.reached_by is not None and lost.sent_start_timeout_s == 5.0
+    assert lost.sent_at <= lost.reached_by < lost.sent_at + 1, "it can have reached fal only until its call failed"
+    deadline = absent_after(lost.reached_by, 5.0, None, POLICY)
     while world.ctx.clock() < deadline - 1.0:  # looks until then find nothing, and send nothing
         world.clock.advance(1.0)
         world.step("j0")
@@ -185,17 +215,10 @@ def test_a_history_that_refuses_the_credential_leaves_the_job_to_a_person(world_
     assert world.stats()["submits"] == 1
 
 
-def test_a_look_cut_short_proves_nothing(world_factory: Any) -> None:
+def test_a_look_cut_short_proves_nothing_and_too_many_leave_the_job_to_a_person(world_factory: Any) -> None:
     world = reconciling_world(world_factory, jobs=3, max_in_flight=3, concurrency=3)
     world.ctx.ledger.admit("b")
     run_until_quiet(world)  # three finished requests in the history, none of them the lost one
-    world.ctx.settings = WorkerSettings(reconcile=POLICY.model_copy(update={"pages_per_look": 1}))
-    original_page = HistoryClient.page
-
-    def small_pages(self: HistoryClient, endpoint_id: str, start: float, cursor: str | None) -> Any:
-        items, _ = original_page(self, endpoint_id, start, cursor)
-        return items[:1], "more"  # a history with more pages than one look reads
-
     lost = replace(world.job("j0").job, id="lost", input={"prompt": "never sent"}, fingerprint="ff")
     world.ctx.ledger.sync_jobs("b", [lost], now=world.ctx.clock())
     world.ctx.ledger.admit("b")
@@ -203,15 +226,38 @@ def test_a_look_cut_short_proves_nothing(world_factory: Any) -> None:
                 sent_digest=input_digest({"prompt": "never sent"}))  # fmt: skip
     world.step("lost")
     assert world.job("lost").status is S.UNCONFIRMED
-    HistoryClient.page = small_pages  # type: ignore[method-assign]
-    try:
-        world.clock.advance(60.0)  # far past its deadline
+    # A history of pages of one request, of which a look reads two: never all of it.
+    short = POLICY.model_copy(update={"page_size": 1, "pages_per_look": 2, "inconclusive_looks": 2})
+    world.ctx.settings = WorkerSettings(reconcile=short)
+    world.clock.advance(60.0)  # far past its deadline
+    for _ in range(2):
         world.step("lost")
-    finally:
-        HistoryClient.page = original_page  # type: ignore[method-assign]
-    assert world.job("lost").status is S.UNCONFIRMED, "a look that did not read every page proves nothing"
+        assert world.job("lost").status is S.UNCONFIRMED, "a look that did not read every page proves nothing"
     world.step("lost")
-    assert world.job("lost").status in (S.WAITING, S.ADMITTED), "a full look does"
+    record = world.job("lost")
+    assert (record.status, record.error_type) == (S.FAILED, "submit_unconfirmed")
+    assert "more requests than 2 looks could read" in (record.error_message or "")
+    assert world.stats()["submits"] == 3
+
+
+def test_absence_is_trusted_only_from_a_history_that_lists_inputs_as_sent(world_factory: Any) -> None:
+    world = reconciling_world(world_factory, jobs=2, faults=FaultRates(drop_connection=1.0), fault_limit=1)
+    world.ctx.ledger.admit("b")
+    world.step("j0")  # dropped before anything was created
+    for _ in range(4):  # j1 runs and succeeds: a request of the batch whose input is known
+        world.step("j1")
+        world.clock.advance(1.5)
+    assert world.job("j1").status is S.SUCCEEDED and world.job("j0").status is S.UNCONFIRMED
+    j1 = world.job("j1")
+    # As if fal listed that input rewritten (its image URL swapped for a CDN copy, say).
+    world.ctx.ledger.redis.hset(world.ctx.ledger.keys.job("b", "j1"), "sent_digest", json.dumps("0" * 32))
+    assert j1.sent_digest != "0" * 32
+    world.clock.advance(60.0)
+    world.step("j0")
+    record = world.job("j0")
+    assert (record.status, record.error_type) == (S.FAILED, "submit_unconfirmed")
+    assert "otherwise than they were sent" in (record.error_message or "")
+    assert world.stats()["submits"] == 1, "never sent again on a proof it cannot trust"
 
 
 def test_a_submit_of_an_older_version_without_its_digest_is_left_to_a_person(world_factory: Any) -> None:
@@ -274,3 +320,46 @@ def test_an_answer_that_comes_after_another_worker_took_over_is_adopted(world_fa
     assert [r.outcome for r in record.reconciled] == ["adopted"]
     run_until_quiet(world)
     assert world.job("j0").status is S.SUCCEEDED and world.stats()["submits"] == 1
+
+
+def answering(*pages: dict[str, Any]) -> tuple[HistoryClient, list[httpx.Request]]:
+    """A history client whose API answers `pages` in turn (what the simulator never does)."""
+    seen: list[httpx.Request] = []
+    answers = list(pages)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answers.pop(0))
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    return HistoryClient(http, Provider.fal(KEY, base_url="https://api.example/v1")), seen
+
+
+@pytest.mark.parametrize(
+    "pages",
+    [
+        [{"items": [], "has_more": True}],  # more pages, and no way to them
+        [{"items": [], "has_more": True, "next_cursor": "c1"}, {"items": [], "has_more": True, "next_cursor": "c1"}],
+        [{"items": {"request_id": "r"}, "has_more": False}],
+    ],
+    ids=["no-cursor", "same-cursor", "no-list"],
+)
+def test_a_history_that_cannot_be_read_to_its_end_is_an_error_not_a_proof(pages: list[dict[str, Any]]) -> None:
+    client, _ = answering(*pages)
+    with pytest.raises(PermanentQueueError, match="history: ") as caught:
+        client.find("fal-ai/x/y", "d" * 32, 100.0, 200.0, lambda _r: False, POLICY)
+    assert caught.value.error_type == "invalid_response"
+
+
+def test_a_look_asks_for_the_window_the_request_can_be_in_and_reads_every_page() -> None:
+    wanted = {"prompt": "p"}
+    client, seen = answering(
+        {"items": [{"request_id": "r1", "json_input": {"prompt": "other"}}], "has_more": True, "next_cursor": "c1"},
+        {"items": [{"request_id": "r2", "json_input": "not an object"}, {"request_id": "r3"}], "has_more": False},
+    )
+    search = client.find("fal-ai/x/y", input_digest(wanted), 100.0, 200.0, lambda _r: False, POLICY)
+    assert (search.found, search.complete, search.blind, search.pages) == (None, True, 2, 2)
+    first = dict(seen[0].url.params)
+    assert first["start"] == "1970-01-01T00:01:39Z" and first["end"] == "1970-01-01T00:03:20Z"
+    assert (first["expand"], first["endpoint_id"], seen[1].url.params["cursor"]) == ("payloads", "fal-ai/x/y", "c1")
+    assert seen[0].headers["authorization"] == f"Key {KEY}"

@@ -38,8 +38,9 @@ def ctx(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """A worker's context; no test here reaches fal (the batches are only enqueued)."""
     monkeypatch.setenv("FAL_KEY", "schedule-test-key")
     with httpx.Client() as http:
-        yield Context(Ledger(redis_client), http, lambda _batch: pytest.fail("no call to fal expected"),
-                      WorkerSettings())  # fmt: skip
+        yield Context(Ledger(redis_client), http, queue_client=lambda _batch: pytest.fail("no call to fal expected"),
+                      history_client=lambda _batch: pytest.fail("no call to fal expected"),
+                      settings=WorkerSettings())  # fmt: skip
 
 
 def add_schedule(ctx: Context, tmp_path: Path, jobs: int = 3, **spec: Any) -> tuple[ScheduleSpec, Path]:

@@ -114,7 +114,7 @@ def provider_for(request: RunRequest) -> Provider:
 def api_url_of(request: RunRequest, provider: Provider) -> str:
     """The request history URL a batch stores: `--api-url` as checked, else fal's own for a fal key, else
     "none" (a gateway has no history unless given). Raises UsageError for a URL that is not plain http(s)."""
-    given = request.api_url.strip() if request.api_url is not None else None
+    given = (request.api_url or "").strip() or None
     if given is None:
         return api_url_for(None, provider.auth_scheme) or NO_API
     if given.lower() == NO_API:

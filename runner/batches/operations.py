@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.errors import UsageError
 from jobs.lifecycle import AT_FAL, JobUpdate, Move
 from jobs.record import Attempt, JobRecord
 from jobs.status import ACTIVE, JobStatus
@@ -20,14 +21,12 @@ from runner.ledger.store import LEDGER_FORMAT, BatchInfo, Ledger
 from runner.ledger.timers import Timer
 from runner.steps.context import Context
 from runner.steps.moves import move
-from runner.steps.pipeline import poll_job
+from runner.steps.pipeline import cancel_at_fal
 
 log = logging.getLogger(__name__)
 S = JobStatus
 #: `status` shows this many of the latest failures (grouped by type); the counts are of all of them.
 LATEST_FAILURES = 200
-#: A move refused because the job changed meanwhile is tried again on the job as it is now, this often.
-_MOVE_TRIES = 5
 
 
 @dataclass
@@ -142,13 +141,13 @@ def cancel_batch(ctx: Context, batch_id: str, call_fal: bool) -> dict[str, int]:
                            finished_at=ctx.clock())  # fmt: skip
         move(ctx, batch, record, Move.CANCEL, update, tally="never_sent")  # one a worker admitted meanwhile: below
     at_fal = ctx.ledger.job_ids(batch_id, [*AT_FAL, S.ADMITTED])
-    if call_fal:  # the poll step of a cancelled batch: cancelled at fal, or (finished there) collected next
+    if call_fal:  # cancelled at fal, or (finished there) collected next; what fails is left to the workers
         for record in ctx.ledger.records_with(batch_id, AT_FAL):
             try:
-                poll_job(ctx, batch, record, "")
-            except Exception:  # left to the workers, as without a credential: its step is due now
-                log.exception("cancelling job %s of batch %s at fal failed; its workers try again", record.job.id,
-                              batch_id)  # fmt: skip
+                cancel_at_fal(ctx, batch, record)
+            except Exception as exc:  # left to the workers, as without a credential: its step is due now
+                log.warning("cancelling job %s of batch %s at fal failed (%s: %s); the workers try again",
+                            record.job.id, batch_id, type(exc).__name__, exc)  # fmt: skip
     # What is left (fal had finished it, the cancel failed, or a worker makes the cancel) is due now.
     ctx.timers.schedule([Timer.step(batch_id, job_id) for job_id in at_fal], ctx.clock())
     ctx.ledger.admit(batch_id)  # admits nothing now; ends the batch if it had no job left to end
@@ -171,6 +170,10 @@ def retry_jobs(
     batch = ctx.ledger.batch(batch_id)
     if batch is None:
         return []
+    unsettled = cancel_summary({}, ctx.ledger.counts(batch_id))["not_reached_yet"] if batch.state == "cancelled" else 0
+    if unsettled:  # opening the batch again would let them run on
+        raise UsageError(f"batch {batch_id!r}: {unsettled} request(s) of its cancel are not settled yet; retry once"
+                         f" they are (`wan-batch status {batch_id}` shows them)")
     wanted_types = set(error_types) if error_types is not None else None
     wanted_ids = set(job_ids) if job_ids is not None else None
     chosen = [
@@ -184,7 +187,7 @@ def retry_jobs(
     requeued = []
     for record in chosen:
         if record.status is S.CANCELLED and record.request_id and record.cancel_url:
-            update = JobUpdate(error_type=None, error_message=None, finished_at=None, queue_position=None,
+            update = JobUpdate(finished_at=None, queue_position=None,
                                last_log="retried after a cancel: asking fal whether it ran")  # fmt: skip
             done = move(ctx, batch, record, Move.RECHECK, update)
         else:

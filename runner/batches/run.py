@@ -30,7 +30,7 @@ from runner.embedded.worker import EmbeddedWorker
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
 from runner.ledger.store import BatchInfo, Ledger
-from runner.settings import WorkerSettings
+from runner.settings import WorkerSettings, worker_settings
 from runner.simulator import SimConfig, run_simulator
 from runner.steps.context import Context, make_context
 
@@ -123,14 +123,14 @@ def _provision(request: RunRequest) -> Iterator[tuple[Provider, RunRequest, Work
         config = SimConfig(concurrency=request.sim_concurrency, run_time=request.sim_run_time, key=sim_key)
         with run_simulator(config) as sim:
             api_url = request.api_url if request.api_url is not None else f"{sim.base_url}/v1"
-            settings = WorkerSettings()
+            settings = worker_settings()
             same_machine = settings.reconcile.model_copy(
                 update={"history_lag_s": config.history_lag_s + _SIM_LAG_MARGIN_S, "clock_skew_s": _SIM_LAG_MARGIN_S}
             )
             yield (Provider.fal(sim_key, sim.base_url), request.model_copy(update={"api_url": api_url}),
                    settings.model_copy(update={"reconcile": same_machine}))  # fmt: skip
         return
-    yield provider_for(request), request, WorkerSettings()
+    yield provider_for(request), request, worker_settings()
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from runner.batches.run import Watchers, open_ledger, report_batch, run_batch
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
 from runner.fal.providers import Provider
-from runner.settings import MIB, InputSettings, keep_days_from_env
+from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
 from runner.steps.context import context_from_env
 from runner.steps.dispatch import QUEUE
 from runner.tasks import create_app
@@ -226,6 +226,7 @@ def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, logl
     """
     try:
         keep_days_from_env()  # checked now, not at the end of the first scheduled batch
+        worker_settings()  # and the settings its steps read from the environment
         if api_url is not None:
             api_url = api_url_of(RunRequest(manifest=Path("-"), api_url=api_url), Provider.fal("checked-here"))
     except (ValueError, UsageError) as exc:

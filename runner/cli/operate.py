@@ -169,7 +169,8 @@ def cancel(batch_id: str, redis_url: str | None, out: Path, wait_s: float) -> No
             summary = operations.cancel_summary(ledger.tallies(batch_id), ledger.counts(batch_id))
     click.echo(f"batch {batch_id} cancelled: " + _cancel_line(summary))
     if summary["not_reached_yet"]:
-        who = "the workers keep trying" if redis_url else "the next `wan-batch run` of its manifest tries again"
+        who = "the workers keep trying" if redis_url else \
+            "a `wan-batch run` going on in this folder settles them, or `cancel` again with its credential"  # fmt: skip
         click.echo(f"  {summary['not_reached_yet']} request(s) not settled yet: still tracked, {who};"
                    f" `wan-batch status {batch_id}` shows them", err=True)  # fmt: skip
         raise SystemExit(1)

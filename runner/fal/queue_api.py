@@ -271,6 +271,11 @@ class QueueClient(FalHttp):
             detail=data,
         )
 
+    @property
+    def submit_timeout_s(self) -> float:
+        """How long a submit may take: its body may still be on its way to fal until then."""
+        return self._options.submit_timeout_s
+
     def follow(self, endpoint_id: str, request_id: str) -> Submission:
         """The URLs of a request known only by its id (found in fal's request history): fal's form, owner/app only."""
         return self._submission(endpoint_id, request_id, {})

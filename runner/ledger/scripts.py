@@ -102,7 +102,8 @@ end
 #: KEYS: job. ARGV[1]: the context (see LIBRARY) plus the move: job_id, from, to, revision (the one the
 #: mover read, as text), token (unique to the call, so that a retried call whose answer was lost knows it
 #: was applied; also in `fields` as applied_by), fields (name -> stored text), slot ("take", "keep",
-#: "release", "rejoin"), requeue, tally, exclusive (the request_id must not be held by another job),
+#: "release", "rejoin"), requeue (refused in a cancelled batch), tally, exclusive (the request_id must not be
+#: held by another job),
 #: error_type (stored JSON text, when the job fails), final, request_id and request_value (to index, or
 #: ""), due_at (when its next step is due; -1: none), keep_claim ("r:<token>" of the worker that runs the
 #: next step at once, or "") and lease_until. Applies the move if the job is still at `from` and
@@ -124,6 +125,9 @@ end
 local member = c.step_prefix .. c.job_id
 if c.keep_claim ~= '' and redis.call('HGET', c.claims, member) ~= c.keep_claim then
   return {0, current}  -- the mover no longer holds the job's step (its lease lapsed and another took it)
+end
+if c.requeue and redis.call('HGET', c.batch, 'state') == c.cancelled_state then
+  return {0, current}  -- back in line in a cancelled batch: it would wait forever; its step sees the cancel
 end
 if c.exclusive and c.request_id ~= '' then
   local holder = redis.call('HGET', c.requests, c.request_id)

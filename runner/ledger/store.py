@@ -376,7 +376,8 @@ class Ledger:
             "failed": S.FAILED.value, "waiting_status": S.WAITING.value,
             "side": dict.fromkeys(_SIDE, True), "side_prefix": k.side_prefix(batch_id),
             "admitted_status": S.ADMITTED.value, "unfinished": [s.value for s in JobStatus if not s.is_final],
-            "open_state": json.dumps("open"), "done_state": json.dumps("done"), "now": now,
+            "open_state": json.dumps("open"), "done_state": json.dumps("done"),
+            "cancelled_state": json.dumps("cancelled"), "now": now,
             "now_json": json.dumps(now),
         }  # fmt: skip
 

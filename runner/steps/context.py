@@ -20,7 +20,7 @@ from runner.fal.queue_api import QueueClient, QueueOptions
 from runner.ledger.connection import redis_client
 from runner.ledger.store import BatchInfo, Ledger
 from runner.ledger.timers import Timers
-from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env
+from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env, worker_settings
 
 #: Where a process finds the credential of an auth scheme (None: it has none).
 CredentialSource = Callable[[Literal["Key", "Bearer"]], str | None]
@@ -57,7 +57,7 @@ def make_context(
     `api_url`: where the request history of a batch that stored no API URL is read (see `api_url_for`).
     """
     return Context(ledger, http, queue_clients(http, credential), history_clients(http, credential, api_url),
-                   settings or WorkerSettings())  # fmt: skip
+                   settings or worker_settings())  # fmt: skip
 
 
 def context_from_env(redis_url: str, settings: WorkerSettings | None = None, api_url: str | None = None) -> Context:

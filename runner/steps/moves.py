@@ -110,8 +110,14 @@ def can_reconcile(ctx: Context, batch: BatchInfo) -> bool:
 
 
 def unconfirm(ctx: Context, batch: BatchInfo, record: JobRecord, message: str) -> Outcome:
-    """A submit whose answer was lost: the job leaves its slot and waits while fal's history is searched."""
-    update = JobUpdate(last_log=message[:500], queue_position=None)
+    """A submit whose answer was lost: the job leaves its slot and waits while fal's history is searched.
+
+    It reached fal, if at all, by now, and by the time its call would have timed out (its worker died mid-call).
+    """
+    now, sent_at = ctx.clock(), record.sent_at
+    timed_out = None if sent_at is None else sent_at + ctx.queue_client(batch).submit_timeout_s
+    update = JobUpdate(last_log=message[:500], queue_position=None,
+                       reached_by=now if timed_out is None else min(now, timed_out))  # fmt: skip
     done = move(ctx, batch, record, Move.UNCONFIRM, update, next_in_s=ctx.settings.reconcile.first_look_s)
     if done.applied is not None:
         log.warning("job %s: %s", record.job.id, message)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import redis
@@ -23,8 +22,8 @@ from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import DownloadError, LocalImageError, PermanentQueueError, QueueAPIError
 from jobs.lifecycle import STEP_OF, UNCONFIRMED_ADVICE, Call, CallFailed, GiveUp, JobUpdate, Move, Step, StepCrashed
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
-from jobs.reconcile import absent_after, input_digest, next_look_s, start_timeout_s
-from jobs.record import Attempt, JobRecord, Reconciled
+from jobs.reconcile import input_digest, start_timeout_s
+from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.fal.local_images import inline_local_images
 from runner.fal.queue_api import QueueStatus, Submission
@@ -42,6 +41,7 @@ from runner.steps.moves import (
     move,
     unconfirm,
 )
+from runner.steps.reconcile import adopt, reconcile_job
 
 log = logging.getLogger(__name__)
 S = JobStatus
@@ -90,7 +90,8 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     if batch.state == "cancelled":
         update = JobUpdate(error_type="cancelled", error_message="cancelled by the user before it was sent",
                            finished_at=ctx.clock())  # fmt: skip
-        return move(ctx, batch, record, Move.CANCEL, update, tally="never_sent")
+        # One fal failed and that comes back to be sent again was counted when fal had finished it.
+        return move(ctx, batch, record, Move.CANCEL, update, tally="" if record.attempts else "never_sent")
     try:
         # The manifest's resolved folder: a worker elsewhere may run in another directory.
         body = inline_local_images(record.job, Path(batch.manifest).parent, batch.max_image_bytes)
@@ -100,7 +101,8 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     # Read now what the first poll's delay needs: once fal has answered, storing its request_id comes first.
     learned = (_typical_run_s(ctx, batch.id), _concurrency(ctx, batch.id))
     # What was sent, and when, is stored before it leaves: if its answer is lost, fal's history is searched for it.
-    what = JobUpdate(attempts=record.attempts + 1, sent_at=ctx.clock(), sent_digest=input_digest(body))
+    what = JobUpdate(attempts=record.attempts + 1, sent_at=ctx.clock(), sent_digest=input_digest(body),
+                     sent_start_timeout_s=start_timeout_s(batch.priority, batch.start_timeout_s))
     sending = move(ctx, batch, record, Move.SEND, what, mark=mark)
     if sending.applied is None:
         return sending  # cancelled meanwhile
@@ -162,108 +164,43 @@ def _accepted(
     if now is not None and now.status is S.UNCONFIRMED and now.sent_at == sent.sent_at:
         # Another worker took the step over and is looking for this very submit: its answer is here.
         log.warning("job %s: request %s answered late; following it", sent.job.id, submission.request_id)
-        return adopt(ctx, batch, now, submission.request_id)
+        return adopt(ctx, batch, now, submission.request_id, submission)
     log.warning("job %s: request %s came after the job moved on; cancelling it", sent.job.id, submission.request_id)
     cancel_quietly(ctx, batch, submission.cancel_url)
     return stored
 
 
-def reconcile_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Outcome:
-    """Look for the job's lost submit in fal's request history: follow it if fal has it, send it again only
-    once it is proven absent (see `jobs.reconcile`)."""
-    history = ctx.history_client(batch)
-    if history is None or record.sent_at is None or record.sent_digest is None:
-        message = "its submit's answer was lost, and there is no request history to look for it in"
-        return give_up(ctx, batch, record, GiveUp("submit_unconfirmed", f"{message}; {UNCONFIRMED_ADVICE}"))
-    policy = ctx.settings.reconcile
-    def taken(request_id: str) -> bool:  # by this job's earlier attempts too
-        return ctx.ledger.job_for_request(request_id) is not None
-
-    try:
-        search = history.find(record.job.endpoint, record.sent_digest, record.sent_at, taken, policy)
-    except QueueAPIError as exc:
-        seen = call_failed(Call.HISTORY, exc)
-        if (exc.status_code or 0) >= 500:  # the Platform API's own trouble: asked again, as any outage
-            seen = replace(seen, transient=True)
-        return decide_and_apply(ctx, batch, record, seen)
-    if search.found is not None:
-        return adopt(ctx, batch, record, search.found.request_id)
+def cancel_at_fal(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str = "") -> Outcome:
+    """Cancel the job's request at fal. It ends CANCELLED only when fal says so; one fal had already finished
+    is paid for, so it goes on to be collected. Raises QueueAPIError when fal did not answer."""
+    answer = ctx.queue_client(batch).cancel(_url(record.cancel_url))
     now = ctx.clock()
-    deadline = absent_after(record.sent_at, start_timeout_s(batch.priority, batch.start_timeout_s),
-                            ctx.ledger.longest_run_s(batch.id), policy)  # fmt: skip
-    if now < deadline or not search.complete:
-        look = JobUpdate(call_failures=0)
-        return move(ctx, batch, record, Move.RETRY, look, next_look_s(now, record.sent_at, deadline, policy))
-    if search.blind:
-        message = (f"its submit's answer was lost, and fal's request history lists {search.blind} request(s) without"
-                   f" the input they were sent (payloads not stored), so it cannot tell; {UNCONFIRMED_ADVICE}")
-        return give_up(ctx, batch, record, GiveUp("submit_unconfirmed", message))
-    return _absent(ctx, batch, record, now)
-
-
-def adopt(ctx: Context, batch: BatchInfo, record: JobRecord, request_id: str) -> Outcome:
-    """The lost submit is fal's `request_id`: the job follows it (polled now), nothing is sent again."""
-    urls = ctx.queue_client(batch).follow(record.job.endpoint, request_id)
-    found = Reconciled(record.attempts, "adopted", request_id, record.sent_at, ctx.clock())
-    update = JobUpdate(
-        request_id=request_id, status_url=urls.status_url, response_url=urls.response_url, cancel_url=urls.cancel_url,
-        submitted_at=record.sent_at, queue_position=None, started_at=None, completed_at=None, last_queued_at=None,
-        reconciled=(*record.reconciled, found), last_log=f"its lost submit is fal request {request_id}; following it",
-    )  # fmt: skip
-    done = move(ctx, batch, record, Move.ADOPT, update)
-    if done.applied is not None:
-        log.info("job %s: its lost submit is fal request %s; following it", record.job.id, request_id)
-    return done
-
-
-def _absent(ctx: Context, batch: BatchInfo, record: JobRecord, now: float) -> Outcome:
-    """fal never had the lost submit: the job goes back in line for a new attempt (none in a cancelled batch)."""
-    proven = Reconciled(record.attempts, "absent", None, record.sent_at, now)
-    why = "its submit's answer was lost, and fal's request history shows fal never had it"
-    if batch.state == "cancelled":
-        update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user; {why}", finished_at=now,
-                           reconciled=(*record.reconciled, proven))  # fmt: skip
-        return move(ctx, batch, record, Move.CANCEL, update, tally="never_sent")
-    if record.attempts >= batch.max_attempts:
-        update = JobUpdate(error_type="submit_lost", error_message=f"{why}, {record.attempts} time(s): out of attempts;"
-                           " nothing ran, so `wan-batch retry` is safe", finished_at=now,
-                           reconciled=(*record.reconciled, proven))  # fmt: skip
-        return move(ctx, batch, record, Move.FAIL, update)
-    ended = Attempt(record.attempts, None, "submit_lost", why, record.sent_at, now)
-    update = JobUpdate(history=(*record.history, ended), reconciled=(*record.reconciled, proven),
-                       last_log=f"{why}; submitting it again")  # fmt: skip
-    done = move(ctx, batch, record, Move.ABSENT, update)
-    if done.applied is not None:
-        log.info("job %s: %s; submitting it again", record.job.id, why)
-    return done
-
-
-def cancel_at_fal(ctx: Context, batch: BatchInfo, record: JobRecord) -> Outcome | None:
-    """Cancel the job's request at fal; None when fal had finished it (it is paid for: it is collected).
-
-    The job ends CANCELLED only when fal said so; a cancel that fails is tried again like any call.
-    """
-    try:
-        answer = ctx.queue_client(batch).cancel(_url(record.cancel_url))
-    except QueueAPIError as exc:
-        return decide_and_apply(ctx, batch, record, call_failed(Call.CANCEL, exc))
     if answer == "ALREADY_COMPLETED":
-        return None
+        update = JobUpdate(completed_at=now, queue_position=None, last_log="fal had finished it before the cancel")
+        return move(ctx, batch, record, Move.COMPLETE, update, mark=mark, tally="finished")
     gone = answer == "NOT_FOUND"
     said = "fal no longer knew its request" if gone else "fal cancelled its request"
-    update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user; {said}",
-                       finished_at=ctx.clock(), queue_position=None)  # fmt: skip
+    update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user; {said}", finished_at=now,
+                       queue_position=None)  # fmt: skip
     return move(ctx, batch, record, Move.CANCEL, update, tally="gone" if gone else "cancelled_at_fal")
 
 
 def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Outcome:
-    """Ask fal how the job is doing; when it is COMPLETED, collect it at once. In a cancelled batch, cancel it
-    at fal first: one fal had already finished is paid for, so it is still collected."""
-    cancelling = batch.state == "cancelled"
-    if cancelling:
-        cancelled = cancel_at_fal(ctx, batch, record)
-        if cancelled is not None:
-            return cancelled
+    """Ask fal how the job is doing; when it is COMPLETED, collect it at once.
+
+    In a cancelled batch, cancel it at fal instead. A cancel fal does not take
+    (a refused credential, an outage that outlasts its budget) never ends the
+    job: it is followed to its end and collected, as it is paid for.
+    """
+    if batch.state == "cancelled":
+        try:
+            return cancel_at_fal(ctx, batch, record, mark)
+        except QueueAPIError as exc:
+            seen = call_failed(Call.CANCEL, exc)
+            if seen.transient and record.call_failures < ctx.settings.limits.unreachable_calls:
+                return decide_and_apply(ctx, batch, record, seen)
+            log.warning("job %s: fal did not take its cancel (%s); following it to its end instead", record.job.id,
+                        exc)  # fmt: skip
     try:
         status = ctx.queue_client(batch).status(_url(record.status_url))
     except QueueAPIError as exc:
@@ -273,7 +210,8 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
         inference = (status.metrics or {}).get("inference_time")
         update = JobUpdate(completed_at=now, polls=polls, queue_position=None,
                            inference_s=float(inference) if isinstance(inference, int | float) else None)  # fmt: skip
-        return move(ctx, batch, record, Move.COMPLETE, update, mark=mark, tally="finished" if cancelling else "")
+        finished = "finished" if batch.state == "cancelled" else ""  # it ran to its end although cancelled
+        return move(ctx, batch, record, Move.COMPLETE, update, mark=mark, tally=finished)
     if status.status == "IN_QUEUE":
         update = JobUpdate(queue_position=status.queue_position, last_queued_at=now, polls=polls)
         return move(ctx, batch, record, Move.SEEN_QUEUED, update, _next_poll_s(ctx, batch, record, status, None))
