@@ -44,7 +44,7 @@ def run_once(args: argparse.Namespace, faults: FaultRates, folder: Path) -> dict
         command = [str(Path(sys.executable).parent / "wan-batch"), "run", str(manifest), "--base-url", sim.base_url,
                    "--api-url", f"{sim.base_url}/v1", "--start-timeout-s", str(args.start_timeout_s),
                    "--out", str(folder / "out"), "--json", "--max-in-flight", str(args.max_in_flight),
-                   "--workers", str(args.workers), "--max-attempts", "5"]  # fmt: skip
+                   "--workers", str(args.workers)]  # fmt: skip
         started = time.monotonic()
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         wall_s = time.monotonic() - started
