@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.errors import UsageError
+from jobs.errors import QueueAPIError, UsageError
 from jobs.lifecycle import AT_FAL, JobUpdate, Move
 from jobs.record import Attempt, JobRecord
 from jobs.status import ACTIVE, JobStatus
@@ -145,7 +145,7 @@ def cancel_batch(ctx: Context, batch_id: str, call_fal: bool) -> dict[str, int]:
         for record in ctx.ledger.records_with(batch_id, AT_FAL):
             try:
                 cancel_at_fal(ctx, batch, record)
-            except Exception as exc:  # left to the workers, as without a credential: its step is due now
+            except QueueAPIError as exc:  # left to the workers, as without a credential: its step is due now
                 log.warning("cancelling job %s of batch %s at fal failed (%s: %s); the workers try again",
                             record.job.id, batch_id, type(exc).__name__, exc)  # fmt: skip
     # What is left (fal had finished it, the cancel failed, or a worker makes the cancel) is due now.

@@ -1,9 +1,10 @@
 """What happens to a job, one step at a time: load it, make the one call to fal, apply what follows.
 
 The step due for a job follows from its status (`jobs.lifecycle.STEP_OF`):
-submit, reconcile (look for a lost submit in fal's request history), poll or
-collect; in a cancelled batch, the poll step cancels the job at fal.
-`run_job_step` runs it for a worker that holds the job's timer; what a failed call or an unexpected error leads to is
+submit, reconcile (look for a lost submit in fal's request history,
+`runner.steps.reconcile`), poll or collect; in a cancelled batch, the poll
+step cancels the job at fal. `run_job_step` runs it for a worker that holds
+the job's timer; what a failed call or an unexpected error leads to is
 `jobs.lifecycle.decide`'s, applied by `runner.steps.moves`. Nothing here
 sleeps: a wait is the due time of the job's next step. A step whose job
 moved on meanwhile (its move is refused) does nothing more.
