@@ -8,7 +8,19 @@ from typing import Any
 import click
 
 from runner.simulator import FaultRates, SimConfig, parse_run_time, serve_until_interrupted
+from runner.simulator.config import SIM_CONCURRENCY
 
+#: What each fault does, as its flag's help says.
+_FAULT_HELP = {
+    "proxy_5xx": "a proxy's 502/503/504 with an HTML page, on any queue call",
+    "rate_limit_429": "a 429 with Retry-After, on any queue call",
+    "drop_connection": "the connection closes before the call does anything, on any queue call",
+    "lost_submit_response": "a submit creates its request, then its answer is lost",
+    "model_error": "the model fails: the result answers 500 runner_server_error",
+    "expired_result": "a finished result answers 404, as if it had expired",
+    "truncated_download": "an output file is cut short of its Content-Length",
+    "slow_download": "an output file dribbles in with pauses",
+}
 #: The `--fault-*` flag of each FaultRates field.
 _FAULT_FLAGS = {
     "proxy_5xx": "--fault-proxy-5xx",
@@ -25,7 +37,7 @@ _SIM_DEFAULTS = SimConfig()
 
 def _fault_options(command: Callable[..., None]) -> Callable[..., None]:
     for name, flag in reversed(_FAULT_FLAGS.items()):
-        help_text = f"Rate 0..1 of the {name} fault."
+        help_text = f"Rate 0..1 of calls where {_FAULT_HELP[name]}."
         command = click.option(flag, name, type=click.FloatRange(0, 1), default=0.0, help=help_text)(command)
     return command
 
@@ -39,12 +51,12 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 
 
 @click.command()
-@click.option("--host", default=_SIM_DEFAULTS.host, show_default=True)
+@click.option("--host", default=_SIM_DEFAULTS.host, show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="0 picks a free port.")
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    default=_SIM_DEFAULTS.concurrency,
+    default=SIM_CONCURRENCY,
     show_default=True,
     help="Requests IN_PROGRESS at once; the rest wait IN_QUEUE.",
 )
@@ -55,7 +67,8 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
     callback=check_run_time,
     help="Seconds per request: fixed:S, uniform:A,B or lognormal:MEAN,SIGMA.",
 )
-@click.option("--seed", type=int, default=_SIM_DEFAULTS.seed, show_default=True)
+@click.option("--seed", type=int, default=_SIM_DEFAULTS.seed, show_default=True,
+              help="Seeds run times, output seeds and faults: the same seed, the same simulation.")
 @click.option(
     "--retention-s",
     type=click.FloatRange(min=0, min_open=True),
@@ -85,6 +98,15 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.option(
     "--token", envvar="WAN_BATCH_SIM_TOKEN", help="Accept only 'Bearer <TOKEN>' (also read from WAN_BATCH_SIM_TOKEN)."
 )
+@click.option(
+    "--fetch-inputs",
+    type=click.Choice(["local", "all", "none"]),
+    default=_SIM_DEFAULTS.fetch_inputs,
+    show_default=True,
+    help="Which http(s) input images to fetch, failing a request (422) whose image cannot be read, as fal "
+    "does: 'local' those on 127.0.0.1/localhost/::1 (others are assumed readable), 'all', or 'none'. "
+    "data: URIs are always decoded.",
+)
 @_fault_options
 @click.option("--fault-limit", type=click.IntRange(min=0), help="Stop injecting each fault kind after N injections.")
 @click.option("--retry-after-s", type=click.FloatRange(min=0), default=_SIM_DEFAULTS.retry_after_s, show_default=True,
@@ -102,6 +124,7 @@ def sim(**options: Any) -> None:
     def announce(base_url: str) -> None:
         click.echo(base_url)
         click.echo(f"fal queue simulator: concurrency {config.concurrency}, run time {config.run_time}, "
-                   f"auth: {auth}; Ctrl-C stops it", err=True)  # fmt: skip
+                   f"auth: {auth}, input images fetched: {config.fetch_inputs}; Ctrl-C stops it",
+                   err=True)  # fmt: skip
 
     serve_until_interrupted(config, announce)

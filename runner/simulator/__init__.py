@@ -18,6 +18,12 @@ Where it is simpler than fal:
   then the request's input, result and output files are dropped (files 404 too,
   where fal's CDN keeps them by the lifecycle preference). /_stats keeps its timings,
   and the request history its input, for as long as the simulator runs (fal: 30 days).
+- Input images (`image_url`, `image_urls`, the known endpoints' image fields) are read
+  when the request is submitted, not when it starts, so the submit's answer waits for them
+  (up to `fetch_timeout_s` each), and an image that goes away while its request waits in
+  the queue still counts as read. Only those on 127.0.0.1, localhost or ::1 are fetched
+  unless `fetch_inputs="all"`; the others are assumed readable. An unreadable one ends the
+  request at its start with a 422 (`file_download_error`, `image_load_error`, `file_too_large`).
 - The request history lists only finished requests, each `history_lag_s` after it
   completed (fal: unconfirmed); `json_output` is there only while the result is held
   here (made on the first result fetch, dropped at the purge).

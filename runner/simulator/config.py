@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+#: Requests a simulator started from the command line runs at once (`sim --concurrency`, `run --sim-concurrency`).
+SIM_CONCURRENCY = 4
 #: A result body this large or larger is kept only `large_result_retention_s` (fal: "10 KB").
 LARGE_RESULT_BYTES = 10 * 1024
 
@@ -73,6 +75,15 @@ class SimConfig(BaseModel):
     slow_download_s: Annotated[float, Field(ge=0)] = 0.5
     #: Generated output files kept in memory; evicted ones are regenerated on demand.
     file_cache_mb: Annotated[float, Field(gt=0)] = 128.0
+    #: Which http(s) input images are fetched, as fal's runner does, to fail a request (422) whose
+    #: image cannot be read: "local" only those on 127.0.0.1, localhost or ::1 (the others are assumed
+    #: readable), "all" every one, "none" none. Whatever this says, `data:` URIs are decoded and a
+    #: value that is neither one nor an http(s) URL fails.
+    fetch_inputs: Literal["local", "all", "none"] = "local"
+    #: An input image not fetched within this long is unreadable.
+    fetch_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    #: An input image larger than this is refused (`file_too_large`).
+    fetch_max_mb: Annotated[float, Field(gt=0)] = 32.0
 
     @field_validator("run_time")
     @classmethod

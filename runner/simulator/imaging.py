@@ -9,6 +9,7 @@ import io
 import random
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote_to_bytes
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
@@ -36,12 +37,14 @@ class FileSpec:
 
 
 def data_uri_bytes(ref: str) -> bytes | None:
-    """The payload of a base64 `data:` URI, or None when `ref` is not one."""
+    """The payload of a `data:` URI (base64 or percent-encoded), or None when `ref` is not a well-formed one."""
     if not ref.startswith("data:"):
         return None
-    header, _, payload = ref.partition(",")
-    if not header.endswith(";base64"):
+    header, comma, payload = ref.partition(",")
+    if not comma:
         return None
+    if not header.endswith(";base64"):
+        return unquote_to_bytes(payload)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

@@ -55,14 +55,16 @@ def serves(endpoint: str) -> bool:
 
 
 def validation_detail(errors: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """A 422 body's `detail`, FastAPI style: `loc` starts with "body"."""
-    detail = []
-    for path, message in errors:
-        loc: list[str | int] = ["body"]
-        for name, index in _FIELD_PART.findall(path):
-            loc.append(int(index) if index else name)
-        detail.append({"loc": loc, "msg": message, "type": _error_type(message)})
-    return detail
+    """A 422 body's `detail` for (field path, message) pairs of a schema check."""
+    return [error_detail(path, message, _error_type(message)) for path, message in errors]
+
+
+def error_detail(path: str, message: str, error_type: str) -> dict[str, Any]:
+    """One entry of a 422 `detail`, FastAPI style: `loc` is "body", then `image_urls[0]` as its parts."""
+    loc: list[str | int] = ["body"]
+    for name, index in _FIELD_PART.findall(path):
+        loc.append(int(index) if index else name)
+    return {"loc": loc, "msg": message, "type": error_type}
 
 
 def _error_type(message: str) -> str:
@@ -111,8 +113,8 @@ def source_ref(body: dict[str, Any]) -> str | None:
 
 
 def output_seed(endpoint: str, body: dict[str, Any], drawn_seed: int) -> int:
-    """The input's `seed` (Wan 2.5 takes one), else the one drawn at submit."""
-    seed = body.get("seed") if endpoint == WAN25_I2I else None
+    """The input's `seed` (both Wan endpoints take one), else the one drawn at submit."""
+    seed = body.get("seed") if endpoint in (WAN25_I2I, WAN22_I2I) else None
     return seed if isinstance(seed, int) else drawn_seed
 
 
@@ -240,6 +242,15 @@ class Outputs:
             self._cache.put((request_id, index), data)
         return OutputFile(data, specs[index].content_type)
 
+    def own_file(self, url: str) -> bytes | None:
+        """The bytes of the output file of this simulator that `url` names, or None (not one, or gone)."""
+        try:
+            match = _FILE_PATH.search(urlsplit(url).path)
+        except ValueError:  # not a URL at all
+            return None
+        found = self.file(match["id"], int(match["index"])) if match else None
+        return found.data if found is not None else None
+
     def _files_expired(self, request: SimRequest) -> bool:
         ttl_s = request.submission.files_ttl_s
         done_at = request.completed_at
@@ -251,9 +262,8 @@ class Outputs:
         if ref is None:
             return None
         data = data_uri_bytes(ref)
-        if data is None and (match := _FILE_PATH.search(urlsplit(ref).path)):
-            own = self.file(match["id"], int(match["index"]))
-            data = own.data if own is not None else None
+        if data is None:
+            data = self.own_file(ref)
         return decode_image(data) if data is not None else None
 
 

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from runner.simulator.outputs import validation_detail
 from runner.simulator.state import Outcome, Phase, RequestView, SimRequest
 
 REQUEST_ID_HEADER = "x-fal-request-id"
@@ -110,7 +109,7 @@ def failure_reply(request: SimRequest) -> Reply:
     outcome = request.outcome or Outcome.OK
     failure = FAILURES[outcome]
     if outcome is Outcome.INVALID_INPUT:
-        payload: dict[str, Any] = {"detail": validation_detail(request.input_errors)}
+        payload: dict[str, Any] = {"detail": request.input_errors}
     else:
         payload = {"detail": failure.message, "error_type": failure.error_type}
     return json_reply(failure.status_code, payload, request.id, failure.headers)

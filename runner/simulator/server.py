@@ -188,6 +188,7 @@ def run_simulator(config: SimConfig, clock: Clock | None = None) -> Iterator[Run
         server.close_connections()
         server.server_close()
         thread.join()
+        service.close()
 
 
 def serve_until_interrupted(config: SimConfig, announce: Callable[[str], None]) -> None:

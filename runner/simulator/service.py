@@ -18,7 +18,8 @@ from runner.settings import MIB
 from runner.simulator.config import SimConfig, parse_run_time
 from runner.simulator.faults import FaultInjector, FaultKind, nginx_error_page
 from runner.simulator.history import HISTORY_PATH, parse_query, render_page, select_page
-from runner.simulator.outputs import Outputs, result_size_bytes, serves
+from runner.simulator.inputs import InputReader
+from runner.simulator.outputs import Outputs, result_size_bytes, serves, validation_detail
 from runner.simulator.responses import (
     Delivery,
     Reply,
@@ -74,6 +75,12 @@ class Service:
         retention = Retention(config.retention_s, config.large_result_retention_s)
         self._store = RequestStore(config.concurrency, retention, self._start, self._purged, clock)
         self._outputs = Outputs(self._store, int(config.file_cache_mb * MIB), clock)
+        max_image_bytes = int(config.fetch_max_mb * MIB)
+        self._inputs = InputReader(config.fetch_inputs, config.fetch_timeout_s, max_image_bytes, self._outputs.own_file)
+
+    def close(self) -> None:
+        """Release what the service holds open: the client that fetches input images."""
+        self._inputs.close()
 
     def handle(self, call: Call) -> Reply:
         """The reply to `call`; /_stats and /files are never faulted nor authenticated.
@@ -158,7 +165,9 @@ class Service:
             return json_reply(400, {"detail": detail, "error_type": "bad_request"}, None,
                               {"X-Fal-Error-Type": "bad_request"})  # fmt: skip
         request_id = str(uuid.uuid4())
-        view = self._store.submit(request_id, _submission(call, endpoint, app, body), self._draw)
+        # Read here, not at the start as fal does: the store starts a request under its lock.
+        submission = replace(_submission(call, endpoint, app, body), image_errors=self._inputs.check(endpoint, body))
+        view = self._store.submit(request_id, submission, self._draw)
         self._stats.count_submit(endpoint, body)
         if self._strikes(FaultKind.LOST_SUBMIT_RESPONSE):
             return Reply(0, delivery=Delivery.DROP)
@@ -245,13 +254,16 @@ class Service:
         return self._run_time.draw_s(self._run_rng), self._seed_rng.randrange(2**31)
 
     def _start(self, request: SimRequest) -> Outcome:
-        """Decide how a starting request ends: its input is checked as the model would."""
+        """Decide how a starting request ends: its input is checked as the model would, then its images."""
         endpoint = KNOWN_ENDPOINTS.get(request.submission.endpoint)
         if endpoint is not None:
             checked = endpoint.validate_input(request.submission.body)
             if checked.errors:
-                request.input_errors = checked.errors
+                request.input_errors = validation_detail(checked.errors)
                 return Outcome.INVALID_INPUT
+        if request.submission.image_errors:
+            request.input_errors = list(request.submission.image_errors)
+            return Outcome.INVALID_INPUT
         if self._strikes(FaultKind.MODEL_ERROR):
             return Outcome.MODEL_ERROR
         request.result_bytes = result_size_bytes(request)

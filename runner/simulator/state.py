@@ -73,6 +73,9 @@ class Submission:
     start_timeout_s: float | None = None
     files_ttl_s: float | None = None
     webhook_url: str | None = None
+    #: The 422 `detail` entries of input images that could not be read, found at submit: fal reads
+    #: them when the request starts, but the store starts requests under its lock.
+    image_errors: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -90,8 +93,8 @@ class SimRequest:
     started_at: float | None = None
     completed_at: float | None = None
     outcome: Outcome | None = None
-    #: (field path, message) of an invalid input, set when the request starts.
-    input_errors: list[tuple[str, str]] = field(default_factory=list)
+    #: The 422 `detail` (FastAPI style) of an invalid input, set when the request starts.
+    input_errors: list[dict[str, Any]] = field(default_factory=list)
     #: Set by the expired_result fault: answers 404 from then on.
     expired: bool = False
     #: Size of the result body an OK run returns (set at start): a large one is kept for less.
@@ -340,7 +343,7 @@ class RequestStore:
 
     def _purge(self, request: SimRequest) -> None:
         request.purged = True
-        request.submission = replace(request.submission, body={})
+        request.submission = replace(request.submission, body={}, image_errors=())
         request.input_errors = []
         self._on_purge(request)
 
