@@ -1,8 +1,10 @@
 """The endpoints the runner knows, as pydantic input models, and pass-through for the rest.
 
-The two Wan models follow the API pages in `shared/seeds/`. Any other fal
+The two Wan models follow the API pages in `shared/seeds/` (Wan 2.2 also
+takes `seed` and `negative_prompt`, which its page omits). Any other fal
 endpoint id (`owner/app[/path]`) runs as a pass-through: its input is sent as
-given and its output parsed by the tolerant `jobs.outputs.ModelOutput`.
+given and its output parsed by the tolerant `jobs.outputs.ModelOutput`. An id
+close to a known one is probably a typo of it: `close_known_endpoint` says so.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ WAN25_I2I = "fal-ai/wan-25-preview/image-to-image"
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(/[\w.-]+)*$")
 _SIZE_SHORTHAND = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
+#: difflib's ratio of two ids (lowercased) above which an unknown one is taken for a typo of a known one:
+#: `wan-26-preview` for `wan-25-preview` (0.97) is; `.../image-to-video` for `.../image-to-image` (0.91) is not.
+CLOSE_ENDPOINT_RATIO = 0.92
 
 
 class _Input(BaseModel):
@@ -45,7 +50,10 @@ class _Input(BaseModel):
 
 
 class Wan22ImageToImageInput(_Input):
-    """Input of `fal-ai/wan/v2.2-a14b/image-to-image` (seed 000_f92047dda0fe4212)."""
+    """Input of `fal-ai/wan/v2.2-a14b/image-to-image` (seed 000_f92047dda0fe4212).
+
+    `seed` and `negative_prompt` are not on that page, but fal's Wan 2.2 A14B endpoints take both.
+    """
 
     image_url: str
     prompt: Annotated[str, Field(min_length=1)]
@@ -60,6 +68,8 @@ class Wan22ImageToImageInput(_Input):
     guidance_scale_2: Annotated[int, Field(ge=0)] | None = None
     shift: Annotated[int, Field(ge=0)] | None = None
     image_format: Literal["jpeg", "png"] | None = None
+    negative_prompt: Annotated[str, Field(max_length=500)] | None = None
+    seed: Annotated[int, Field(ge=0)] | None = None
 
 
 class ImageSize(BaseModel):
@@ -160,18 +170,19 @@ class Endpoint:
             loc = [str(part) for part in err["loc"]]
             name = _field_path(loc)
             if err["type"] == "extra_forbidden":
-                errors.append((name, self._unknown_field_message(name)))
+                errors.append((name, self._unknown_field_message(loc)))
             elif err["type"] == "missing":
                 errors.append((name, "required field is missing"))
             else:
                 errors.append((name, _value_message(err)))
         return errors
 
-    def _unknown_field_message(self, path: str) -> str:
-        *parents, name = path.split(".")
-        known = self.field_names()
-        if parents and self.input_model is not None:
-            known = _model_fields_in(self.input_model.model_fields[parents[0]].annotation)
+    def _unknown_field_message(self, loc: list[str]) -> str:
+        """`loc` is pydantic's: the field as written, then (when nested) the model it tried and the key."""
+        name, known = loc[-1], self.field_names()
+        if len(loc) > 1 and self.input_model is not None:
+            parent = self.input_model.model_fields.get(loc[0])
+            known = _model_fields_in(parent.annotation) if parent is not None else []
         message = f"unknown field for {self.id}"
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         if close:
@@ -189,9 +200,12 @@ class ValidatedInput:
 
 
 def _field_path(loc: list[str]) -> str:
-    """`['image_size', 'ImageSize', 'width']` -> `image_size.width`; list indexes as `[0]`."""
-    parts: list[str] = []
-    for part in loc:
+    """`['image_size', 'ImageSize', 'width']` -> `image_size.width`; list indexes as `[0]`.
+
+    The first part is a field as the user wrote it (`Prompt`, `foo.bar`), kept as it stands.
+    """
+    parts: list[str] = loc[:1]
+    for part in loc[1:]:
         if part.isdigit():
             parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
         elif part[:1].isupper() or part.startswith(("literal[", "function-")):
@@ -257,6 +271,15 @@ def resolve_endpoint(endpoint_id: str) -> Endpoint:
     if not is_endpoint_id(endpoint_id):
         raise ValueError(f"not a fal endpoint id (owner/app[/path]): {endpoint_id!r}")
     return Endpoint(endpoint_id, None, _guess_image_fields())
+
+
+def close_known_endpoint(endpoint_id: str) -> str | None:
+    """The known endpoint id that an unknown `endpoint_id` is probably a typo of, or None."""
+    if endpoint_id in KNOWN_ENDPOINTS:
+        return None
+    by_lower = {known.lower(): known for known in KNOWN_ENDPOINTS}
+    close = difflib.get_close_matches(endpoint_id.lower(), by_lower, n=1, cutoff=CLOSE_ENDPOINT_RATIO)
+    return by_lower[close[0]] if close else None
 
 
 def _guess_image_fields() -> tuple[str, ...]:

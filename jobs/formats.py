@@ -11,6 +11,8 @@ import csv
 import difflib
 import io
 import json
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -21,10 +23,19 @@ import yaml
 from jobs.diagnostics import Diagnostic
 
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
-YAML_KEYS = ("endpoint", "defaults", "matrix", "jobs", "name", "description")
+YAML_KEYS = ("endpoint", "pass_through", "defaults", "matrix", "jobs", "name", "description")
 #: CSV column suffix that makes a cell JSON, for fields the schema cannot type (pass-through).
 JSON_SUFFIX = ":json"
+#: Deeper values are refused: no model input nests so deep, and deeper ones exhaust the stack of what checks them.
+MAX_NESTING_DEPTH = 100
+#: Bigger values of one field are refused: YAML aliases make a few lines into billions of values.
+MAX_FIELD_VALUES = 1_000_000
+#: Longer integers are refused before Python refuses to convert them (sys.get_int_max_str_digits).
+MAX_NUMBER_DIGITS = 1000
 _MAX_CELL_CHARS = 256 * 1024 * 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: A JSON string (possibly a key, then its colon) or a bracket: enough to follow nesting without parsing.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"(?=(\s*:))?|[\[\]{}]')
 
 
 @dataclass
@@ -59,6 +70,8 @@ class ManifestFile:
     defaults: Layer = field(default_factory=Layer)
     matrix: Layer = field(default_factory=Layer)
     has_jobs_list: bool = True
+    #: A top-level `pass_through: true`: endpoint ids close to a known one are meant as written.
+    pass_through: bool = False
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def error(self, line: int | None, field_name: str | None, message: str) -> None:
@@ -84,7 +97,143 @@ def read_manifest(file: str, data: bytes) -> ManifestFile:
         _read_jsonl(out, text)
     else:
         _read_yaml(out, text)
+    _check_values(out)
     return out
+
+
+# --- values ------------------------------------------------------------------
+
+
+class _TooDeepError(ValueError):
+    def __init__(self, key: str | None) -> None:
+        super().__init__(f"nested deeper than {MAX_NESTING_DEPTH} levels")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class _OversizedNumber:
+    """Stands for an integer too long to convert; `value_problem` reports it where it sits."""
+
+    digits: int
+
+
+def load_json(text: str, **options: Any) -> Any:
+    """`json.loads` for manifest text: it never overflows the stack, nor refuses a long integer.
+
+    An integer of more than MAX_NUMBER_DIGITS digits becomes a marker that
+    `value_problem` reports. Raises json.JSONDecodeError, or ValueError (no
+    JSONDecodeError) when the text nests too deep to parse.
+    """
+    try:
+        return json.loads(text, parse_int=_parse_int, **options)
+    except RecursionError:
+        raise _TooDeepError(_deep_json_key(text)) from None
+
+
+def _parse_int(text: str) -> int | _OversizedNumber:
+    digits = len(text.lstrip("-"))
+    return _OversizedNumber(digits) if digits > MAX_NUMBER_DIGITS else int(text)
+
+
+def _deep_json_key(text: str) -> str | None:
+    """The top-level key of a JSON object whose value nests past the limit, to say where."""
+    depth, key = 0, None
+    for match in _JSON_TOKEN.finditer(text):
+        token = match[0]
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_NESTING_DEPTH + 1:  # the row's own braces are not its fields' nesting
+                return key
+        elif token in ("]", "}"):
+            depth -= 1
+        elif depth == 1 and match[1] is not None:
+            key = _printable(token[1:-1])
+    return None
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a parsed value can never be sent, or None.
+
+    It may nest too deep, hold too many values or itself (YAML aliases), a
+    number out of range, or text that is not Unicode. Walks without recursion,
+    and visits an alias's value once however often it is used (but counts its
+    values each time, as they would be sent).
+    """
+    shapes: dict[int, tuple[int, int]] = {}  # id of a list or mapping -> (depth, values in all)
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, closing = stack.pop()
+        if not isinstance(node, dict | list):
+            problem = _scalar_problem(node)
+            if problem:
+                return problem
+            continue
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        if closing:
+            open_ids.discard(id(node))
+            problem = _shape_problem(node, children, shapes)
+            if problem:
+                return problem
+        elif id(node) in open_ids:
+            return "holds itself (a YAML alias inside its own anchor)"
+        elif id(node) not in shapes:
+            open_ids.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return None
+
+
+def _shape_problem(node: Any, children: list[Any], shapes: dict[int, tuple[int, int]]) -> str | None:
+    depth, size = 1, 1
+    for child in children:
+        child_depth, child_size = shapes.get(id(child), (0, 1))
+        depth, size = max(depth, child_depth + 1), size + child_size
+    shapes[id(node)] = depth, size
+    if depth > MAX_NESTING_DEPTH:
+        return f"nested deeper than {MAX_NESTING_DEPTH} levels"
+    if size > MAX_FIELD_VALUES:
+        return f"holds more than {MAX_FIELD_VALUES:,} values (a YAML alias counts each time it is used)"
+    return None
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, _OversizedNumber):
+        return f"a number of {value.digits:,} digits is too large"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"not a finite number ({value}); JSON has no such value"
+    if isinstance(value, str) and (match := _SURROGATE.search(value)):
+        return f"not valid Unicode text (a lone surrogate {match[0]!a})"
+    return None
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates escaped, safe to print and to encode."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_values(out: ManifestFile) -> None:
+    """Report values that can never be sent where they sit; their record is not made a job."""
+    for record in out.records:
+        if not record.broken and _layer_problems(out, record.layer):
+            record.broken = True
+    for layer, where in ((out.defaults, "defaults"), (out.matrix, "matrix")):
+        for key in _layer_problems(out, layer, where):
+            del layer.values[key]
+
+
+def _layer_problems(out: ManifestFile, layer: Layer, where: str | None = None) -> list[str]:
+    """Report each bad value of `layer` (or bad field name); the keys reported."""
+    bad = []
+    for key, value in layer.values.items():
+        if key in layer.text_keys:
+            continue  # CSV text decoded from UTF-8: nothing to find
+        problem = _scalar_problem(key) or value_problem(value)
+        if problem:
+            name = _printable(str(key)) if where is None else f"{where}.{_printable(str(key))}"
+            out.error(layer.key_lines.get(key, layer.line), name, problem)
+            bad.append(key)
+    return bad
 
 
 def _decode(out: ManifestFile, data: bytes) -> str | None:
@@ -148,20 +297,31 @@ def _add_csv_record(out: ManifestFile, line: int, header: list[str], cells: list
         return
     layer = Layer(line=line)
     text_keys = set()
+    broken = False
     for name, cell in zip(header, cells, strict=True):
         if not cell.strip():
             continue  # an empty cell leaves the field unset, so defaults apply
         if name.endswith(JSON_SUFFIX):
-            key = name[: -len(JSON_SUFFIX)]
-            try:
-                layer.values[key] = json.loads(cell)
-            except json.JSONDecodeError as exc:
-                out.error(line, key, f"invalid JSON in a {JSON_SUFFIX} column: {exc.msg}")
+            if not _add_json_cell(out, line, layer, name[: -len(JSON_SUFFIX)], cell):
+                broken = True  # not a job without that field, even with --skip-invalid
         else:
             layer.values[name] = cell
             text_keys.add(name)
     layer.text_keys = frozenset(text_keys)
-    out.records.append(Record(row, layer))
+    out.records.append(Record(row, layer, broken=broken))
+
+
+def _add_json_cell(out: ManifestFile, line: int, layer: Layer, key: str, cell: str) -> bool:
+    """Put the cell's JSON value under `key`; whether it could be read (else it is reported)."""
+    try:
+        layer.values[key] = load_json(cell)
+    except json.JSONDecodeError as exc:
+        out.error(line, key, f"invalid JSON in a {JSON_SUFFIX} column: {exc.msg}")
+        return False
+    except ValueError as exc:
+        out.error(line, key, str(exc))
+        return False
+    return True
 
 
 # --- JSONL -------------------------------------------------------------------
@@ -173,12 +333,15 @@ def _read_jsonl(out: ManifestFile, text: str) -> None:
         if not raw.strip():
             continue
         try:
-            value = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+            value = load_json(raw, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as exc:
             out.error(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
             continue
         except _DuplicateKeyError as exc:
-            out.error(number, exc.key, "key appears twice in this object")
+            out.error(number, _printable(exc.key), "key appears twice in this object")
+            continue
+        except _TooDeepError as exc:
+            out.error(number, exc.key, str(exc))
             continue
         if not isinstance(value, dict):
             out.error(number, None, f"expected a JSON object, got {type(value).__name__}")
@@ -231,7 +394,15 @@ def _construct_located_map(loader: Any, node: yaml.MappingNode) -> Iterator[_Loc
         data.key_lines.setdefault(key, key_line)
 
 
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> int | _OversizedNumber:
+    digits = len(str(node.value).lstrip("+-").replace("_", ""))
+    if digits > MAX_NUMBER_DIGITS:
+        return _OversizedNumber(digits)
+    return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+
+
 _ManifestLoader.add_constructor("tag:yaml.org,2002:map", _construct_located_map)
+_ManifestLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _read_yaml(out: ManifestFile, text: str) -> None:
@@ -242,6 +413,9 @@ def _read_yaml(out: ManifestFile, text: str) -> None:
         return
     except (ValueError, TypeError) as exc:  # e.g. an unhashable key, a bad timestamp
         out.error(None, None, f"YAML error: {exc}")
+        return
+    except RecursionError:  # only the pure-Python loader recurses; libyaml stops at its own depth limit
+        out.error(None, None, f"YAML error: nested deeper than {MAX_NESTING_DEPTH} levels")
         return
     if doc is None:
         out.error(None, None, "empty manifest: no jobs")
@@ -258,6 +432,7 @@ def _read_yaml(out: ManifestFile, text: str) -> None:
             name = key if isinstance(key, str) else repr(key)  # YAML keys may be null, numbers, ...
             out.error(doc.key_lines.get(key, doc.line), name, _unknown_key_message(name))
     _read_yaml_endpoint(out, doc)
+    _read_yaml_pass_through(out, doc)
     out.defaults = _read_yaml_layer(out, doc, "defaults")
     out.matrix = _read_yaml_layer(out, doc, "matrix")
     _check_matrix(out)
@@ -299,6 +474,14 @@ def _read_yaml_endpoint(out: ManifestFile, doc: _LocatedDict) -> None:
         out.endpoint = doc["endpoint"]
     else:
         out.error(out.endpoint_line, "endpoint", "must be a string such as fal-ai/wan-25-preview/image-to-image")
+
+
+def _read_yaml_pass_through(out: ManifestFile, doc: _LocatedDict) -> None:
+    value = doc.get("pass_through", False)
+    if isinstance(value, bool):
+        out.pass_through = value
+    else:
+        out.error(doc.key_lines["pass_through"], "pass_through", "must be true or false")
 
 
 def _read_yaml_layer(out: ManifestFile, doc: _LocatedDict, key: str) -> Layer:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+#: Never part of a URL, a data URI or a file name anyone meant (a NUL cannot be in a path at all).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,")
 
 
@@ -30,11 +32,13 @@ class ImageRef:
 def classify_image_ref(value: str) -> ImageRef:
     """Say what kind of reference `value` is.
 
-    Raises ValueError for an empty value, a scheme other than http, https or
-    data, or a malformed or non-image data URI.
+    Raises ValueError for an empty value, a control character (such as NUL),
+    a scheme other than http, https or data, or a malformed or non-image data URI.
     """
     if not value.strip():
         raise ValueError("empty image reference")
+    if control := _CONTROL.search(value):
+        raise ValueError(f"image reference holds a control character {control[0]!a} at position {control.start() + 1}")
     scheme_match = _SCHEME.match(value)
     scheme = scheme_match[1].lower() if scheme_match else ""
     if scheme in ("http", "https"):

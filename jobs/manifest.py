@@ -15,14 +15,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobs.diagnostics import Diagnostic, Severity, dedupe
-from jobs.endpoints import Endpoint, FieldKind, resolve_endpoint
-from jobs.formats import Layer, ManifestFile, Record, read_manifest
+from jobs.endpoints import Endpoint, FieldKind, close_known_endpoint, resolve_endpoint
+from jobs.formats import Layer, ManifestFile, Record, load_json, read_manifest, value_problem
 from jobs.images import ImageRefKind, classify_image_ref, image_ref_values
 from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id
 
 #: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.
 LIST_SEPARATOR = "|"
-RESERVED = ("id", "endpoint")
+#: Fields of a row that steer the runner and are never sent.
+RESERVED = ("id", "endpoint", "pass_through")
+#: How a CSV cell says true or false for `pass_through`.
+_CSV_BOOLEANS = {"true": True, "false": False}
 META_PREFIX = "_"
 
 
@@ -32,6 +35,8 @@ class ManifestOptions:
     default_endpoint: str | None = None
     #: A matrix that would make more jobs than this is refused, not expanded.
     max_jobs: int = 1_000_000
+    #: Endpoint ids close to a known one that are meant as written (`--allow-endpoint`), not typos.
+    allowed_endpoints: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +182,36 @@ class _BatchBuilder:
             except ValueError as exc:
                 self._endpoints[name] = None
                 self._error(merged.line_of("endpoint"), "endpoint", str(exc))
-        return self._endpoints[name]
+        endpoint = self._endpoints[name]
+        meant = self._pass_through(merged) or name in self.options.allowed_endpoints
+        if endpoint is None or endpoint.is_known or meant:
+            return endpoint
+        return self._unless_typo(merged, endpoint)
+
+    def _unless_typo(self, merged: _Merged, endpoint: Endpoint) -> Endpoint | None:
+        """The pass-through `endpoint`, unless its id is close to a known one (then an error)."""
+        close = close_known_endpoint(endpoint.id)
+        if close is None:
+            return endpoint
+        if merged.get("endpoint"):
+            line = merged.line_of("endpoint")
+        else:  # the YAML's top-level key, or --endpoint (None: one error for the whole file)
+            line = self.manifest.endpoint_line if self.manifest.endpoint else None
+        self._error(line, "endpoint", (
+            f"unknown endpoint {endpoint.id!r}; did you mean {close!r}? If it is meant as written, "
+            f"confirm it with --allow-endpoint {endpoint.id} (or `pass_through: true` in the manifest)"
+        ))  # fmt: skip
+        return None
+
+    def _pass_through(self, merged: _Merged) -> bool:
+        """Whether the manifest or the row confirms a pass-through endpoint (`pass_through: true`)."""
+        value = merged.get("pass_through")
+        if isinstance(value, str) and "pass_through" in merged.text_keys:
+            value = _CSV_BOOLEANS.get(value.strip().lower(), value)
+        if value is not None and not isinstance(value, bool):
+            self._error(merged.line_of("pass_through"), "pass_through", "must be true or false")
+            return False
+        return value if isinstance(value, bool) else self.manifest.pass_through
 
     def _inputs(self, merged: _Merged, endpoint: Endpoint) -> tuple[dict[str, Any], dict[str, str]]:
         """Split merged values into the model input and `_meta` columns; type CSV text."""
@@ -202,9 +236,17 @@ class _BatchBuilder:
             return [part.strip() for part in text.split(LIST_SEPARATOR) if part.strip()]
         if kind is FieldKind.OBJECT and text.lstrip().startswith("{"):
             try:
-                return json.loads(text)
+                value = load_json(text)
             except json.JSONDecodeError as exc:
                 self._error(merged.line_of(key), key, f"invalid JSON object: {exc.msg}")
+                return text
+            except ValueError as exc:
+                self._error(merged.line_of(key), key, str(exc))
+                return text
+            problem = value_problem(value)
+            if problem is None:
+                return value
+            self._error(merged.line_of(key), key, problem)
         return text
 
     def _check_images(self, merged: _Merged, endpoint: Endpoint, raw: dict[str, Any]) -> None:
@@ -275,5 +317,5 @@ class _Merged:
 
     def line_of(self, path: str) -> int | None:
         """The line of the value a field path (`image_size.width`) came from."""
-        top = path.split(".")[0].split("[")[0]
+        top = path if path in self._lines else path.split(".")[0].split("[")[0]
         return self._lines.get(top) or self.line

@@ -17,6 +17,24 @@ COLUMNS = (
 IMAGE_FIELDS = ("image_url", "image_urls")
 
 
+def brief(message: str, width: int) -> str:
+    """`message` in at most `width` characters, cut between words, its advice (the part after the last "; ")
+    kept whole when it fits."""
+    if len(message) <= width:
+        return message
+    head, _, advice = message.rpartition("; ")
+    if head and len(advice) <= width * 2 // 3:
+        return f"{_cut(head, width - len(advice) - 2)}; {advice}"
+    return _cut(message, width)
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` cut at the last space that leaves room for " …" within `width`."""
+    room = max(1, width - 2)
+    cut = text[:room].rsplit(" ", 1)[0] if " " in text[:room] else text[:room]
+    return cut.rstrip(" ,;:") + " …"
+
+
 def report_rows(records: Iterable[JobRecord]) -> list[dict[str, Any]]:
     """One row per output image, and one per job that has none (failed, cancelled, unfinished)."""
     rows: list[dict[str, Any]] = []
@@ -30,14 +48,28 @@ def report_rows(records: Iterable[JobRecord]) -> list[dict[str, Any]]:
     return [{column: row.get(column) for column in COLUMNS} | _meta(row) for row in rows]
 
 
-def summarize(records: Sequence[JobRecord], wall_s: float | None) -> dict[str, Any]:
-    """Counts per status, images written, attempts, latency percentiles and wall time."""
+def invalid_rows(skipped: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One report row per manifest row skipped as invalid (`--skip-invalid`), from its errors (`Diagnostic.to_dict`)."""
+    rows = []
+    for errors in skipped:
+        first = errors[0]
+        message = "; ".join(f"{e['field']}: {e['message']}" if e.get("field") else e["message"] for e in errors)
+        where = first["file"] if first.get("line") is None else f"{first['file']}:{first['line']}"
+        row = dict.fromkeys(COLUMNS)
+        row.update(status="invalid", error_type="invalid_row", error_message=f"{where}: {message}", attempts=0)
+        rows.append(row)
+    return rows
+
+
+def summarize(records: Sequence[JobRecord], wall_s: float | None, invalid: int = 0) -> dict[str, Any]:
+    """Counts per status, rows skipped as invalid, images written, attempts, latency percentiles and wall time."""
     counts = Counter(record.status.value for record in records)
     latencies = sorted(r.latency_s for r in records if r.latency_s is not None and r.status is JobStatus.SUCCEEDED)
     failures = Counter(r.error_type or "unknown" for r in records if r.status is JobStatus.FAILED)
     return {
         "jobs": len(records),
         "counts": {status.value: counts.get(status.value, 0) for status in JobStatus},
+        "invalid_rows": invalid,
         "images_written": sum(len(r.outputs) for r in records),
         "attempts": sum(r.attempts for r in records),
         "failures_by_error_type": dict(failures.most_common()),

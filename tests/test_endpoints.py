@@ -7,6 +7,7 @@ from jobs.endpoints import (
     WAN22_I2I,
     WAN25_I2I,
     FieldKind,
+    close_known_endpoint,
     is_endpoint_id,
     resolve_endpoint,
 )
@@ -31,6 +32,8 @@ BASE25 = {"prompt": "a city", "image_urls": ["https://x/a.png"]}
         ({"guidance_scale": "3.5", "guidance_scale_2": "4", "shift": 2},
          {**BASE22, "guidance_scale": 3.5, "guidance_scale_2": 4, "shift": 2}),
         ({"image_format": "png"}, {**BASE22, "image_format": "png"}),
+        ({"seed": "42", "negative_prompt": "blurry"}, {**BASE22, "seed": 42, "negative_prompt": "blurry"}),
+        ({"seed": 0, "negative_prompt": "n" * 500}, {**BASE22, "seed": 0, "negative_prompt": "n" * 500}),
     ],
 )  # fmt: skip
 def test_wan22_accepts_and_types_by_schema(extra: dict[str, Any], body: dict[str, Any]) -> None:
@@ -51,7 +54,11 @@ def test_wan22_accepts_and_types_by_schema(extra: dict[str, Any], body: dict[str
         ({"enable_safety_checker": "maybe"}, "enable_safety_checker", "boolean"),
         ({"guidance_scale": float("nan")}, "guidance_scale", "finite number"),
         ({"strenght": 0.5}, "strenght", "did you mean 'strength'?"),
-        ({"seed": 3}, "seed", "known fields: image_url, prompt"),
+        ({"num_images": 3}, "num_images", "known fields: image_url, prompt"),
+        ({"seed": "lucky"}, "seed", "valid integer"),
+        ({"seed": 1.5}, "seed", "integer"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"negative_prompt": "n" * 501}, "negative_prompt", "at most 500"),
     ],
 )
 def test_wan22_rejects_with_field_and_reason(extra: dict[str, Any], field: str, fragment: str) -> None:
@@ -155,3 +162,47 @@ def test_endpoint_id_form(value: str, ok: bool) -> None:
     if not ok:
         with pytest.raises(ValueError, match="not a fal endpoint id"):
             resolve_endpoint(value)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "key", "name", "fragment"),
+    [
+        (WAN22, "foo.bar", "foo.bar", "known fields: image_url, prompt"),
+        (WAN22, "image_size.width", "image_size.width", "known fields: image_url, prompt"),
+        (WAN25, "image_size.width", "image_size.width", "did you mean 'image_size'?"),
+        (WAN25, "seed.", "seed.", "did you mean 'seed'?"),
+        (WAN22, "a[0]", "a[0]", "known fields"),
+        (WAN22, "Prompt", "Prompt", "did you mean 'prompt'?"),
+        (WAN22, "0", "0", "known fields"),
+    ],
+)  # fmt: skip
+def test_unknown_fields_are_named_as_written(endpoint: Any, key: str, name: str, fragment: str) -> None:
+    """A dot in a field's name is not a path into a model (it raised KeyError), nor is a capital a union tag."""
+    base = BASE22 if endpoint is WAN22 else BASE25
+    result = endpoint.validate_input({**base, key: 1})
+    assert [field for field, _ in result.errors] == [name]
+    assert fragment in result.errors[0][1]
+
+
+def test_an_unknown_key_with_a_dot_inside_a_nested_model() -> None:
+    result = WAN25.validate_input({**BASE25, "image_size": {"width": 720, "height": 720, "widt.h": 1}})
+    assert result.errors == [("image_size.widt.h", f"unknown field for {WAN25_I2I}; did you mean 'width'?")]
+
+
+@pytest.mark.parametrize(
+    ("endpoint_id", "close"),
+    [
+        ("fal-ai/wan-26-preview/image-to-image", WAN25_I2I),
+        ("fal-ai/wan-2.5-preview/image-to-image", WAN25_I2I),
+        ("fal-ai/WAN-25-preview/image-to-image", WAN25_I2I),
+        ("fal-ai/wan/v2.3-a14b/image-to-image", WAN22_I2I),
+        (WAN25_I2I, None),
+        (WAN22_I2I, None),
+        ("fal-ai/wan-25-preview/image-to-video", None),
+        ("fal-ai/wan/v2.2-a14b/image-to-video", None),
+        ("fal-ai/wan-25-preview/text-to-image", None),
+        ("fal-ai/flux/dev/image-to-image", None),
+    ],
+)
+def test_an_id_close_to_a_known_one_is_taken_for_a_typo(endpoint_id: str, close: str | None) -> None:
+    assert close_known_endpoint(endpoint_id) == close

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jobs.formats import read_manifest
+from jobs.formats import read_manifest, value_problem
 
 
 def problems(name: str, text: str | bytes) -> list[str]:
@@ -81,3 +81,57 @@ def test_jsonl_keeps_unicode_line_separators_inside_strings() -> None:
     manifest = read_manifest("m.jsonl", '{"prompt": "a\u2028b"}\n'.encode())
     assert manifest.diagnostics == []
     assert manifest.records[0].layer.values == {"prompt": "a\u2028b"}
+
+
+DEEP = "[" * 1000 + "]" * 1000
+HUGE_INT = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("m.jsonl", '{"prompt": "x", "loras": ' + DEEP + "}", "m.jsonl:1: loras: nested deeper than 100 levels"),
+        ("m.jsonl", '{"prompt": "x", "loras": ' + "[" * 101 + "]" * 101 + "}", "m.jsonl:1: loras: nested deeper than 100 levels"),
+        ("m.jsonl", '{"prompt": "x", "ok": ' + "[" * 100 + "]" * 100 + ', "deep": {"a": ' + DEEP + "}}", "m.jsonl:1: deep: nested deeper than 100 levels"),
+        ("m.jsonl", DEEP, "m.jsonl:1: nested deeper than 100 levels"),
+        ("m.csv", 'prompt,loras:json\nx,"' + DEEP + '"\n', "m.csv:2: loras: nested deeper than 100 levels"),
+        ("m.yaml", "jobs:\n- prompt: x\n  loras: " + "[" * 900 + "]" * 900 + "\n", "m.yaml:3: loras: nested deeper than 100 levels"),
+        ("m.yaml", "defaults:\n  loras: " + "[" * 900 + "]" * 900 + "\njobs: [{prompt: x}]\n", "m.yaml:2: defaults.loras: nested deeper than 100 levels"),
+        ("m.yaml", "jobs:\n- {prompt: x, loras: " + "[" * 1200 + "]" * 1200 + "}\n", "m.yaml:2: YAML syntax error: exceeded maximum nesting depth"),
+        ("m.yaml", "jobs:\n- {prompt: x, loop: &a [*a]}\n", "m.yaml:2: loop: holds itself"),
+        ("m.yaml", "defaults:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(f"  a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]\n" for n in range(1, 7)) + "jobs: [{prompt: x, z: *a6}]\n",
+         "m.yaml:8: defaults.a6: holds more than 1,000,000 values (a YAML alias counts each time it is used)"),
+        ("m.jsonl", '{"prompt": "x", "seed": ' + HUGE_INT + "}", "m.jsonl:1: seed: a number of 5,000 digits is too large"),
+        ("m.jsonl", '{"prompt": "x", "seed": -' + HUGE_INT + "}", "m.jsonl:1: seed: a number of 5,000 digits is too large"),
+        ("m.jsonl", '{"prompt": "x", "strength": 1e400}', "m.jsonl:1: strength: not a finite number (inf)"),
+        ("m.jsonl", '{"prompt": "x", "strength": NaN}', "m.jsonl:1: strength: not a finite number (nan)"),
+        ("m.yaml", "jobs:\n- prompt: x\n  seed: " + HUGE_INT + "\n", "m.yaml:3: seed: a number of 5,000 digits is too large"),
+        ("m.yaml", "matrix:\n  seed: [1, " + HUGE_INT + "]\n", "m.yaml:2: matrix.seed: a number of 5,000 digits is too large"),
+        ("m.yaml", "jobs:\n- prompt: x\n  strength: 1.0e+400\n", "m.yaml:3: strength: not a finite number (inf)"),
+        ("m.csv", 'prompt,size:json\nx,"{""w"": ' + HUGE_INT + '}"\n', "m.csv:2: size: a number of 5,000 digits is too large"),
+        ("m.jsonl", '{"prompt": "a\\ud800"}', "m.jsonl:1: prompt: not valid Unicode text (a lone surrogate '\\ud800')"),
+        ("m.jsonl", '{"a\\udfff": 1}', "m.jsonl:1: a\\udfff: not valid Unicode text"),
+    ],
+)  # fmt: skip
+def test_values_that_can_never_be_sent_are_located(name: str, text: str, expected: str) -> None:
+    """Each raised RecursionError or ValueError (int too long to convert) before; never a job now."""
+    manifest = read_manifest(name, text.encode())
+    found = [str(d) for d in manifest.diagnostics]
+    assert any(p.startswith(expected) for p in found), found
+    kept = [r.layer for r in manifest.records if not r.broken] + [manifest.defaults, manifest.matrix]
+    assert all(value_problem(value) is None for layer in kept for value in layer.values.values())
+
+
+def test_a_bad_json_cell_keeps_its_row_from_running() -> None:
+    """Not a job without that field, even with --skip-invalid."""
+    manifest = read_manifest("m.csv", b"prompt,size:json\na,{bad\nb,{}\n")
+    assert [record.broken for record in manifest.records] == [True, False]
+
+
+def test_yaml_pass_through_is_a_boolean_top_level_key() -> None:
+    assert read_manifest("m.yaml", b"pass_through: true\njobs: [{prompt: x}]\n").pass_through is True
+    found = problems("m.yaml", b"pass_through: maybe\njobs: [{prompt: x}]\n")
+    assert found == ["m.yaml:1: pass_through: must be true or false"]
+    assert problems("m.yaml", b"pass-through: true\njobs: [{prompt: x}]\n") == [
+        "m.yaml:1: pass-through: unknown top-level key; did you mean 'pass_through'?"
+    ]

@@ -6,11 +6,13 @@ import pytest
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.errors import LocalImageError
-from jobs.images import encode_data_uri
-from jobs.manifest import ManifestOptions, parse_manifest
+from jobs.images import ImageRefKind, encode_data_uri
+from jobs.job import Job
+from jobs.manifest import ImageSite, ManifestOptions, parse_manifest
 from runner.fal.local_images import check_batch_images, inline_local_images
 
 MakeImage = Callable[..., Path]
+URL = "https://x.test/a.png"
 
 
 def batch_of(tmp_path: Path, text: str, endpoint: str = WAN25_I2I):  # type: ignore[no-untyped-def]
@@ -80,3 +82,29 @@ def test_inlining_a_file_that_vanished_names_the_job(tmp_path: Path, make_image:
     path.unlink()
     with pytest.raises(LocalImageError, match="j1: image_url: no such file"):
         inline_local_images(batch.jobs[0], tmp_path, max_bytes=10_000)
+
+
+@pytest.mark.parametrize("ref", ["a\x00b.png", "a\ud800.png"])
+def test_a_name_no_file_system_holds_is_a_problem_not_a_crash(tmp_path: Path, ref: str) -> None:
+    """`stat` raised ValueError (embedded null byte) or UnicodeEncodeError; validation now refuses such
+    references earlier, but the probe stands on its own."""
+    batch = batch_of(tmp_path, f"prompt,image_url\nx,{URL}\n", WAN22_I2I)
+    batch.image_sites = [ImageSite(2, "image_url", ref, ImageRefKind.LOCAL_PATH)]
+    problems = check_batch_images(batch, tmp_path, max_bytes=10_000)
+    assert [(p.line, p.field) for p in problems] == [(2, "image_url")]
+    assert "not a possible file name" in problems[0].message
+
+
+def test_a_nul_in_a_local_path_is_a_located_error_of_the_manifest(tmp_path: Path) -> None:
+    batch = batch_of(tmp_path, "prompt,image_url\nx,a\x00b.png\n", WAN22_I2I)
+    assert [str(d) for d in batch.diagnostics] == [
+        f"{tmp_path / 'm.csv'}:2: image_url: image reference holds a control character '\\x00' at position 2"
+    ]
+    assert check_batch_images(batch, tmp_path, max_bytes=10_000) == []
+
+
+def test_inlining_a_reference_recorded_before_it_was_refused_fails_the_job(tmp_path: Path) -> None:
+    job = Job(id="j1", endpoint=WAN22_I2I, input={"prompt": "x", "image_url": "a\x00b.png"}, fingerprint="f",
+              file="m.csv", line=2, row=1)  # fmt: skip
+    with pytest.raises(LocalImageError, match="j1: image_url: image reference holds a control character"):
+        inline_local_images(job, tmp_path, max_bytes=10_000)

@@ -223,7 +223,21 @@ def test_random_bytes_give_located_errors_or_a_batch(name: str, data: bytes) -> 
     assert_located_or_valid(batch, name, data)
 
 
-TEXTISH = st.text(alphabet=string.printable + "é|{}\"',:;\u2028", max_size=30)
+TEXTISH = st.text(alphabet=string.printable + "é|{}\"',:;\u2028\x00\x01\x1b\x7f\x85", max_size=30)
+#: Field names a user may write that look like paths into a model (a dot raised KeyError) or like its tags.
+ODD_NAMES = ["foo.bar", "image_size.width", "image_size.", "a[0]", "image_urls[1]", "Prompt", "ImageSize", "0", "seed\x00"]
+
+
+class Raw(str):
+    """A value written into the manifest as the text it holds, not as a string."""
+
+
+#: Text put verbatim where a value goes, after the row is written: what no JSON or YAML writer makes.
+RAW_VALUES = st.one_of(
+    st.integers(1, 1000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(1, 1000).map(lambda depth: '{"a": ' * depth + "1" + "}" * depth),
+    st.sampled_from(["9" * 5000, "-" + "9" * 4400, "1e400", "-1e400", "1.0e+400", "NaN", "Infinity"]),
+)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -232,25 +246,45 @@ TEXTISH = st.text(alphabet=string.printable + "é|{}\"',:;\u2028", max_size=30)
     rows=st.lists(
         st.dictionaries(
             st.sampled_from(["id", "prompt", "image_url", "image_urls", "strength", "seed", "num_images",
-                             "image_size", "endpoint", "promt", "_note"]),
+                             "image_size", "endpoint", "promt", "_note", "negative_prompt", "pass_through",
+                             "loras:json", *ODD_NAMES]),
             st.one_of(TEXTISH, st.integers(-5, 5000), st.floats(allow_nan=True), st.booleans(), st.none(),
-                      st.lists(TEXTISH, max_size=3)),
+                      st.lists(TEXTISH, max_size=3), RAW_VALUES.map(Raw)),
         ),
         max_size=6,
     ),
-    endpoint=st.sampled_from([WAN22_I2I, WAN25_I2I, "fal-ai/other/app"]),
+    endpoint=st.sampled_from([WAN22_I2I, WAN25_I2I, "fal-ai/other/app", "fal-ai/wan-26-preview/image-to-image"]),
 )  # fmt: skip
 def test_random_rows_give_located_errors_or_a_batch(name: str, rows: list[dict[str, Any]], endpoint: str) -> None:
+    """Dotted and bracketed names, control characters, nesting to 1,000 levels, numbers past any range."""
     data = write_rows(name, rows)
     batch = parse_manifest(name, data, ManifestOptions(default_endpoint=endpoint))
     assert_located_or_valid(batch, name, data)
 
 
 def write_rows(name: str, rows: list[dict[str, Any]]) -> bytes:
+    if name.endswith((".csv", ".tsv")):
+        return _write_csv(name, rows)  # a Raw value is cell text as it stands
+    tokens: dict[str, str] = {}
+    plain = [{key: _token_for(value, tokens) for key, value in row.items()} for row in rows]
     if name.endswith((".yaml", ".yml")):
-        return yaml.safe_dump({"jobs": rows}, allow_unicode=True).encode()
-    if name.endswith(".jsonl"):
-        return "\n".join(json.dumps(row) for row in rows).encode()
+        text = yaml.safe_dump({"jobs": plain}, allow_unicode=True)
+    else:
+        text = "\n".join(json.dumps(row) for row in plain)
+    for token, raw in tokens.items():
+        text = text.replace(f'"{token}"', raw).replace(token, raw)
+    return text.encode()
+
+
+def _token_for(value: Any, tokens: dict[str, str]) -> Any:
+    if not isinstance(value, Raw):
+        return value
+    token = f"RAW{len(tokens)}X"
+    tokens[token] = str(value)
+    return token
+
+
+def _write_csv(name: str, rows: list[dict[str, Any]]) -> bytes:
     columns = sorted({key for row in rows for key in row})
     out = io.StringIO()
     writer = csv.writer(out, delimiter="\t" if name.endswith(".tsv") else ",")
@@ -299,3 +333,51 @@ def test_yaml_keys_that_are_not_text_are_located_errors(body: str, expected: str
     batch = parse_manifest("m.yaml", body.encode())
     assert any(str(d).startswith(expected) for d in batch.diagnostics), batch.diagnostics
     assert batch.errors
+
+
+TYPO = "fal-ai/wan-26-preview/image-to-image"
+DID_YOU_MEAN = f"endpoint: unknown endpoint '{TYPO}'; did you mean '{WAN25_I2I}'?"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "option", "expected"),
+    [
+        ("m.csv", f"endpoint,prompt\n{TYPO},x\n{TYPO},y\n", None, [f"m.csv:2: {DID_YOU_MEAN}", f"m.csv:3: {DID_YOU_MEAN}"]),
+        ("m.csv", "prompt\nx\ny\n", TYPO, [f"m.csv: {DID_YOU_MEAN}"]),
+        ("m.yaml", f"endpoint: {TYPO}\njobs: [{{prompt: x}}, {{prompt: y}}]\n", None, [f"m.yaml:1: {DID_YOU_MEAN}"]),
+        ("m.jsonl", json.dumps({"endpoint": TYPO, "prompt": "x", "pass_through": "yes"}), None,
+         ["m.jsonl:1: pass_through: must be true or false", f"m.jsonl:1: {DID_YOU_MEAN}"]),
+    ],
+)  # fmt: skip
+def test_an_endpoint_close_to_a_known_one_is_an_error(name: str, text: str, option: str | None, expected: list[str]) -> None:
+    """It validated as a pass-through, and every row then failed at fal with a 404."""
+    batch = parse(name, text, option)
+    assert [m.split(" If it is meant")[0] for m in messages(batch)] == expected
+    assert f"--allow-endpoint {TYPO}" in messages(batch)[-1]
+    assert batch.jobs == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "allowed", "jobs", "errors"),
+    [
+        ("m.csv", f"endpoint,prompt\n{TYPO},x\n", {TYPO}, 1, 0),
+        ("m.yaml", f"endpoint: {TYPO}\npass_through: true\njobs: [{{prompt: x}}, {{prompt: y}}]\n", set(), 2, 0),
+        ("m.yaml", f"endpoint: {TYPO}\njobs: [{{prompt: x, pass_through: true}}, {{prompt: y}}]\n", set(), 1, 1),
+        ("m.yaml", f"endpoint: {TYPO}\npass_through: true\njobs: [{{prompt: x, pass_through: false}}]\n", set(), 0, 1),
+        ("m.csv", f"endpoint,prompt,pass_through\n{TYPO},x,TRUE\n{TYPO},y,false\n", set(), 1, 1),
+        ("m.jsonl", json.dumps({"endpoint": TYPO, "prompt": "x", "pass_through": True}), set(), 1, 0),
+    ],
+)  # fmt: skip
+def test_a_close_endpoint_confirmed_as_meant_passes_through(
+    name: str, text: str, allowed: set[str], jobs: int, errors: int
+) -> None:
+    """`--allow-endpoint ID`, or `pass_through: true` for the manifest or a row (a row's own value wins)."""
+    batch = parse_manifest(name, text.encode(), ManifestOptions(allowed_endpoints=frozenset(allowed)))
+    assert len(batch.jobs) == jobs
+    assert len(batch.errors) == errors
+    assert all(job.endpoint == TYPO and "pass_through" not in job.input for job in batch.jobs)
+
+
+def test_pass_through_is_checked_on_rows_of_known_endpoints_too() -> None:
+    batch = parse("m.csv", f"prompt,image_url,pass_through\nx,{URL},maybe\n", WAN22_I2I)
+    assert messages(batch) == ["m.csv:2: pass_through: must be true or false"]

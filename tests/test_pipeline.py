@@ -36,6 +36,7 @@ def test_a_job_goes_from_waiting_to_succeeded_with_its_files(world_factory: Any)
         assert done.status is S.SUCCEEDED, (job_id, done.error_message)
         assert (world.folder / done.outputs[0].path).is_file()
         assert (world.folder / "jobs" / f"{job_id}.json").is_file()
+        assert done.started_at is not None and done.submitted_at <= done.started_at <= done.completed_at  # type: ignore[operator]
     assert world.ctx.ledger.in_flight("b") == 0 and world.due() == []
     assert world.stats()["submits"] == 3 and world.stats()["duplicate_submits"] == 0
     assert world.ctx.ledger.batch("b").state == "done"  # type: ignore[union-attr]
@@ -375,3 +376,35 @@ def test_the_report_writes_a_sidecar_a_final_job_lacks(world_factory: Any) -> No
     sidecar.unlink()  # as a run killed at the wrong moment by an older version left it
     write_report(world.ctx.ledger, world.ctx.ledger.batch("b"), None, {})  # type: ignore[arg-type]
     assert json.loads(sidecar.read_text())["status"] == "succeeded"
+
+
+def test_after_fal_says_it_has_no_such_app_the_other_jobs_of_it_are_not_sent(world_factory: Any) -> None:
+    world = world_factory(jobs=3, max_in_flight=3)
+    for job_id in ("j0", "j1", "j2"):  # a mistyped endpoint: fal answers 404 Application not found
+        ledger = world.ctx.ledger
+        stored = json.loads(ledger.redis.hget(ledger.keys.side("b", "job"), job_id))
+        ledger.redis.hset(ledger.keys.side("b", "job"), job_id,
+                          json.dumps({**stored, "endpoint": "fal-ai/wan-26-preview/image-to-image"}))  # fmt: skip
+    sent: list[str] = []
+    make_client = world.ctx.queue_client
+
+    def counting(batch: BatchInfo) -> Any:
+        client = make_client(batch)
+
+        class Counting:
+            def submit(self, endpoint: str, body: dict[str, Any]) -> Any:
+                sent.append(endpoint)
+                return client.submit(endpoint, body)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(client, name)
+
+        return Counting()
+
+    world.ctx.queue_client = counting
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
+    records = [world.job(j) for j in ("j0", "j1", "j2")]
+    assert {(r.status, r.error_type) for r in records} == {(S.FAILED, "unknown_endpoint")}
+    assert len(sent) == 1, "one 404 is enough"
+    assert all("fal-ai/wan-26-preview/image-to-image" in (r.error_message or "") for r in records)

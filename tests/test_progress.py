@@ -87,8 +87,8 @@ OK = record("j0", S.SUCCEEDED)
              "    ... and 2 more (see report.csv)"],
         ),
         (
-            [record("j1", S.FAILED, "long", "x" * 300)],
-            ["  long: 1 job(s)", "    j1 (row 1): " + "x" * 200],
+            [record("j1", S.FAILED, "long", "word " * 60 + "; check fal's dashboard")],
+            ["  long: 1 job(s)", "    j1 (row 1): " + "word " * 35 + "…; check fal's dashboard"],
         ),
     ],
     ids=["none", "no-failures", "one", "biggest-group-first", "no-error-type", "capped-per-type", "long-message"],

@@ -172,7 +172,7 @@ def test_permanent_errors_are_reported_with_their_detail(tmp_path: Path, sim_fac
                     "--max-attempts", "2"], tmp_path)  # fmt: skip
     assert done.returncode == 1
     assert "runner_server_error: 2 job(s)" in done.stdout
-    assert "http_404: 1 job(s)" in done.stdout or "not_found" in done.stdout
+    assert "unknown_endpoint: 1 job(s)" in done.stdout
     rows = {r["job_id"]: r for r in report_of(tmp_path / "out")["rows"]}
     assert rows["job0"]["attempts"] == 2 and rows["job0"]["error_type"] == "runner_server_error"
     assert "no-such-app" in rows["nowhere"]["error_message"]

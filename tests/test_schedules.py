@@ -335,6 +335,8 @@ def test_notify_posts_the_summary_and_retries_a_failed_delivery(
     assert "schedule-test-key" not in json.dumps(payload)
     assert "HTTP Request: POST http://127.0.0.1:" in caplog.text, "httpx logs the call..."
     assert "S3CR3T" not in caplog.text, "... without the webhook's token"
+    assert f"of firing {fired.id}, try 1 of {NOTIFY_TRIES}: HTTP 503" in caplog.text, "each try is logged"
+    assert f"try 2 of {NOTIFY_TRIES}: HTTP 200" in caplog.text
 
 
 def test_notify_gives_up_after_its_tries_without_showing_the_url(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +20,7 @@ from jobs.errors import ManifestError, UsageError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.reconcile import start_timeout_s
 from jobs.record import JobRecord
+from jobs.selection import first_jobs, sample_jobs
 from jobs.status import JobStatus
 from runner.batches.manifests import load_manifest
 from runner.batches.operations import resume_batch
@@ -27,7 +28,7 @@ from runner.fal.history import NO_API, api_url_for
 from runner.fal.providers import FAL_QUEUE_URL, Provider
 from runner.ledger.store import BatchInfo, Ledger
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
-from runner.simulator.config import SimConfig
+from runner.simulator.config import SIM_CONCURRENCY, SimConfig
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
 
@@ -37,9 +38,11 @@ class RunRequest(BaseModel):
     out: Path = Path("out")
     batch_id: str | None = None
     endpoint: str | None = None
+    #: Endpoint ids close to a known one that are meant as written (`--allow-endpoint`).
+    allowed_endpoints: tuple[str, ...] = ()
     skip_invalid: bool = False
     sim: bool = False
-    sim_concurrency: int = Field(default=4, gt=0)
+    sim_concurrency: int = Field(default=SIM_CONCURRENCY, gt=0)
     sim_run_time: str = "uniform:0.5,1.5"
     base_url: str | None = None
     redis_url: str | None = None
@@ -51,6 +54,9 @@ class RunRequest(BaseModel):
     start_timeout_s: float | None = None
     #: fal's Platform API, where lost submits are looked for ("none": nowhere); default: fal's for a FAL_KEY.
     api_url: str | None = None
+    #: Try the manifest on its first N jobs, or on N spread over it (stable across reruns).
+    limit: int | None = Field(default=None, gt=0)
+    sample: int | None = Field(default=None, gt=0)
     #: With a shared Redis: seconds without any job changing status before hinting that no worker runs.
     stall_hint_s: float = Field(default=60.0, gt=0)
 
@@ -73,21 +79,39 @@ def load_batch(request: RunRequest, data: bytes | None = None) -> Batch:
     A manifest with errors may run only with `skip_invalid`, and only if some rows are valid.
     """
     settings = InputSettings(max_image_bytes=int(request.max_image_mb * MIB))
-    batch = load_manifest(request.manifest, ManifestOptions(default_endpoint=request.endpoint), settings, data)
+    options = ManifestOptions(default_endpoint=request.endpoint, allowed_endpoints=frozenset(request.allowed_endpoints))
+    batch = load_manifest(request.manifest, options, settings, data)
     if (batch.errors and not request.skip_invalid) or not batch.jobs:
         raise ManifestError(batch.diagnostics)
     return batch
 
 
-def provider_for(request: RunRequest) -> Provider:
+#: What a batch recorded by a shell without a credential holds in its place: workers use their own.
+WORKERS_CREDENTIAL = "held-by-the-workers"
+
+
+def trial_jobs(request: RunRequest, batch: Batch) -> Batch:
+    """`batch` with only the jobs `--limit` or `--sample` take (all of them without either)."""
+    if request.limit is not None:
+        return replace(batch, jobs=first_jobs(batch.jobs, request.limit))
+    if request.sample is not None:
+        return replace(batch, jobs=sample_jobs(batch.jobs, request.sample))
+    return batch
+
+
+def provider_for(request: RunRequest, credential_needed: bool = True) -> Provider:
     """The queue a run without `--sim` sends to, with its credential from the environment.
 
     A gateway token (WAN_BATCH_GATEWAY_TOKEN) is used only with `base_url`;
-    otherwise FAL_KEY. Raises UsageError when no credential fits, or when
-    `base_url` is not a plain http(s) URL; the message never shows the URL,
-    which may hold a password.
+    otherwise FAL_KEY. Without `credential_needed` (a batch only recorded for
+    workers, which hold their own), a shell with neither records a fal-key
+    batch. Raises UsageError when no credential fits, or when `base_url` is
+    not a plain http(s) URL; the message never shows the URL, which may hold
+    a password.
     """
     token, fal_key = credential_from_env("Bearer"), credential_from_env("Key")
+    if not (credential_needed or token or fal_key):
+        fal_key = WORKERS_CREDENTIAL
     if request.base_url is not None and token:
         scheme: Literal["Key", "Bearer"] = "Bearer"
         credential, base_url = token, request.base_url
@@ -170,6 +194,7 @@ def record_batch(
         report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
     )  # fmt: skip
     ledger.save_batch(info)
+    ledger.save_skipped(batch_id, [error.to_dict() for error in batch.errors])  # only --skip-invalid runs have any
     BatchFolder(Path(info.folder)).prepare()
     return info
 
@@ -218,7 +243,7 @@ def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: 
     for record in records:  # a final job has its sidecar (written before it became final): this is a net
         if record.status.is_final and not folder.sidecar_path(record.job.id).exists():
             folder.write_sidecar(record)
-    csv_path, json_path, summary = folder.write_reports(records, extra)
+    csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id))
     failures = [r for r in records if r.status is JobStatus.FAILED]
     return RunResult(info.id, folder.path, ledger.counts(info.id), csv_path, json_path, summary, synced, failures)
 

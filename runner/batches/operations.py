@@ -8,9 +8,11 @@ what workers must do next is a timer in Redis, which their dispatchers send.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jobs.errors import QueueAPIError, UsageError
@@ -277,3 +279,35 @@ def purge_batches(ledger: Ledger, older_than_s: float | None, batch_id: str | No
         removed.append(Purged(info.id, ledger.purge(info.id), ended_at))
     return removed, kept
 
+
+
+#: Fields whose values may be local image paths, which an export makes absolute (it may be read elsewhere).
+_IMAGE_FIELDS = ("image_url", "image_urls")
+
+
+def export_rows(ledger: Ledger, batch_id: str, statuses: Iterable[JobStatus]) -> list[dict[str, Any]]:
+    """The jobs of the batch in `statuses` as manifest rows (id, endpoint, input, `_` columns), in manifest order.
+
+    A local image path is made absolute, against the batch's manifest folder, so the rows validate wherever
+    they are written. Reads every job of the batch.
+    """
+    info = ledger.batch(batch_id)
+    if info is None:
+        return []
+    wanted, folder = set(statuses), Path(info.manifest).parent
+    rows = []
+    for record in ledger.records(batch_id):
+        if record.status in wanted:
+            job = record.job
+            values = {name: _absolute(value, folder) if name in _IMAGE_FIELDS else value
+                      for name, value in job.input.items()}  # fmt: skip
+            rows.append({"id": job.id, "endpoint": job.endpoint, **values, **job.meta})
+    return rows
+
+
+def _absolute(value: Any, folder: Path) -> Any:
+    if isinstance(value, list):
+        return [_absolute(item, folder) for item in value]
+    if isinstance(value, str) and not re.match(r"^(https?|data):", value, re.IGNORECASE):
+        return str((folder / value).resolve())
+    return value

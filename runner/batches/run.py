@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,7 +24,15 @@ from celery import Celery
 from jobs.errors import FolderInUseError, UsageError
 from jobs.manifest import Batch
 from jobs.status import JobStatus
-from runner.batches.intake import RunRequest, RunResult, enqueue_batch, provider_for, record_batch, write_report
+from runner.batches.intake import (
+    RunRequest,
+    RunResult,
+    api_url_of,
+    enqueue_batch,
+    provider_for,
+    record_batch,
+    write_report,
+)
 from runner.batches.operations import resume_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
@@ -76,13 +85,36 @@ class Watchers:
     check_stop: Callable[[], None] = lambda: None
 
 
+def check_run(request: RunRequest) -> None:
+    """Refuse, before anything starts, a run that cannot go as asked, in this order: options that contradict
+    each other, the credential and URLs, then an output folder that cannot be written. Raises UsageError."""
+    if request.sim and request.redis_url:
+        raise UsageError("--sim cannot be used with --redis: workers elsewhere cannot reach this run's simulator")
+    if request.sim and request.base_url:
+        raise UsageError("--sim cannot be used with --base-url: a --sim run sends to its own simulator")
+    api_url_of(request, Provider.fal("checked-here") if request.sim else provider_for(request))
+    worker_settings()  # what the in-process worker reads from the environment
+    check_writable(request.out, "--out")
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Raise UsageError, naming `folder` and why, unless a file can be written in it (it is made if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".wan-batch-check-") as probe:
+            probe.write(b"x")
+            probe.flush()
+            os.fsync(probe.fileno())  # a full disk shows here
+    except OSError as exc:
+        raise UsageError(f"{option} {folder}: cannot write there: {exc.strerror or type(exc).__name__}") from None
+
+
 def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers: Watchers) -> RunResult:
     """Run every job of `batch` to a final status; a rerun resumes where the last one stopped.
 
     Raises UsageError, before anything is recorded, when the run cannot go as asked.
     """
-    if request.sim and request.redis_url:
-        raise UsageError("--sim cannot be used with --redis: workers elsewhere cannot reach this run's simulator")
+    check_run(request)
     started = time.monotonic()
     embedded = request.redis_url is None
     with ExitStack() as stack:
@@ -230,7 +262,8 @@ def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str
     """Record and enqueue a batch in a shared Redis for its workers, without waiting."""
     if request.redis_url is None:
         raise UsageError("submit needs a shared Redis (--redis or REDIS_URL); on this machine use `wan-batch run`")
-    provider = provider_for(request)
     with open_ledger(request.redis_url, request.out) as (ledger, _), httpx.Client() as http:
+        ledger.redis.ping()  # an unreachable Redis is the first thing to say
+        provider = provider_for(request, credential_needed=False)  # the workers hold it
         # Only admission happens here: workers make every call to fal, with their own credentials.
         return enqueue_batch(make_context(ledger, http, lambda _scheme: None), request, batch, provider)

@@ -2,25 +2,52 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import click
 import redis
 
 from jobs.errors import UsageError
+from runner.batches.intake import shown_url
 from runner.cli import batch, operate, schedule, sim
 
 
 class _Group(click.Group):
-    """Turns the project's usage errors into exit 2, and an unreachable Redis into a message."""
+    """Turns the project's usage errors into exit 2, an unreachable Redis into a message, Ctrl-C into 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UsageError as exc:
             raise click.UsageError(str(exc)) from None
-        except redis.ConnectionError as exc:  # the URL may hold a password: not shown
-            raise click.ClickException(f"cannot reach Redis: {type(exc).__name__}; is it running?") from None
+        except redis.ConnectionError as exc:
+            where = _redis_url_of(sys.argv[1:])
+            raise click.ClickException(f"cannot reach Redis at {where}: {type(exc).__name__}; is it running?") from None
+        except KeyboardInterrupt:  # a command that handles signals itself never gets here
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # a bug of wan-batch: one line, and 3, which no command uses for anything else
+            if os.environ.get("WAN_BATCH_TRACEBACK"):
+                raise
+            reason = next(iter(str(exc).splitlines()), "")[:200]
+            click.echo(f"internal error: {type(exc).__name__}: {reason}; please report it (WAN_BATCH_TRACEBACK=1"
+                       " shows where)", err=True)  # fmt: skip
+            sys.exit(3)
+
+
+def _redis_url_of(argv: list[str]) -> str:
+    """The Redis a command was given (`--redis URL`, else REDIS_URL), without a password."""
+    for n, arg in enumerate(argv):
+        if arg == "--redis" and n + 1 < len(argv):
+            return shown_url(argv[n + 1])
+        if arg.startswith("--redis="):
+            return shown_url(arg.removeprefix("--redis="))
+    from_env = os.environ.get("REDIS_URL", "").strip()
+    return shown_url(from_env) if from_env else "the one in the output folder"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +59,6 @@ def main() -> None:
 for _command in (
     batch.validate, batch.run, batch.report, batch.worker, sim.sim,
     operate.submit, operate.batches, operate.status, operate.watch,
-    operate.cancel, operate.retry, operate.resume, operate.purge, operate.beat, schedule.schedule,
+    operate.cancel, operate.retry, operate.resume, operate.export, operate.purge, operate.beat, schedule.schedule,
 ):  # fmt: skip
     main.add_command(_command)

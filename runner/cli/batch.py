@@ -14,17 +14,22 @@ from typing import Any, NoReturn
 
 import click
 
+from jobs.diagnostics import MAX_SHOWN_GROUPS, group_diagnostics, grouped_lines
 from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import ManifestError, UsageError
 from jobs.manifest import Batch, ManifestOptions
+from jobs.report import IMAGE_FIELDS
 from jobs.status import JobStatus
-from runner.batches.intake import RunRequest, RunResult, api_url_of, load_batch
+from runner.batches.intake import RunRequest, RunResult, api_url_of, load_batch, shown_url, trial_jobs
 from runner.batches.manifests import load_manifest
-from runner.batches.run import Watchers, open_ledger, report_batch, run_batch
+from runner.batches.run import Watchers, check_run, open_ledger, report_batch, run_batch
+from runner.batches.urlcheck import check_urls
+from runner.cli import options
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
 from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
+from runner.simulator.config import SIM_CONCURRENCY
 from runner.steps.context import context_from_env
 from runner.steps.dispatch import QUEUE
 from runner.tasks import create_app
@@ -32,10 +37,13 @@ from runner.tasks import create_app
 MANIFEST = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-def refuse_manifest(exc: ManifestError, verdict: str | None = None) -> NoReturn:
-    """Print every problem of a manifest that may not run (and what was not done), then exit 1."""
-    for diagnostic in exc.diagnostics:
-        click.echo(str(diagnostic), err=True)
+def refuse_manifest(exc: ManifestError, verdict: str | None = None, max_groups: int = MAX_SHOWN_GROUPS) -> NoReturn:
+    """Print the problems of a manifest that may not run (and what was not done), then exit 1.
+
+    Problems alike but for their line print as one, with the lines; at most `max_groups` (0: all).
+    """
+    for line in grouped_lines(exc.diagnostics, max_groups):
+        click.echo(line, err=True)
     if verdict is not None:
         click.echo(verdict, err=True)
     raise SystemExit(1)
@@ -46,19 +54,52 @@ def refuse_manifest(exc: ManifestError, verdict: str | None = None) -> NoReturn:
 @click.option("--endpoint", help="Endpoint of rows that name none, e.g. fal-ai/wan-25-preview/image-to-image.")
 @click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Largest local image or data URI accepted.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def validate(manifest: Path, endpoint: str | None, max_image_mb: float, as_json: bool) -> None:
+@click.option("--allow-endpoint", "allowed", metavar="ID", multiple=True,
+              help="An endpoint id close to a known one that is meant as written, not a typo (repeatable).")
+@click.option("--max-errors", metavar="N", type=click.IntRange(min=0), default=MAX_SHOWN_GROUPS, show_default=True,
+              help="Print at most N problems (alike ones, differing only by line, count as one); 0: all.")
+@click.option("--check-urls", is_flag=True,
+              help="Also ask each distinct http(s) image URL whether it answers with an image (a HEAD each).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, with every problem.")
+def validate(manifest: Path, endpoint: str | None, max_image_mb: float, allowed: tuple[str, ...], max_errors: int,
+             check_urls: bool, as_json: bool) -> None:  # fmt: skip
     """Check MANIFEST (CSV, TSV, JSONL or YAML) and report every problem at once.
 
-    Exits 0 when it would run (warnings allowed), 1 when it has errors.
+    Exits 0 when it would run (warnings allowed), 1 when it has errors (or,
+    with --check-urls, an image URL that does not answer with an image), 2
+    on bad usage, 3 on an internal error (a bug of wan-batch, not of the manifest).
     """
     settings = InputSettings(max_image_bytes=int(max_image_mb * MIB))
-    batch = load_manifest(manifest, ManifestOptions(default_endpoint=endpoint), settings)
-    if as_json:
-        click.echo(json.dumps(_batch_summary(batch), indent=2))
-    else:
-        _print_validation(batch)
-    sys.exit(1 if batch.errors else 0)
+    options = ManifestOptions(default_endpoint=endpoint, allowed_endpoints=frozenset(allowed))
+    try:
+        batch = load_manifest(manifest, options, settings)
+        if as_json:
+            click.echo(json.dumps(_batch_summary(batch), indent=2))
+        else:
+            _print_validation(batch, max_errors)
+    except Exception as exc:  # a bug; exit 1 would blame the manifest
+        reason = next(iter(str(exc).splitlines()), "")[:200]
+        click.echo(f"internal error: {type(exc).__name__}: {reason}; please report it, with the manifest", err=True)
+        sys.exit(3)
+    unreachable = _check_image_urls(batch, not as_json) if check_urls else {}
+    sys.exit(1 if batch.errors or unreachable else 0)
+
+
+def _check_image_urls(batch: Batch, show_progress: bool) -> dict[str, str]:
+    """Ask every distinct http(s) image URL of the jobs whether it serves an image; print the ones that do not."""
+    def values(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else [value]
+
+    urls = list(dict.fromkeys(
+        url for job in batch.jobs for name in IMAGE_FIELDS for url in values(job.input.get(name))
+        if isinstance(url, str) and url.lower().startswith(("http://", "https://"))
+    ))  # fmt: skip
+    with ProgressBar(len(urls), enabled=show_progress, label="URLs") as bar:
+        failed = check_urls(urls, on_progress=lambda done, _total: bar.advance_to(done))
+    for url, reason in failed.items():
+        click.echo(f"{batch.file}: {shown_url(url)}: {reason}", err=True)
+    click.echo(f"{len(urls)} image URL(s) checked, {len(failed)} not reachable as images", err=True)
+    return failed
 
 
 def _batch_summary(batch: Batch) -> dict[str, object]:
@@ -71,12 +112,13 @@ def _batch_summary(batch: Batch) -> dict[str, object]:
         "matrix_expanded": dict(zip(("rows", "jobs"), batch.matrix_expansion(), strict=True)),
         "errors": [d.to_dict() for d in batch.errors],
         "warnings": [d.to_dict() for d in batch.warnings],
+        "groups": [group.to_dict() for group in group_diagnostics(batch.diagnostics)],
     }
 
 
-def _print_validation(batch: Batch) -> None:
-    for diagnostic in batch.diagnostics:
-        click.echo(str(diagnostic), err=True)
+def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
+    for line in grouped_lines(batch.diagnostics, max_groups):
+        click.echo(line, err=True)
     errors, warnings = len(batch.errors), len(batch.warnings)
     if errors:
         click.echo(f"{batch.file}: {errors} error(s), {warnings} warning(s); nothing would be submitted")
@@ -98,13 +140,12 @@ def _print_validation(batch: Batch) -> None:
 @click.option("--base-url", help="Queue base URL: a gateway (with WAN_BATCH_GATEWAY_TOKEN) or another fal URL.")
 @click.option("--redis", "redis_url", envvar="REDIS_URL",
               help="Shared Redis for workers started elsewhere (default: a private one in OUT).")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Jobs submitted and not yet collected, across all workers.")
+@options.max_in_flight
 @click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True,
               help="Threads of the in-process worker (embedded mode).")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Submits per job when attempts fail in ways worth retrying.")
+@options.max_attempts
 @click.option("--endpoint", help="Endpoint of rows that name none.")
+@options.allow_endpoint
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows of a manifest that has errors.")
 @click.option("--batch-id", help="Batch id (default: the manifest's file name).")
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
@@ -113,13 +154,16 @@ def _print_validation(batch: Batch) -> None:
 @click.option("--api-url", envvar="FAL_API_URL",
               help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
                    "FAL_KEY; none with a gateway), or none.")
-@click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
-@click.option("--sim-concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+@options.max_image_mb
+@click.option("--sim-concurrency", type=click.IntRange(min=1), default=SIM_CONCURRENCY, show_default=True,
               help="With --sim: requests the simulator runs at once.")
 @click.option("--sim-run-time", default="uniform:0.5,1.5", show_default=True, callback=check_run_time,
               help="With --sim: run time per request.")
 @click.option("--stall-hint-s", type=click.FloatRange(min=0, min_open=True), default=60.0, hidden=True,
               help="With --redis: seconds without any job moving before hinting that no worker runs.")
+@click.option("--limit", type=click.IntRange(min=1), help="Try only the first N jobs (the rest: rerun without it).")
+@click.option("--sample", type=click.IntRange(min=1),
+              help="Try only N jobs spread over the manifest, the same N on every rerun.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --quiet).")
 def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
@@ -131,11 +175,22 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
     """
     request = RunRequest(**options)
     try:
+        check_run(request)  # before the manifest is read, or anything shows
         batch = load_batch(request)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
     except ManifestError as exc:
-        refuse_manifest(exc, f"{request.manifest}: not run; fix the errors above or pass --skip-invalid")
-    for warning in batch.warnings:
-        click.echo(str(warning), err=True)
+        hint = "fix the errors above" if request.skip_invalid else "fix the errors above or pass --skip-invalid"
+        refuse_manifest(exc, f"{request.manifest}: not run; {hint}")
+    for line in grouped_lines(batch.warnings):
+        click.echo(line, err=True)
+    if request.limit is not None and request.sample is not None:
+        raise click.UsageError("--limit and --sample choose the jobs of a trial two ways: give one")
+    total, batch = len(batch.jobs), trial_jobs(request, batch)
+    if len(batch.jobs) < total:
+        how = "the first" if request.limit is not None else "a sample of"
+        click.echo(f"trying {how} {len(batch.jobs)} of {total} job(s); the same command without it runs the rest",
+                   err=True)  # fmt: skip
     try:
         with _stop_on_signals() as check_stop, ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
             watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop)
@@ -213,7 +268,7 @@ def report(folder: Path, redis_url: str | None, as_json: bool) -> None:
               help="Without --redis: work on the batches of this output folder of `wan-batch run`.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True, help="Worker threads.")
 @click.option("--queues", default=QUEUE, show_default=True, help="Comma-separated queues to take tasks from.")
-@click.option("--loglevel", default="INFO", show_default=True)
+@options.loglevel
 @click.option("--api-url", envvar="FAL_API_URL",
               help="Where to look for lost submits of batches that name no API URL (recorded by older versions).")
 def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, loglevel: str,
@@ -251,6 +306,9 @@ def _print_result(result: RunResult, as_json: bool) -> None:
     click.echo(f"batch {result.batch_id}: {shown}; {result.summary['images_written']} image(s) in {result.folder}")
     if result.synced.get("kept"):
         click.echo(f"  resumed: {result.synced['kept']} job(s) were already in the ledger")
+    if result.summary.get("invalid_rows"):
+        click.echo(f"  skipped: {result.summary['invalid_rows']} invalid row(s) (--skip-invalid); each is in the"
+                   " report with its errors")  # fmt: skip
     for line in failure_lines(result.failures):
         click.echo(line)
     click.echo(f"  report: {result.report_csv}")

@@ -7,6 +7,8 @@ commands change at once; in an output folder, `wan-batch run` does on its next r
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
@@ -19,14 +21,16 @@ import click
 import httpx
 
 from jobs.errors import ManifestError, UsageError
+from jobs.report import brief
 from jobs.status import JobStatus
 from runner.batches import operations
 from runner.batches.intake import RunRequest, load_batch
 from runner.batches.run import open_ledger, submit_batch
+from runner.cli import options
 from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar
 from runner.ledger.store import Ledger
-from runner.settings import credential_from_env
+from runner.settings import CREDENTIAL_ENV, credential_from_env
 from runner.steps.context import Context, make_context
 from runner.tasks import create_app
 
@@ -55,9 +59,11 @@ def _context(ledger: Ledger, http: httpx.Client) -> Context:
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_where
 @click.option("--base-url", help="Queue base URL: a gateway (with WAN_BATCH_GATEWAY_TOKEN) or another fal URL.")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@options.max_in_flight
+@options.max_attempts
+@options.max_image_mb
 @click.option("--endpoint", help="Endpoint of rows that name none.")
+@options.allow_endpoint
 @click.option("--skip-invalid", is_flag=True, help="Submit the valid rows of a manifest that has errors.")
 @click.option("--batch-id", help="Batch id (default: the manifest's file name).")
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
@@ -77,6 +83,8 @@ def submit(manifest: Path, **options: Any) -> None:
         raise click.UsageError(str(exc)) from None
     click.echo(info.id)
     click.echo(f"{info.jobs} job(s), {synced.get('added', 0)} new; watch it with `wan-batch watch {info.id}`", err=True)
+    if credential_from_env(info.auth_scheme) is None:
+        click.echo(f"no {CREDENTIAL_ENV[info.auth_scheme]} here: the workers use their own credential", err=True)
 
 
 @click.command()
@@ -125,7 +133,7 @@ def status(batch_id: str, redis_url: str | None, out: Path, as_json: bool) -> No
     for error_type, group in data["errors"].items():
         click.echo(f"  {error_type}: {group['count']} job(s)")
         for latest in group["latest"][:3]:
-            click.echo(f"    {latest['job_id']} (row {latest['row']}): {(latest['message'] or '')[:200]}")
+            click.echo(f"    {latest['job_id']} (row {latest['row']}): {brief(latest['message'] or '', 200)}")
 
 
 @click.command()
@@ -195,7 +203,13 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
     """Give exactly the chosen jobs of BATCH_ID a new attempt; jobs that succeeded never run again."""
     ids = [line.strip() for line in ids_file if line.strip()] if ids_file else None
     with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
-        _batch_view(ledger, batch_id)
+        view = _batch_view(ledger, batch_id)
+        present = set(view.failures) | ({"cancelled"} if "cancelled" in statuses else set())
+        unknown = [error_type for error_type in error_types if error_type not in present]
+        if unknown:  # a typo would otherwise retry nothing and look fine
+            known = ", ".join(f"{t} ({n})" for t, n in view.failures.items()) or "none: no job of it failed"
+            click.echo(f"batch {batch_id}: no job failed as {', '.join(unknown)}; its error types: {known}", err=True)
+            raise SystemExit(1)
         requeued = operations.retry_jobs(_context(ledger, http), batch_id, [JobStatus(s) for s in statuses],
                                          error_types or None, ids)  # fmt: skip
     click.echo(f"batch {batch_id}: {len(requeued)} job(s) queued for a new attempt" + _next_step(redis_url))
@@ -223,8 +237,44 @@ def resume(batch_id: str, redis_url: str | None, out: Path, owners_gone: bool,
 
 
 @click.command()
-@click.option("--redis", "redis_url", envvar="REDIS_URL", required=True, help="The shared Redis (or REDIS_URL).")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.argument("batch_id")
+@_where
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in JobStatus]),
+              default=["failed"], show_default=True, help="Which jobs to write (repeatable).")
+@click.option("--format", "kind", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
+              help="jsonl keeps every value as it is; csv writes lists and objects as `name:json` columns.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here (default: standard output).")
+def export(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, ...], kind: str,
+           output: Path | None) -> None:  # fmt: skip
+    """Write the jobs of BATCH_ID in a status (failed by default) as a manifest that validates, to fix by hand
+    and run as a new batch."""
+    with open_ledger(redis_url, out) as (ledger, _):
+        _batch_view(ledger, batch_id)
+        rows = operations.export_rows(ledger, batch_id, [JobStatus(s) for s in statuses])
+    text = _as_csv(rows) if kind == "csv" else "".join(json.dumps(row) + "\n" for row in rows)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+    click.echo(f"batch {batch_id}: {len(rows)} job(s) written" + (f" to {output}" if output else ""), err=True)
+
+
+def _as_csv(rows: list[dict[str, Any]]) -> str:
+    cells = [{(f"{k}:json" if isinstance(v, list | dict) else k): (json.dumps(v) if isinstance(v, list | dict) else v)
+              for k, v in row.items()} for row in rows]  # fmt: skip
+    columns = list(dict.fromkeys(name for row in cells for name in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(cells)
+    return text.getvalue()
+
+
+@click.command()
+@click.option("--redis", "redis_url", envvar="REDIS_URL", callback=options.require_redis,
+              help="The shared Redis (or REDIS_URL).")
+@options.loglevel
 def beat(redis_url: str, loglevel: str) -> None:
     """Run the scheduler: the schedules (`wan-batch schedule`) and a sweep, the safety net of the timers.
 

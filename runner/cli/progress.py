@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jobs.record import JobRecord
+from jobs.report import brief
 from jobs.status import JobStatus
 
 S = JobStatus
@@ -17,7 +18,7 @@ S = JobStatus
 class ProgressBar:
     """done / failed / in flight / queued at fal / waiting / looked up, with an ETA; silent when not `enabled`."""
 
-    def __init__(self, total: int, enabled: bool, console: Console | None = None) -> None:
+    def __init__(self, total: int, enabled: bool, console: Console | None = None, label: str = "jobs") -> None:
         self._enabled = enabled
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -30,7 +31,7 @@ class ProgressBar:
             console=console or Console(stderr=True),
             transient=False,
         )
-        self._task = self._progress.add_task("jobs", total=total, detail="")
+        self._task = self._progress.add_task(label, total=total, detail="")
 
     def __enter__(self) -> ProgressBar:
         if self._enabled:
@@ -44,6 +45,11 @@ class ProgressBar:
     def note(self, message: str) -> None:
         """Print `message` above the bar; printed even when the bar is off (a hint, not progress)."""
         self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def advance_to(self, done: int) -> None:
+        """Show `done` of the total, with no detail (a plain count, e.g. of URLs checked)."""
+        if self._enabled:
+            self._progress.update(self._task, completed=done)
 
     def update(self, counts: dict[JobStatus, int], in_flight: int) -> None:
         if not self._enabled:
@@ -68,7 +74,7 @@ def failure_lines(records: Iterable[JobRecord], per_type: int = 3) -> list[str]:
     for error_type, failed in sorted(groups.items(), key=lambda item: -len(item[1])):
         lines.append(f"  {error_type}: {len(failed)} job(s)")
         for record in failed[:per_type]:
-            lines.append(f"    {record.job.id} (row {record.job.row}): {(record.error_message or '')[:200]}")
+            lines.append(f"    {record.job.id} (row {record.job.row}): {brief(record.error_message or '', 200)}")
         if len(failed) > per_type:
             lines.append(f"    ... and {len(failed) - per_type} more (see report.csv)")
     return lines

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from jobs.errors import ManifestError, ScheduleError, UsageError
 from jobs.schedule import When
 from runner.batches.intake import RunRequest, api_url_of, batch_id_for, load_batch
+from runner.cli import options
 from runner.cli.batch import refuse_manifest
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
@@ -31,7 +32,7 @@ _NEXT_SHOWN = 3
 
 
 def _redis_option(command: Callable[..., None]) -> Callable[..., None]:
-    return click.option("--redis", "redis_url", envvar="REDIS_URL", required=True,
+    return click.option("--redis", "redis_url", envvar="REDIS_URL", callback=options.require_redis,
                         help="The shared Redis that beat and the workers use (or REDIS_URL).")(command)  # fmt: skip
 
 
@@ -64,9 +65,11 @@ def schedule() -> None:
                    "FAL_KEY; none with a gateway), or none.")
 @click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
               help="fal gives up on a request not started by then (default: 900 s, or 3600 s with --priority low).")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
+@options.max_in_flight
+@options.max_attempts
+@options.max_image_mb
 @click.option("--endpoint", help="Endpoint of rows that name none.")
+@options.allow_endpoint
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows of a manifest that has errors.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
 @_redis_option
@@ -80,7 +83,8 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
     except ScheduleError as exc:
         raise UsageError(str(exc)) from None
     _check_urls(notify, options["base_url"], options["api_url"])
-    request = RunRequest(manifest=manifest, endpoint=options["endpoint"], skip_invalid=options["skip_invalid"])
+    request = RunRequest(manifest=manifest, **{name: options[name] for name in (
+        "endpoint", "skip_invalid", "max_image_mb", "allowed_endpoints")})  # fmt: skip
     data = manifest.read_bytes()
     try:
         batch = load_batch(request, data)
@@ -121,7 +125,7 @@ def list_(as_json: bool, redis_url: str) -> None:
 
 @schedule.command()
 @click.argument("name")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Latest firings shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_redis_option
 def show(name: str, limit: int, as_json: bool, redis_url: str) -> None:

@@ -44,11 +44,16 @@ def check_batch_images(batch: Batch, base_dir: Path, max_bytes: int) -> list[Dia
 def inline_local_images(job: Job, base_dir: Path, max_bytes: int) -> dict[str, Any]:
     """The job's input with each local image path replaced by a data URI.
 
-    Raises LocalImageError naming the file when one cannot be read or is over `max_bytes`.
+    Raises LocalImageError naming the file when one cannot be read or is over `max_bytes`,
+    or naming the reference when it is not one (recorded before validation refused such).
     """
     body = dict(job.input)
     for name, index, ref in _job_refs(job):
-        if classify_image_ref(ref).kind is not ImageRefKind.LOCAL_PATH:
+        try:
+            kind = classify_image_ref(ref).kind
+        except ValueError as exc:
+            raise LocalImageError(f"{job.id}: {name}: {exc}") from None
+        if kind is not ImageRefKind.LOCAL_PATH:
             continue
         path = base_dir / ref
         probe = _probe_file(path, max_bytes)
@@ -83,6 +88,8 @@ def _probe_file(path: Path, max_bytes: int) -> _Probe:
         return _Probe(None, 0, f"no such file: {path}")
     except OSError as exc:
         return _Probe(None, 0, f"cannot read {path}: {exc.strerror}")
+    except ValueError as exc:  # a NUL or a lone surrogate: no file system holds such a name
+        return _Probe(None, 0, f"not a possible file name: {str(path)!a} ({exc})")
     if not path.is_file():
         return _Probe(None, size, f"not a file: {path}")
     if size > max_bytes:

@@ -61,6 +61,14 @@ class Keys:
         """Hash: endpoint -> the start of its requests' URLs (`.../requests/`), so a job stores only its request_id."""
         return f"{self.prefix}:batch:{batch_id}:bases"
 
+    def skipped(self, batch_id: str) -> str:
+        """Hash: manifest line -> the errors (JSON) of a row `--skip-invalid` left out, for the report."""
+        return f"{self.prefix}:batch:{batch_id}:skipped"
+
+    def unknown_endpoints(self, batch_id: str) -> str:
+        """Hash: endpoint -> why fal said it has no such app, so the batch's other jobs of it are not sent."""
+        return f"{self.prefix}:batch:{batch_id}:unknown"
+
     def tallies(self, batch_id: str) -> str:
         """Hash: how the batch's latest cancel ended for its jobs (at fal, already finished...), kept by the moves."""
         return f"{self.prefix}:batch:{batch_id}:tallies"

@@ -279,6 +279,31 @@ class Ledger:
         found = self.redis.zscore(self.keys.longest_run(batch_id), "run_s")
         return None if found is None else float(found)
 
+    def save_skipped(self, batch_id: str, errors: Sequence[dict[str, Any]]) -> None:
+        """Keep the errors of the rows the latest run of the batch skipped as invalid (replacing earlier ones)."""
+        by_line: dict[str, list[dict[str, Any]]] = {}
+        for error in errors:
+            by_line.setdefault(str(error.get("line")), []).append(error)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.keys.skipped(batch_id))
+            if by_line:
+                pipe.hset(self.keys.skipped(batch_id), mapping={k: json.dumps(v) for k, v in by_line.items()})
+            pipe.execute()
+
+    def skipped(self, batch_id: str) -> list[list[dict[str, Any]]]:
+        """The errors of each row skipped as invalid, in manifest order."""
+        found = self.redis.hgetall(self.keys.skipped(batch_id))
+        rows = [json.loads(errors) for errors in found.values()]
+        return sorted(rows, key=lambda errors: (errors[0].get("line") is None, errors[0].get("line") or 0))
+
+    def note_unknown_endpoint(self, batch_id: str, endpoint: str, message: str) -> None:
+        self.redis.hsetnx(self.keys.unknown_endpoints(batch_id), endpoint, message)
+
+    def unknown_endpoint(self, batch_id: str, endpoint: str) -> str | None:
+        """Why fal said it has no app for `endpoint` (a 404 to a submit of this batch), or None."""
+        found = self.redis.hget(self.keys.unknown_endpoints(batch_id), endpoint)
+        return None if found is None else _text(found)
+
     def tallies(self, batch_id: str) -> dict[str, int]:
         """How the batch's latest cancel ended for its jobs so far (see `runner.batches.operations.cancel_batch`)."""
         return {_text(k): int(v) for k, v in self.redis.hgetall(self.keys.tallies(batch_id)).items()}
@@ -333,7 +358,8 @@ class Ledger:
         with self.redis.pipeline() as pipe:
             pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
                         k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id), k.request_bases(batch_id),
-                        k.tallies(batch_id), k.longest_run(batch_id),
+                        k.tallies(batch_id), k.longest_run(batch_id), k.skipped(batch_id),
+                        k.unknown_endpoints(batch_id),
                         *(k.status_index(batch_id, s.value) for s in JobStatus),
                         *(k.side(batch_id, name) for name in _SIDE))  # fmt: skip
             pipe.zrem(k.timers, end)

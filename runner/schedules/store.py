@@ -61,6 +61,7 @@ class ScheduleSpec(BaseModel):
     api_url: str | None = None
     start_timeout_s: float | None = None
     endpoint: str | None = None
+    allowed_endpoints: tuple[str, ...] = ()
     skip_invalid: bool = False
     max_in_flight: int = Field(default=10, gt=0)
     max_attempts: int = Field(default=3, gt=0)
@@ -76,7 +77,8 @@ class ScheduleSpec(BaseModel):
         """The run request of one firing's batch."""
         return RunRequest(
             manifest=Path(self.manifest), out=Path(self.out) / self.name, batch_id=batch_id,
-            endpoint=self.endpoint, skip_invalid=self.skip_invalid, base_url=self.base_url,
+            endpoint=self.endpoint, allowed_endpoints=self.allowed_endpoints, skip_invalid=self.skip_invalid,
+            base_url=self.base_url,
             max_in_flight=self.max_in_flight, max_attempts=self.max_attempts, max_image_mb=self.max_image_mb,
             priority=self.priority, api_url=self.api_url, start_timeout_s=self.start_timeout_s,
         )  # fmt: skip

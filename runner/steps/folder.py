@@ -9,11 +9,12 @@ import os
 import re
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jobs.record import JobRecord
-from jobs.report import COLUMNS, report_rows, summarize
+from jobs.report import COLUMNS, invalid_rows, report_rows, summarize
 
 
 class BatchFolder:
@@ -53,18 +54,25 @@ class BatchFolder:
         self.sidecars.mkdir(parents=True, exist_ok=True)
 
     def write_sidecar(self, record: JobRecord) -> Path:
-        """The job's input, endpoint, request, seeds, timings, attempts, outputs and error."""
-        job = record.job
-        data = {"job_id": job.id, "endpoint": job.endpoint, "input": job.input, "row": job.row, **record.to_dict()}
+        """The job's input (once), endpoint, request, seeds, timings (Unix seconds, and ISO 8601 UTC beside
+        each), attempts, outputs and error."""
+        stored = record.to_dict()
+        job = stored.pop("job")
+        data = {"job_id": job.pop("id"), **job, **stored}
         data["seeds"] = [o.seed for o in record.outputs]
         data.update(queue_wait_s=record.queue_wait_s, run_s=record.run_s, latency_s=record.latency_s)
+        data.update({f"{name}_iso": _iso(value) for name, value in list(data.items())
+                     if name.endswith("_at") and isinstance(value, int | float)})  # fmt: skip
         path = self.sidecar_path(record.job.id)
         write_atomically(path, json.dumps(data, indent=2, default=str).encode())
         return path
 
-    def write_reports(self, records: Sequence[JobRecord], extra: dict[str, Any]) -> tuple[Path, Path, dict[str, Any]]:
-        """`report.csv` (a row per image or failed job) and `report.json` (rows and summary)."""
-        rows = report_rows(records)
+    def write_reports(
+        self, records: Sequence[JobRecord], extra: dict[str, Any], skipped: Sequence[Sequence[dict[str, Any]]] = ()
+    ) -> tuple[Path, Path, dict[str, Any]]:
+        """`report.csv` (a row per image, per job without one, and per row skipped as invalid) and `report.json`
+        (the rows and a summary); `skipped`: the errors of each row skipped."""
+        rows = report_rows(records) + invalid_rows(skipped)
         columns = list(COLUMNS) + sorted({key for row in rows for key in row} - set(COLUMNS))
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
@@ -72,10 +80,14 @@ class BatchFolder:
         writer.writerows(rows)
         csv_path, json_path = self.path / "report.csv", self.path / "report.json"
         write_atomically(csv_path, text.getvalue().encode())
-        summary = summarize(records, extra.get("wall_s"))
+        summary = summarize(records, extra.get("wall_s"), invalid=len(skipped))
         report = {**extra, "summary": summary, "rows": rows}
         write_atomically(json_path, json.dumps(report, indent=2, default=str).encode())
         return csv_path, json_path, summary
+
+
+def _iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def write_atomically(path: Path, data: bytes) -> None:

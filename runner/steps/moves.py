@@ -28,6 +28,7 @@ from jobs.lifecycle import (
     plan,
 )
 from jobs.record import Attempt, JobRecord
+from jobs.report import brief
 from runner.ledger.store import Applied, BatchInfo
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
@@ -116,7 +117,7 @@ def unconfirm(ctx: Context, batch: BatchInfo, record: JobRecord, message: str) -
     """
     now, sent_at = ctx.clock(), record.sent_at
     timed_out = None if sent_at is None else sent_at + ctx.queue_client(batch).submit_timeout_s
-    update = JobUpdate(last_log=message[:500], queue_position=None,
+    update = JobUpdate(last_log=brief(message, 500), queue_position=None,
                        reached_by=now if timed_out is None else min(now, timed_out))  # fmt: skip
     done = move(ctx, batch, record, Move.UNCONFIRM, update, next_in_s=ctx.settings.reconcile.first_look_s)
     if done.applied is not None:
@@ -140,7 +141,7 @@ def submit_again(ctx: Context, batch: BatchInfo, record: JobRecord, again: Submi
 
 def give_up(ctx: Context, batch: BatchInfo, record: JobRecord, why: GiveUp) -> Outcome:
     """The job ends FAILED; a request of it that may still run at fal is cancelled there."""
-    update = JobUpdate(error_type=why.error_type, error_message=why.message[:500], finished_at=ctx.clock())
+    update = JobUpdate(error_type=why.error_type, error_message=brief(why.message, 500), finished_at=ctx.clock())
     done = move(ctx, batch, record, Move.FAIL, update)
     if done.applied is not None and why.cancel_at_fal and record.cancel_url:
         cancel_quietly(ctx, batch, record.cancel_url)

@@ -86,13 +86,9 @@ def run_job_step(ctx: Context, batch_id: str, job_id: str, mark: str) -> list[st
 
 def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Outcome:
     """Send an admitted job to fal and store its request_id before anything else happens to it."""
-    if record.status is S.SUBMITTING:  # the worker that sent it died mid-call
-        return _cut_off(ctx, batch, record)
-    if batch.state == "cancelled":
-        update = JobUpdate(error_type="cancelled", error_message="cancelled by the user before it was sent",
-                           finished_at=ctx.clock())  # fmt: skip
-        # One fal failed and that comes back to be sent again was counted when fal had finished it.
-        return move(ctx, batch, record, Move.CANCEL, update, tally="" if record.attempts else "never_sent")
+    unsent = _not_to_send(ctx, batch, record)
+    if unsent is not None:
+        return unsent
     try:
         # The manifest's resolved folder: a worker elsewhere may run in another directory.
         body = inline_local_images(record.job, Path(batch.manifest).parent, batch.max_image_bytes)
@@ -117,12 +113,32 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
         seen = CallFailed(Call.SUBMIT, "submit_unconfirmed", f"{type(exc).__name__}: {exc}"[:400], unconfirmed=True)
     else:
         return _accepted(ctx, batch, sent, submission, learned)
+    if seen.status_code == 404:  # no such app: the batch's other jobs of this endpoint are not sent
+        message = f"fal has no app {record.job.endpoint!r} (check the endpoint id): {seen.message}"
+        ctx.ledger.note_unknown_endpoint(batch.id, record.job.endpoint, message)
+        return give_up(ctx, batch, sent, GiveUp("unknown_endpoint", message))
     if seen.transient and not seen.unconfirmed:  # nothing left: back to ADMITTED, the same call later
-        unsent = move(ctx, batch, sent, Move.UNSENT, JobUpdate(attempts=record.attempts), mark=mark)
-        if unsent.applied is None:
-            return unsent
-        sent = unsent.applied.record
+        back = move(ctx, batch, sent, Move.UNSENT, JobUpdate(attempts=record.attempts), mark=mark)
+        if back.applied is None:
+            return back
+        sent = back.applied.record
     return decide_and_apply(ctx, batch, sent, seen)
+
+
+def _not_to_send(ctx: Context, batch: BatchInfo, record: JobRecord) -> Outcome | None:
+    """What happens instead of a submit: its worker died mid-call, the batch is cancelled, or fal has no app
+    for the endpoint (it said so to an earlier job of the batch); None when the job is to be sent."""
+    if record.status is S.SUBMITTING:
+        return _cut_off(ctx, batch, record)
+    if batch.state == "cancelled":
+        update = JobUpdate(error_type="cancelled", error_message="cancelled by the user before it was sent",
+                           finished_at=ctx.clock())  # fmt: skip
+        # One fal failed and that comes back to be sent again was counted when fal had finished it.
+        return move(ctx, batch, record, Move.CANCEL, update, tally="" if record.attempts else "never_sent")
+    unknown = ctx.ledger.unknown_endpoint(batch.id, record.job.endpoint)
+    if unknown is not None:
+        return give_up(ctx, batch, record, GiveUp("unknown_endpoint", f"not sent: {unknown}"))
+    return None
 
 
 def _cut_off(ctx: Context, batch: BatchInfo, record: JobRecord) -> Outcome:
@@ -209,8 +225,12 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
     now, polls = ctx.clock(), record.polls + 1
     if status.status == "COMPLETED":
         inference = (status.metrics or {}).get("inference_time")
-        update = JobUpdate(completed_at=now, polls=polls, queue_position=None,
-                           inference_s=float(inference) if isinstance(inference, int | float) else None)  # fmt: skip
+        inference_s = float(inference) if isinstance(inference, int | float) else None
+        # Never seen running (it ran between two polls): it started when its run began, after its submit.
+        began = now - inference_s if inference_s is not None else record.last_queued_at or record.submitted_at or now
+        started_at = record.started_at or max(began, record.submitted_at or began)
+        update = JobUpdate(completed_at=now, polls=polls, queue_position=None, inference_s=inference_s,
+                           started_at=started_at)  # fmt: skip
         finished = "finished" if batch.state == "cancelled" else ""  # it ran to its end although cancelled
         return move(ctx, batch, record, Move.COMPLETE, update, mark=mark, tally=finished)
     if status.status == "IN_QUEUE":
