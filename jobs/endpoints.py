@@ -275,8 +275,8 @@ def resolve_endpoint(endpoint_id: str) -> Endpoint:
 
 def close_known_endpoint(endpoint_id: str) -> str | None:
     """The known endpoint id that an unknown `endpoint_id` is probably a typo of, or None."""
-    if endpoint_id in KNOWN_ENDPOINTS:
-        return None
+    if endpoint_id in KNOWN_ENDPOINTS or any(endpoint_id.startswith(f"{known}/") for known in KNOWN_ENDPOINTS):
+        return None  # a known id itself, or a path below it (a variant fal serves there)
     by_lower = {known.lower(): known for known in KNOWN_ENDPOINTS}
     close = difflib.get_close_matches(endpoint_id.lower(), by_lower, n=1, cutoff=CLOSE_ENDPOINT_RATIO)
     return by_lower[close[0]] if close else None

@@ -72,6 +72,8 @@ class ManifestFile:
     has_jobs_list: bool = True
     #: A top-level `pass_through: true`: endpoint ids close to a known one are meant as written.
     pass_through: bool = False
+    #: A value of `defaults` or `matrix` cannot be sent: it shapes every job, so none is made.
+    shared_values_bad: bool = False
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def error(self, line: int | None, field_name: str | None, message: str) -> None:
@@ -218,8 +220,8 @@ def _check_values(out: ManifestFile) -> None:
         if not record.broken and _layer_problems(out, record.layer):
             record.broken = True
     for layer, where in ((out.defaults, "defaults"), (out.matrix, "matrix")):
-        for key in _layer_problems(out, layer, where):
-            del layer.values[key]
+        if _layer_problems(out, layer, where):  # it shapes every job: none is made, even with --skip-invalid
+            out.shared_values_bad = True
 
 
 def _layer_problems(out: ManifestFile, layer: Layer, where: str | None = None) -> list[str]:

@@ -33,8 +33,9 @@ META_PREFIX = "_"
 class ManifestOptions:
     #: Endpoint of rows that name none (`--endpoint`).
     default_endpoint: str | None = None
-    #: A matrix that would make more jobs than this is refused, not expanded.
-    max_jobs: int = 1_000_000
+    #: A manifest that would make more jobs than this (its rows times its matrix) is refused before any is
+    #: made (`--max-jobs`).
+    max_jobs: int = 100_000
     #: Endpoint ids close to a known one that are meant as written (`--allow-endpoint`), not typos.
     allowed_endpoints: frozenset[str] = frozenset()
 
@@ -101,6 +102,8 @@ class _BatchBuilder:
         self.image_sites: list[ImageSite] = []
 
     def build(self) -> list[Job]:
+        if self.manifest.shared_values_bad:
+            return []
         records = self.manifest.records
         if not self.manifest.has_jobs_list:
             records = [Record(1, Layer(line=self.manifest.matrix.line))]
@@ -114,7 +117,12 @@ class _BatchBuilder:
         if total <= self.options.max_jobs:
             return True
         limit = self.options.max_jobs
-        self._error(self.manifest.matrix.line, "matrix", f"expands to {total:,} jobs, more than {limit:,}")
+        if self.manifest.matrix.values:
+            what, line, field = "its matrix expands to", self.manifest.matrix.line, "matrix"
+        else:
+            what, line, field = "it has", None, None
+        self._error(line, field, f"{what} {total:,} jobs, more than {limit:,}: raise --max-jobs to run them all, or"
+                                 " split the manifest")  # fmt: skip
         return False
 
     def _matrix_keys(self, record: Record) -> list[str]:
@@ -139,10 +147,10 @@ class _BatchBuilder:
 
     def _make_job(self, record: Record, combo: dict[str, Any], variant: int, several: bool) -> Job | None:
         merged = _Merged(self.manifest, record, combo)
+        before = len(self.diagnostics)  # before the endpoint's: a bad pass_through keeps the row from running
         endpoint = self._endpoint_of(merged)
         if endpoint is None:
             return None
-        before = len(self.diagnostics)
         raw, meta = self._inputs(merged, endpoint)
         result = endpoint.validate_input(raw)
         for name, message in result.errors:

@@ -118,8 +118,19 @@ def test_values_that_can_never_be_sent_are_located(name: str, text: str, expecte
     manifest = read_manifest(name, text.encode())
     found = [str(d) for d in manifest.diagnostics]
     assert any(p.startswith(expected) for p in found), found
-    kept = [r.layer for r in manifest.records if not r.broken] + [manifest.defaults, manifest.matrix]
+    kept = [r.layer for r in manifest.records if not r.broken]
+    if not manifest.shared_values_bad:  # a bad default or matrix value makes no job at all
+        kept += [manifest.defaults, manifest.matrix]
     assert all(value_problem(value) is None for layer in kept for value in layer.values.values())
+
+
+def test_a_bad_default_makes_no_job_at_all_even_with_skip_invalid() -> None:
+    """It shapes every job: running them without it would pay for jobs the user did not ask for."""
+    from jobs.manifest import parse_manifest
+
+    text = "defaults: {num_inference_steps: " + "9" * 2000 + "}\njobs: [{prompt: a}, {prompt: b}]\n"
+    assert read_manifest("m.yaml", text.encode()).shared_values_bad
+    assert parse_manifest("m.yaml", text.encode()).jobs == []
 
 
 def test_a_bad_json_cell_keeps_its_row_from_running() -> None:

@@ -187,7 +187,12 @@ def test_auto_ids_do_not_depend_on_row_order() -> None:
 def test_a_matrix_too_large_is_refused_not_expanded() -> None:
     text = f"endpoint: {WAN25_I2I}\nmatrix:\n  prompt: [a, b, c]\n  seed: [1, 2, 3]\n  image_urls: [{URL}]\n"
     batch = parse_manifest("m.yaml", text.encode(), ManifestOptions(max_jobs=8))
-    assert messages(batch) == ["m.yaml:2: matrix: expands to 9 jobs, more than 8"]
+    assert messages(batch) == ["m.yaml:2: matrix: its matrix expands to 9 jobs, more than 8: raise --max-jobs to run"
+                               " them all, or split the manifest"]
+    rows = "prompt,image_urls\n" + "".join(f"p{n},https://x.test/{n}.png\n" for n in range(9))
+    many = parse_manifest("m.csv", rows.encode(), ManifestOptions(max_jobs=8, default_endpoint=WAN25_I2I))
+    assert messages(many) == ["m.csv: it has 9 jobs, more than 8: raise --max-jobs to run them all, or split the"
+                              " manifest"] and many.jobs == []
     assert batch.jobs == []
 
 

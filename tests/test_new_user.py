@@ -18,7 +18,7 @@ EXAMPLE = str(ROOT / "examples" / "wan22.csv")
 @pytest.mark.parametrize(
     ("args", "env", "fragment"),
     [
-        (["--out", "/proc/wan-batch-out"], {"FAL_KEY": "k"}, "--out /proc/wan-batch-out: cannot write there: "),
+        (["--out", "{tmp}/a-file/out"], {"FAL_KEY": "k"}, "--out {tmp}/a-file/out: cannot write there: Not a directory"),
         (["--sim", "--base-url", "http://127.0.0.1:9"], {}, "--sim cannot be used with --base-url"),
         ([], {"FAL_KEY": "", "WAN_BATCH_GATEWAY_TOKEN": ""}, "no credential: set FAL_KEY"),
         (["--sim"], {"WAN_BATCH_RECONCILE__HISTORY_LAG_S": "soon"},
@@ -29,11 +29,14 @@ EXAMPLE = str(ROOT / "examples" / "wan22.csv")
 def test_a_run_that_cannot_go_is_refused_in_one_line_before_anything_shows(
     tmp_path: Path, args: list[str], env: dict[str, str], fragment: str
 ) -> None:
+    (tmp_path / "a-file").write_text("a file where a folder was meant")
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     out = ["--out", str(tmp_path / "out")] if "--out" not in args else []
     result = CliRunner().invoke(main, ["run", EXAMPLE, *out, *args], env=env)
     assert result.exit_code == 2, result.output
-    assert fragment in result.stderr
+    assert fragment.replace("{tmp}", str(tmp_path)) in result.stderr
     assert "Traceback" not in result.output and "jobs" not in result.stderr, "no progress bar, no traceback"
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["a-file"], ["a-file", "out"]), "nothing else made"
     assert not (tmp_path / "out" / "wan22").exists(), "nothing recorded"
 
 
@@ -125,3 +128,42 @@ def test_submit_and_schedule_add_take_the_input_options_run_takes() -> None:
     shared = {"max_image_mb", "max_in_flight", "max_attempts", "endpoint", "skip_invalid", "priority", "api_url",
               "start_timeout_s", "base_url"}  # fmt: skip
     assert shared <= names("run") and shared <= names("submit") and shared <= names("schedule", "add")
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_a_clean_exit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+
+    from runner.__main__ import main as console_script
+
+    real_import = builtins.__import__
+
+    def interrupted_while_loading(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "runner.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted_while_loading)
+    with pytest.raises(SystemExit) as stopped:
+        console_script()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_a_trial_of_a_batch_with_other_unfinished_jobs_is_refused(redis_client: Any, tmp_path: Path) -> None:
+    from jobs.errors import UsageError
+    from jobs.job import Job
+    from jobs.manifest import Batch
+    from runner.batches.intake import RunRequest
+    from runner.batches.run import _check_trial
+    from runner.ledger.store import BatchInfo, Ledger
+
+    jobs = [Job(f"j{n}", "fal-ai/x/y", {"prompt": str(n)}, f"f{n}", "m.csv", n + 2, n + 1) for n in range(3)]
+    ledger = Ledger(redis_client)
+    ledger.save_batch(BatchInfo(id="m", manifest=str(tmp_path / "m.csv"), folder=str(tmp_path / "m"), created_at=1.0,
+                                max_in_flight=2))  # fmt: skip
+    ledger.sync_jobs("m", jobs, now=1.0)  # a full run was stopped: all three unfinished
+    trial = RunRequest(manifest=tmp_path / "m.csv", limit=1)
+    with pytest.raises(UsageError, match="has 2 unfinished job\\(s\\) beyond this trial"):
+        _check_trial(ledger, trial, Batch("m.csv", jobs[:1], 3))
+    _check_trial(ledger, RunRequest(manifest=tmp_path / "m.csv"), Batch("m.csv", jobs, 3))  # a full run: fine

@@ -50,10 +50,11 @@ def test_retry_of_an_error_type_no_job_has_names_the_ones_it_has(tmp_path: Path,
 
 
 def test_an_unreachable_redis_is_named_without_its_password(tmp_path: Path) -> None:
-    done = run_cli(["status", "x", "--redis", "redis://user:s3cret-pw@127.0.0.1:1/0"], tmp_path)
-    assert done.returncode == 1
-    assert "cannot reach Redis at redis://127.0.0.1:1/0: ConnectionError" in done.stderr
-    assert "s3cret-pw" not in done.stderr and "Traceback" not in done.stderr
+    for url in ("redis://user:s3cret-pw@127.0.0.1:1/0", "redis://127.0.0.1:1/0?password=s3cret-pw"):
+        done = run_cli(["status", "x", "--redis", url], tmp_path)
+        assert done.returncode == 1
+        assert "cannot reach Redis at redis://127.0.0.1:1/0: ConnectionError" in done.stderr
+        assert "s3cret-pw" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_submit_needs_no_credential_on_the_machine_that_submits(
@@ -62,10 +63,15 @@ def test_submit_needs_no_credential_on_the_machine_that_submits(
     redis.Redis(unix_socket_path=redis_server.socket_path).flushall()
     sim = sim_factory()
     write_manifest(tmp_path, 2)
-    done = run_cli(["submit", "batch.jsonl", "--redis", redis_server.broker_url, "--base-url", sim.base_url], tmp_path,
-                   FAL_KEY="")  # fmt: skip
+    done = run_cli(["submit", "batch.jsonl", "--redis", redis_server.broker_url], tmp_path, FAL_KEY="")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "batch" and "the workers use their own credential" in done.stderr
+    status = json.loads(run_cli(["status", "batch", "--redis", redis_server.broker_url, "--json"], tmp_path).stdout)
+    assert status["counts"]["admitted"] + status["counts"]["waiting"] == 2
+    # Whose queue another URL is cannot be told without a credential: the workers' key must not go there blind.
+    gateway = run_cli(["submit", "batch.jsonl", "--redis", redis_server.broker_url, "--base-url", sim.base_url,
+                       "--batch-id", "other"], tmp_path, FAL_KEY="")  # fmt: skip
+    assert gateway.returncode == 2 and "with --base-url, say whose queue it is" in gateway.stderr
     unreachable = run_cli(["submit", "batch.jsonl", "--redis", "redis://127.0.0.1:1/0"], tmp_path, FAL_KEY="")
     assert unreachable.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in unreachable.stderr
 
@@ -133,3 +139,8 @@ def test_an_endpoint_close_to_a_known_one_runs_only_when_allowed(tmp_path: Path,
     allowed = run_cli([*args, "--allow-endpoint", "fal-ai/wan-26-preview/image-to-image"], tmp_path)
     assert allowed.returncode == 1, "fal has no such app"
     assert "unknown_endpoint: 2 job(s)" in allowed.stdout and sim.stats()["submits"] == 0
+    exported = run_cli(["export", "batch", "--out", str(tmp_path / "out"), "--format", "csv", "--output",
+                        str(tmp_path / "again.csv")], tmp_path)  # fmt: skip
+    assert exported.returncode == 0
+    checked = run_cli(["validate", str(tmp_path / "again.csv")], tmp_path)
+    assert checked.returncode == 0, "exported as it was run: its endpoint confirmed as meant (pass_through)"

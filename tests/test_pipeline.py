@@ -408,3 +408,8 @@ def test_after_fal_says_it_has_no_such_app_the_other_jobs_of_it_are_not_sent(wor
     assert {(r.status, r.error_type) for r in records} == {(S.FAILED, "unknown_endpoint")}
     assert len(sent) == 1, "one 404 is enough"
     assert all("fal-ai/wan-26-preview/image-to-image" in (r.error_message or "") for r in records)
+    from runner.batches import operations  # a retry asks fal again: the app may exist by now
+
+    assert len(operations.retry_jobs(world.ctx, "b", error_types=["unknown_endpoint"])) == 3
+    run_until_quiet(world)
+    assert len(sent) == 2

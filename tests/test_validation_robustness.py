@@ -6,7 +6,6 @@ Every manifest gives located errors or a batch, never a traceback; exit 1 means
 
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -125,12 +124,11 @@ def assert_located(batch: Batch, name: str, text: str) -> None:
 
 
 def test_mutated_manifests_never_raise(tmp_path: Path, make_image) -> None:  # type: ignore[no-untyped-def]
-    """Thousands of mutated manifests, for a few seconds: each a batch or located errors."""
+    """A thousand mutated manifests (the same ones every run): each a batch or located errors."""
     make_image("img.png")
     settings = InputSettings(max_image_bytes=1_000_000)
     rng = random.Random(12)
-    deadline, tried = time.monotonic() + 3.0, 0
-    while time.monotonic() < deadline:
+    for _ in range(1000):
         name = rng.choice(list(SEEDS))
         text = mutate(SEEDS[name], rng)
         endpoint = rng.choice([None, WAN22_I2I, WAN25_I2I, TYPO, "fal-ai/other"])
@@ -141,8 +139,6 @@ def test_mutated_manifests_never_raise(tmp_path: Path, make_image) -> None:  # t
         except Exception as exc:  # pragma: no cover - the message is the reproduction
             pytest.fail(f"{type(exc).__name__}: {exc} on {name} {text[:300]!r} (endpoint {endpoint})")
         assert_located(batch, str(path), text)
-        tried += 1
-    assert tried > 500
 
 
 # --- floods, grouped -------------------------------------------------------------

@@ -40,6 +40,8 @@ class RunRequest(BaseModel):
     endpoint: str | None = None
     #: Endpoint ids close to a known one that are meant as written (`--allow-endpoint`).
     allowed_endpoints: tuple[str, ...] = ()
+    #: A manifest that would make more jobs is refused (`--max-jobs`).
+    max_jobs: int = Field(default=100_000, gt=0)
     skip_invalid: bool = False
     sim: bool = False
     sim_concurrency: int = Field(default=SIM_CONCURRENCY, gt=0)
@@ -79,7 +81,8 @@ def load_batch(request: RunRequest, data: bytes | None = None) -> Batch:
     A manifest with errors may run only with `skip_invalid`, and only if some rows are valid.
     """
     settings = InputSettings(max_image_bytes=int(request.max_image_mb * MIB))
-    options = ManifestOptions(default_endpoint=request.endpoint, allowed_endpoints=frozenset(request.allowed_endpoints))
+    options = ManifestOptions(default_endpoint=request.endpoint, allowed_endpoints=frozenset(request.allowed_endpoints),
+                              max_jobs=request.max_jobs)  # fmt: skip
     batch = load_manifest(request.manifest, options, settings, data)
     if (batch.errors and not request.skip_invalid) or not batch.jobs:
         raise ManifestError(batch.diagnostics)
@@ -111,6 +114,9 @@ def provider_for(request: RunRequest, credential_needed: bool = True) -> Provide
     """
     token, fal_key = credential_from_env("Bearer"), credential_from_env("Key")
     if not (credential_needed or token or fal_key):
+        if request.base_url is not None:  # fal's queue elsewhere, or a gateway: the credential would go there
+            raise UsageError("with --base-url, say whose queue it is: set FAL_KEY, or WAN_BATCH_GATEWAY_TOKEN for a"
+                             " gateway, in this shell (only which one is set is kept, never its value)")
         fal_key = WORKERS_CREDENTIAL
     if request.base_url is not None and token:
         scheme: Literal["Key", "Bearer"] = "Bearer"
@@ -195,6 +201,7 @@ def record_batch(
     )  # fmt: skip
     ledger.save_batch(info)
     ledger.save_skipped(batch_id, [error.to_dict() for error in batch.errors])  # only --skip-invalid runs have any
+    ledger.forget_unknown_endpoints(batch_id)
     BatchFolder(Path(info.folder)).prepare()
     return info
 
@@ -227,11 +234,12 @@ def is_sim_url(url: str) -> bool:
 
 
 def shown_url(url: str) -> str:
-    """`url` without user info: a second guard, after the provider check, that no password is shown."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """`url` without user info, query or fragment (where passwords and tokens go); never raises."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that cannot be read)"
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: dict[str, int]) -> RunResult:

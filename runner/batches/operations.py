@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import QueueAPIError, UsageError
 from jobs.lifecycle import AT_FAL, JobUpdate, Move
 from jobs.record import Attempt, JobRecord
@@ -186,6 +187,7 @@ def retry_jobs(
     if chosen and batch.state == "cancelled":  # open first: a poll in a cancelled batch would cancel again
         ctx.ledger.set_batch_state(batch_id, "open")
         batch = batch.model_copy(update={"state": "open"})
+    ctx.ledger.forget_unknown_endpoints(batch_id)
     requeued = []
     for record in chosen:
         if record.status is S.CANCELLED and record.request_id and record.cancel_url:
@@ -301,7 +303,8 @@ def export_rows(ledger: Ledger, batch_id: str, statuses: Iterable[JobStatus]) ->
             job = record.job
             values = {name: _absolute(value, folder) if name in _IMAGE_FIELDS else value
                       for name, value in job.input.items()}  # fmt: skip
-            rows.append({"id": job.id, "endpoint": job.endpoint, **values, **job.meta})
+            confirmed: dict[str, Any] = {} if job.endpoint in KNOWN_ENDPOINTS else {"pass_through": True}
+            rows.append({"id": job.id, "endpoint": job.endpoint, **confirmed, **values, **job.meta})
     return rows
 
 

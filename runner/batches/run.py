@@ -28,6 +28,7 @@ from runner.batches.intake import (
     RunRequest,
     RunResult,
     api_url_of,
+    batch_id_for,
     enqueue_batch,
     provider_for,
     record_batch,
@@ -97,6 +98,18 @@ def check_run(request: RunRequest) -> None:
     check_writable(request.out, "--out")
 
 
+def _check_trial(ledger: Ledger, request: RunRequest, batch: Batch) -> None:
+    """Refuse a trial (`--limit`, `--sample`) of a batch whose other jobs are unfinished: the run would run them."""
+    if request.limit is None and request.sample is None:
+        return
+    batch_id = request.batch_id or batch_id_for(request.manifest)
+    chosen = {job.id for job in batch.jobs}
+    others = [j for j in ledger.job_ids(batch_id, [s for s in JobStatus if not s.is_final]) if j not in chosen]
+    if others:
+        raise UsageError(f"batch {batch_id!r} has {len(others)} unfinished job(s) beyond this trial, which a run"
+                         " would run too: run it without --limit/--sample, or pass another --batch-id")
+
+
 def check_writable(folder: Path, option: str) -> None:
     """Raise UsageError, naming `folder` and why, unless a file can be written in it (it is made if missing)."""
     try:
@@ -123,6 +136,7 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
             stack.enter_context(hold_folder(request.out))
         client, broker_url = _redis(request, stack)
         ledger = Ledger(client)
+        _check_trial(ledger, request, batch)
         info = record_batch(ledger, request, batch, provider)
         synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)))
@@ -265,5 +279,6 @@ def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str
     with open_ledger(request.redis_url, request.out) as (ledger, _), httpx.Client() as http:
         ledger.redis.ping()  # an unreachable Redis is the first thing to say
         provider = provider_for(request, credential_needed=False)  # the workers hold it
+        check_writable(request.out, "--out")
         # Only admission happens here: workers make every call to fal, with their own credentials.
         return enqueue_batch(make_context(ledger, http, lambda _scheme: None), request, batch, provider)

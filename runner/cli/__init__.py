@@ -9,7 +9,7 @@ from typing import Any
 import click
 import redis
 
-from jobs.errors import UsageError
+from jobs.errors import UsageError, WanBatchError
 from runner.batches.intake import shown_url
 from runner.cli import batch, operate, schedule, sim
 
@@ -30,6 +30,11 @@ class _Group(click.Group):
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except OSError as exc:  # the file system or the network said no: one line, naming what
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or type(exc).__name__}") from None
+        except WanBatchError as exc:  # a known failure (an embedded Redis that cannot start, say)
+            raise click.ClickException(str(exc)) from None
         except Exception as exc:  # a bug of wan-batch: one line, and 3, which no command uses for anything else
             if os.environ.get("WAN_BATCH_TRACEBACK"):
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ import click
 
 from jobs.diagnostics import MAX_SHOWN_GROUPS, group_diagnostics, grouped_lines
 from jobs.endpoints import KNOWN_ENDPOINTS
-from jobs.errors import ManifestError, UsageError
+from jobs.errors import ManifestError, UsageError, WanBatchError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.report import IMAGE_FIELDS
 from jobs.status import JobStatus
@@ -58,11 +59,12 @@ def refuse_manifest(exc: ManifestError, verdict: str | None = None, max_groups: 
               help="An endpoint id close to a known one that is meant as written, not a typo (repeatable).")
 @click.option("--max-errors", metavar="N", type=click.IntRange(min=0), default=MAX_SHOWN_GROUPS, show_default=True,
               help="Print at most N problems (alike ones, differing only by line, count as one); 0: all.")
+@options.max_jobs
 @click.option("--check-urls", is_flag=True,
               help="Also ask each distinct http(s) image URL whether it answers with an image (a HEAD each).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, with every problem.")
 def validate(manifest: Path, endpoint: str | None, max_image_mb: float, allowed: tuple[str, ...], max_errors: int,
-             check_urls: bool, as_json: bool) -> None:  # fmt: skip
+             max_jobs: int, check_urls: bool, as_json: bool) -> None:  # fmt: skip
     """Check MANIFEST (CSV, TSV, JSONL or YAML) and report every problem at once.
 
     Exits 0 when it would run (warnings allowed), 1 when it has errors (or,
@@ -70,14 +72,19 @@ def validate(manifest: Path, endpoint: str | None, max_image_mb: float, allowed:
     on bad usage, 3 on an internal error (a bug of wan-batch, not of the manifest).
     """
     settings = InputSettings(max_image_bytes=int(max_image_mb * MIB))
-    options = ManifestOptions(default_endpoint=endpoint, allowed_endpoints=frozenset(allowed))
+    manifest_options = ManifestOptions(default_endpoint=endpoint, allowed_endpoints=frozenset(allowed),
+                                       max_jobs=max_jobs)  # fmt: skip
     try:
-        batch = load_manifest(manifest, options, settings)
+        batch = load_manifest(manifest, manifest_options, settings)
         if as_json:
             click.echo(json.dumps(_batch_summary(batch), indent=2))
         else:
             _print_validation(batch, max_errors)
+    except (OSError, WanBatchError):
+        raise  # a file that cannot be read, a known failure: said in one line by the command line's group
     except Exception as exc:  # a bug; exit 1 would blame the manifest
+        if os.environ.get("WAN_BATCH_TRACEBACK"):
+            raise
         reason = next(iter(str(exc).splitlines()), "")[:200]
         click.echo(f"internal error: {type(exc).__name__}: {reason}; please report it, with the manifest", err=True)
         sys.exit(3)
@@ -146,6 +153,7 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
 @options.max_attempts
 @click.option("--endpoint", help="Endpoint of rows that name none.")
 @options.allow_endpoint
+@options.max_jobs
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows of a manifest that has errors.")
 @click.option("--batch-id", help="Batch id (default: the manifest's file name).")
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
@@ -174,6 +182,8 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
     already at fal are kept and the report is written; rerun to resume.
     """
     request = RunRequest(**options)
+    if request.limit is not None and request.sample is not None:
+        raise click.UsageError("--limit and --sample choose the jobs of a trial two ways: give one")
     try:
         check_run(request)  # before the manifest is read, or anything shows
         batch = load_batch(request)
@@ -184,8 +194,6 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
         refuse_manifest(exc, f"{request.manifest}: not run; {hint}")
     for line in grouped_lines(batch.warnings):
         click.echo(line, err=True)
-    if request.limit is not None and request.sample is not None:
-        raise click.UsageError("--limit and --sample choose the jobs of a trial two ways: give one")
     total, batch = len(batch.jobs), trial_jobs(request, batch)
     if len(batch.jobs) < total:
         how = "the first" if request.limit is not None else "a sample of"

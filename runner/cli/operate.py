@@ -64,6 +64,7 @@ def _context(ledger: Ledger, http: httpx.Client) -> Context:
 @options.max_image_mb
 @click.option("--endpoint", help="Endpoint of rows that name none.")
 @options.allow_endpoint
+@options.max_jobs
 @click.option("--skip-invalid", is_flag=True, help="Submit the valid rows of a manifest that has errors.")
 @click.option("--batch-id", help="Batch id (default: the manifest's file name).")
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
@@ -204,7 +205,8 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
     ids = [line.strip() for line in ids_file if line.strip()] if ids_file else None
     with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
         view = _batch_view(ledger, batch_id)
-        present = set(view.failures) | ({"cancelled"} if "cancelled" in statuses else set())
+        present = (set(view.failures) if "failed" in statuses else set()) | \
+            ({"cancelled"} if "cancelled" in statuses else set())  # fmt: skip
         unknown = [error_type for error_type in error_types if error_type not in present]
         if unknown:  # a typo would otherwise retry nothing and look fine
             known = ", ".join(f"{t} ({n})" for t, n in view.failures.items()) or "none: no job of it failed"
@@ -261,8 +263,11 @@ def export(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str,
 
 
 def _as_csv(rows: list[dict[str, Any]]) -> str:
-    cells = [{(f"{k}:json" if isinstance(v, list | dict) else k): (json.dumps(v) if isinstance(v, list | dict) else v)
-              for k, v in row.items()} for row in rows]  # fmt: skip
+    def typed(key: str, value: Any) -> bool:  # a value that is no text keeps its type in a `name:json` column
+        return not isinstance(value, str) and not key.startswith("_") and key != "pass_through"
+
+    cells = [{(f"{k}:json" if typed(k, v) else k): (json.dumps(v) if typed(k, v) else v) for k, v in row.items()}
+             for row in rows]  # fmt: skip
     columns = list(dict.fromkeys(name for row in cells for name in row))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns)

@@ -13,6 +13,8 @@ max_image_mb = click.option("--max-image-mb", type=click.FloatRange(min=0, min_o
 allow_endpoint = click.option("--allow-endpoint", "allowed_endpoints", metavar="ID", multiple=True,
                               help="An endpoint id close to a known one that is meant as written, not a typo "
                                    "(repeatable).")  # fmt: skip
+max_jobs = click.option("--max-jobs", type=click.IntRange(min=1), default=100_000, show_default=True,
+                        help="Refuse a manifest that would make more jobs (rows times its matrix), before making any.")
 loglevel = click.option("--loglevel", default="INFO", show_default=True,
                         help="How much it logs: DEBUG, INFO, WARNING or ERROR.")  # fmt: skip
 

@@ -282,8 +282,9 @@ class Ledger:
     def save_skipped(self, batch_id: str, errors: Sequence[dict[str, Any]]) -> None:
         """Keep the errors of the rows the latest run of the batch skipped as invalid (replacing earlier ones)."""
         by_line: dict[str, list[dict[str, Any]]] = {}
-        for error in errors:
-            by_line.setdefault(str(error.get("line")), []).append(error)
+        for error in errors:  # one of the whole file (no line) is no row
+            if error.get("line") is not None:
+                by_line.setdefault(str(error["line"]), []).append(error)
         with self.redis.pipeline() as pipe:
             pipe.delete(self.keys.skipped(batch_id))
             if by_line:
@@ -298,6 +299,10 @@ class Ledger:
 
     def note_unknown_endpoint(self, batch_id: str, endpoint: str, message: str) -> None:
         self.redis.hsetnx(self.keys.unknown_endpoints(batch_id), endpoint, message)
+
+    def forget_unknown_endpoints(self, batch_id: str) -> None:
+        """Ask fal again (a retry, a rerun): the app may exist now, or the 404 came from a proxy."""
+        self.redis.delete(self.keys.unknown_endpoints(batch_id))
 
     def unknown_endpoint(self, batch_id: str, endpoint: str) -> str | None:
         """Why fal said it has no app for `endpoint` (a 404 to a submit of this batch), or None."""

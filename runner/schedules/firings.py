@@ -186,8 +186,9 @@ def notify(ctx: Context, name: str, firing_id: str, tries: int) -> float | None:
         answer, delivered = f"{type(exc).__name__} from {shown_url(spec.notify)}", False
     finally:
         _hidden_url.reset(hidden)
-    log.info("schedule %s: notifying %s of firing %s, try %d of %d: %s", name, shown_url(spec.notify), firing_id,
-             tries + 1, NOTIFY_TRIES, answer)  # fmt: skip
+    host = httpx.URL(spec.notify).host  # its path and query may hold the webhook's secret
+    log.info("schedule %s: notifying %s of firing %s, try %d of %d: %s", name, host, firing_id, tries + 1,
+             NOTIFY_TRIES, answer)  # fmt: skip
     if not delivered and tries + 1 < NOTIFY_TRIES:
         return backoff_delay_s(tries + 1, NOTIFY_BACKOFF, 0.0)
     outcome = "sent" if delivered else f"failed after {tries + 1} tries"
