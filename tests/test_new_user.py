@@ -167,3 +167,15 @@ def test_a_trial_of_a_batch_with_other_unfinished_jobs_is_refused(redis_client: 
     with pytest.raises(UsageError, match="has 2 unfinished job\\(s\\) beyond this trial"):
         _check_trial(ledger, trial, Batch("m.csv", jobs[:1], 3))
     _check_trial(ledger, RunRequest(manifest=tmp_path / "m.csv"), Batch("m.csv", jobs, 3))  # a full run: fine
+
+
+def test_an_internal_error_is_one_line_exit_3_and_never_shows_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("boom with key fal-secret-123 in it\nsecond line")
+
+    monkeypatch.setattr("runner.batches.operations.list_batches", broken)
+    result = CliRunner().invoke(main, ["batches", "--redis", "redis://127.0.0.1:1/0"],
+                                env={"FAL_KEY": "fal-secret-123"})  # fmt: skip
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    assert result.stderr.strip() == ("internal error: RuntimeError: boom with key [redacted] in it; please report it"
+                                     " (WAN_BATCH_TRACEBACK=1 shows where)")

@@ -12,6 +12,7 @@ import redis
 from jobs.errors import UsageError, WanBatchError
 from runner.batches.intake import shown_url
 from runner.cli import batch, operate, schedule, sim
+from runner.settings import credential_from_env
 
 
 class _Group(click.Group):
@@ -38,10 +39,17 @@ class _Group(click.Group):
         except Exception as exc:  # a bug of wan-batch: one line, and 3, which no command uses for anything else
             if os.environ.get("WAN_BATCH_TRACEBACK"):
                 raise
-            reason = next(iter(str(exc).splitlines()), "")[:200]
-            click.echo(f"internal error: {type(exc).__name__}: {reason}; please report it (WAN_BATCH_TRACEBACK=1"
-                       " shows where)", err=True)  # fmt: skip
+            click.echo(f"internal error: {type(exc).__name__}: {_scrubbed(exc)}; please report it"
+                       " (WAN_BATCH_TRACEBACK=1 shows where)", err=True)  # fmt: skip
             sys.exit(3)
+
+
+def _scrubbed(exc: Exception) -> str:
+    """The first line of `exc`'s message, without this environment's credentials in it."""
+    reason = next(iter(str(exc).splitlines()), "")
+    for secret in filter(None, (credential_from_env("Key"), credential_from_env("Bearer"))):
+        reason = reason.replace(secret, "[redacted]")
+    return reason[:200]
 
 
 def _redis_url_of(argv: list[str]) -> str:
