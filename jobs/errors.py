@@ -120,3 +120,11 @@ class HistoryQueryError(WanBatchError):
         super().__init__(str(detail))
         self.status = status
         self.detail = detail
+
+
+class TooDeepError(ValueError):
+    """Manifest JSON that nests deeper than can be parsed; `key` is the row's field it sits in, when known."""
+
+    def __init__(self, message: str, key: str | None) -> None:
+        super().__init__(message)
+        self.key = key

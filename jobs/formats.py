@@ -11,8 +11,6 @@ import csv
 import difflib
 import io
 import json
-import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -21,21 +19,22 @@ from typing import Any
 import yaml
 
 from jobs.diagnostics import Diagnostic
+from jobs.errors import TooDeepError
+from jobs.values import (
+    MAX_NESTING_DEPTH,
+    MAX_NUMBER_DIGITS,
+    OversizedNumber,
+    load_json,
+    printable,
+    scalar_problem,
+    value_problem,
+)
 
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
 YAML_KEYS = ("endpoint", "pass_through", "defaults", "matrix", "jobs", "name", "description")
 #: CSV column suffix that makes a cell JSON, for fields the schema cannot type (pass-through).
 JSON_SUFFIX = ":json"
-#: Deeper values are refused: no model input nests so deep, and deeper ones exhaust the stack of what checks them.
-MAX_NESTING_DEPTH = 100
-#: Bigger values of one field are refused: YAML aliases make a few lines into billions of values.
-MAX_FIELD_VALUES = 1_000_000
-#: Longer integers are refused before Python refuses to convert them (sys.get_int_max_str_digits).
-MAX_NUMBER_DIGITS = 1000
 _MAX_CELL_CHARS = 256 * 1024 * 1024
-_SURROGATE = re.compile("[\ud800-\udfff]")
-#: A JSON string (possibly a key, then its colon) or a bracket: enough to follow nesting without parsing.
-_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"(?=(\s*:))?|[\[\]{}]')
 
 
 @dataclass
@@ -103,117 +102,6 @@ def read_manifest(file: str, data: bytes) -> ManifestFile:
     return out
 
 
-# --- values ------------------------------------------------------------------
-
-
-class _TooDeepError(ValueError):
-    def __init__(self, key: str | None) -> None:
-        super().__init__(f"nested deeper than {MAX_NESTING_DEPTH} levels")
-        self.key = key
-
-
-@dataclass(frozen=True, slots=True)
-class _OversizedNumber:
-    """Stands for an integer too long to convert; `value_problem` reports it where it sits."""
-
-    digits: int
-
-
-def load_json(text: str, **options: Any) -> Any:
-    """`json.loads` for manifest text: it never overflows the stack, nor refuses a long integer.
-
-    An integer of more than MAX_NUMBER_DIGITS digits becomes a marker that
-    `value_problem` reports. Raises json.JSONDecodeError, or ValueError (no
-    JSONDecodeError) when the text nests too deep to parse.
-    """
-    try:
-        return json.loads(text, parse_int=_parse_int, **options)
-    except RecursionError:
-        raise _TooDeepError(_deep_json_key(text)) from None
-
-
-def _parse_int(text: str) -> int | _OversizedNumber:
-    digits = len(text.lstrip("-"))
-    return _OversizedNumber(digits) if digits > MAX_NUMBER_DIGITS else int(text)
-
-
-def _deep_json_key(text: str) -> str | None:
-    """The top-level key of a JSON object whose value nests past the limit, to say where."""
-    depth, key = 0, None
-    for match in _JSON_TOKEN.finditer(text):
-        token = match[0]
-        if token in ("[", "{"):
-            depth += 1
-            if depth > MAX_NESTING_DEPTH + 1:  # the row's own braces are not its fields' nesting
-                return key
-        elif token in ("]", "}"):
-            depth -= 1
-        elif depth == 1 and match[1] is not None:
-            key = _printable(token[1:-1])
-    return None
-
-
-def value_problem(value: Any) -> str | None:
-    """Why a parsed value can never be sent, or None.
-
-    It may nest too deep, hold too many values or itself (YAML aliases), a
-    number out of range, or text that is not Unicode. Walks without recursion,
-    and visits an alias's value once however often it is used (but counts its
-    values each time, as they would be sent).
-    """
-    shapes: dict[int, tuple[int, int]] = {}  # id of a list or mapping -> (depth, values in all)
-    open_ids: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(value, False)]
-    while stack:
-        node, closing = stack.pop()
-        if not isinstance(node, dict | list):
-            problem = _scalar_problem(node)
-            if problem:
-                return problem
-            continue
-        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
-        if closing:
-            open_ids.discard(id(node))
-            problem = _shape_problem(node, children, shapes)
-            if problem:
-                return problem
-        elif id(node) in open_ids:
-            return "holds itself (a YAML alias inside its own anchor)"
-        elif id(node) not in shapes:
-            open_ids.add(id(node))
-            stack.append((node, True))
-            stack.extend((child, False) for child in children)
-    return None
-
-
-def _shape_problem(node: Any, children: list[Any], shapes: dict[int, tuple[int, int]]) -> str | None:
-    depth, size = 1, 1
-    for child in children:
-        child_depth, child_size = shapes.get(id(child), (0, 1))
-        depth, size = max(depth, child_depth + 1), size + child_size
-    shapes[id(node)] = depth, size
-    if depth > MAX_NESTING_DEPTH:
-        return f"nested deeper than {MAX_NESTING_DEPTH} levels"
-    if size > MAX_FIELD_VALUES:
-        return f"holds more than {MAX_FIELD_VALUES:,} values (a YAML alias counts each time it is used)"
-    return None
-
-
-def _scalar_problem(value: Any) -> str | None:
-    if isinstance(value, _OversizedNumber):
-        return f"a number of {value.digits:,} digits is too large"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"not a finite number ({value}); JSON has no such value"
-    if isinstance(value, str) and (match := _SURROGATE.search(value)):
-        return f"not valid Unicode text (a lone surrogate {match[0]!a})"
-    return None
-
-
-def _printable(text: str) -> str:
-    """`text` with lone surrogates escaped, safe to print and to encode."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _check_values(out: ManifestFile) -> None:
     """Report values that can never be sent where they sit; their record is not made a job."""
     for record in out.records:
@@ -230,9 +118,9 @@ def _layer_problems(out: ManifestFile, layer: Layer, where: str | None = None) -
     for key, value in layer.values.items():
         if key in layer.text_keys:
             continue  # CSV text decoded from UTF-8: nothing to find
-        problem = _scalar_problem(key) or value_problem(value)
+        problem = scalar_problem(key) or value_problem(value)
         if problem:
-            name = _printable(str(key)) if where is None else f"{where}.{_printable(str(key))}"
+            name = printable(str(key)) if where is None else f"{where}.{printable(str(key))}"
             out.error(layer.key_lines.get(key, layer.line), name, problem)
             bad.append(key)
     return bad
@@ -340,9 +228,9 @@ def _read_jsonl(out: ManifestFile, text: str) -> None:
             out.error(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
             continue
         except _DuplicateKeyError as exc:
-            out.error(number, _printable(exc.key), "key appears twice in this object")
+            out.error(number, printable(exc.key), "key appears twice in this object")
             continue
-        except _TooDeepError as exc:
+        except TooDeepError as exc:
             out.error(number, exc.key, str(exc))
             continue
         if not isinstance(value, dict):
@@ -396,10 +284,10 @@ def _construct_located_map(loader: Any, node: yaml.MappingNode) -> Iterator[_Loc
         data.key_lines.setdefault(key, key_line)
 
 
-def _construct_int(loader: Any, node: yaml.ScalarNode) -> int | _OversizedNumber:
+def _construct_int(loader: Any, node: yaml.ScalarNode) -> int | OversizedNumber:
     digits = len(str(node.value).lstrip("+-").replace("_", ""))
     if digits > MAX_NUMBER_DIGITS:
-        return _OversizedNumber(digits)
+        return OversizedNumber(digits)
     return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
 
 

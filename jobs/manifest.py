@@ -16,9 +16,10 @@ from typing import Any
 
 from jobs.diagnostics import Diagnostic, Severity, dedupe
 from jobs.endpoints import Endpoint, FieldKind, close_known_endpoint, resolve_endpoint
-from jobs.formats import Layer, ManifestFile, Record, load_json, read_manifest, value_problem
+from jobs.formats import Layer, ManifestFile, Record, read_manifest
 from jobs.images import ImageRefKind, classify_image_ref, image_ref_values
 from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id
+from jobs.values import load_json, value_problem
 
 #: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.
 LIST_SEPARATOR = "|"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from jobs.formats import read_manifest, value_problem
+from jobs.formats import read_manifest
+from jobs.values import value_problem
 
 
 def problems(name: str, text: str | bytes) -> list[str]:
