@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,25 @@ class World:
         applied = self.ctx.ledger.apply("b", plan(record, move, JobUpdate(**values), self.ctx.clock()))
         assert applied is not None
         return applied.record
+
+
+def replace_calls(world: World, **calls: Callable[..., Any]) -> Callable[[BatchInfo], Any]:
+    """Make the world's queue client answer the named calls with `calls` (each gets the real client first);
+    every other call is the real client's. Returns the real clients' factory, to put back."""
+    make_client = world.ctx.queue_client
+
+    def client_for(batch: BatchInfo) -> Any:
+        client = make_client(batch)
+
+        class Replaced:
+            def __getattr__(self, name: str) -> Any:
+                call = calls.get(name)
+                return getattr(client, name) if call is None else partial(call, client)
+
+        return Replaced()
+
+    world.ctx.queue_client = client_for
+    return make_client
 
 
 def make_jobs(count: int) -> list[Job]:

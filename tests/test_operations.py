@@ -14,10 +14,9 @@ from jobs.status import JobStatus
 from runner.batches import operations
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient
-from runner.ledger.store import BatchInfo
 from runner.ledger.timers import Timer, worker_mark
 from runner.simulator import FaultRates
-from tests.sim_world import EVERYTHING_DUE, run_until_quiet
+from tests.sim_world import EVERYTHING_DUE, replace_calls, run_until_quiet
 
 S = JobStatus
 
@@ -279,21 +278,11 @@ def test_a_cancel_fal_does_not_take_follows_the_job_to_its_end(world_factory: An
     world = world_factory(jobs=1, run_time="fixed:2")
     world.ctx.ledger.admit("b")
     world.step("j0")
-    make_client = world.ctx.queue_client
 
-    def refusing(batch: BatchInfo) -> Any:
-        client = make_client(batch)
+    def cancel(client: QueueClient, url: str) -> Any:
+        raise PermanentQueueError("cancel: HTTP 403: not allowed", status_code=403)
 
-        class CancelRefused:
-            def cancel(self, url: str) -> Any:
-                raise PermanentQueueError("cancel: HTTP 403: not allowed", status_code=403)
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(client, name)
-
-        return CancelRefused()
-
-    world.ctx.queue_client = refusing
+    replace_calls(world, cancel=cancel)
     operations.cancel_batch(world.ctx, "b", call_fal=False)
     run_until_quiet(world)
     record = world.job("j0")

@@ -17,7 +17,7 @@ from runner.ledger.timers import Timer, worker_mark
 from runner.settings import WorkerSettings
 from runner.simulator import FaultRates
 from runner.steps import pipeline
-from tests.sim_world import EVERYTHING_DUE, run_until_quiet
+from tests.sim_world import EVERYTHING_DUE, replace_calls, run_until_quiet
 
 S = JobStatus
 
@@ -165,23 +165,13 @@ def test_a_request_that_lands_as_its_batch_is_cancelled_is_cancelled_at_fal_by_i
 ) -> None:
     world = world_factory(jobs=1, run_time="fixed:30")
     world.ctx.ledger.admit("b")
-    make_client = world.ctx.queue_client
 
-    def cancelling_meanwhile(batch: BatchInfo) -> Any:
-        client = make_client(batch)
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
+        submission = client.submit(endpoint, body)
+        world.ctx.ledger.set_batch_state("b", "cancelled")  # `wan-batch cancel` while the call was out
+        return submission
 
-        class UserCancelsDuringTheCall:
-            def submit(self, endpoint: str, body: dict[str, Any]) -> Any:
-                submission = client.submit(endpoint, body)
-                world.ctx.ledger.set_batch_state("b", "cancelled")  # `wan-batch cancel` while the call was out
-                return submission
-
-            def cancel(self, url: str) -> Any:
-                return client.cancel(url)
-
-        return UserCancelsDuringTheCall()
-
-    world.ctx.queue_client = cancelling_meanwhile
+    replace_calls(world, submit=submit)
     world.step("j0")
     landed = world.job("j0")
     assert landed.status is S.QUEUED and landed.request_id, "a request fal accepted is stored, never lost"
@@ -194,22 +184,11 @@ def test_a_request_that_lands_as_its_batch_is_cancelled_is_cancelled_at_fal_by_i
 
 
 def _exploding_after_the_send(world: Any) -> None:
-    make_client = world.ctx.queue_client
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
+        client.submit(endpoint, body)  # it reached fal...
+        raise RuntimeError("...and then something broke")
 
-    def exploding(batch: BatchInfo) -> Any:
-        client = make_client(batch)
-
-        class Exploding:
-            def submit(self, endpoint: str, body: dict[str, Any]) -> Any:
-                client.submit(endpoint, body)  # it reached fal...
-                raise RuntimeError("...and then something broke")
-
-            def __getattr__(self, name: str) -> Any:  # every other call as the real client makes it
-                return getattr(client, name)
-
-        return Exploding()
-
-    world.ctx.queue_client = exploding
+    replace_calls(world, submit=submit)
 
 
 def test_an_unexpected_error_from_the_submit_call_is_never_sent_again_without_a_history(world_factory: Any) -> None:
@@ -320,21 +299,11 @@ def test_a_result_not_ready_after_completed_is_fetched_again_on_its_budget(world
     world.ctx.ledger.admit("b")
     world.step("j0")
     world.clock.advance(2.0)
-    make_client = world.ctx.queue_client
 
-    def result_never_ready(batch: BatchInfo) -> Any:
-        client = make_client(batch)
+    def result(client: QueueClient, url: str) -> Any:
+        raise ResultNotReadyError("result: HTTP 202 (still IN_PROGRESS)", status_code=202)
 
-        class NotReady:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(client, name)
-
-            def result(self, url: str) -> Any:
-                raise ResultNotReadyError("result: HTTP 202 (still IN_PROGRESS)", status_code=202)
-
-        return NotReady()
-
-    world.ctx.queue_client = result_never_ready
+    replace_calls(world, result=result)
     world.step("j0")  # COMPLETED: the result is fetched at once, and is not ready
     due = []
     for _ in range(3):
@@ -386,22 +355,12 @@ def test_after_fal_says_it_has_no_such_app_the_other_jobs_of_it_are_not_sent(wor
         ledger.redis.hset(ledger.keys.side("b", "job"), job_id,
                           json.dumps({**stored, "endpoint": "fal-ai/wan-26-preview/image-to-image"}))  # fmt: skip
     sent: list[str] = []
-    make_client = world.ctx.queue_client
 
-    def counting(batch: BatchInfo) -> Any:
-        client = make_client(batch)
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
+        sent.append(endpoint)
+        return client.submit(endpoint, body)
 
-        class Counting:
-            def submit(self, endpoint: str, body: dict[str, Any]) -> Any:
-                sent.append(endpoint)
-                return client.submit(endpoint, body)
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(client, name)
-
-        return Counting()
-
-    world.ctx.queue_client = counting
+    replace_calls(world, submit=submit)
     world.ctx.ledger.admit("b")
     run_until_quiet(world)
     records = [world.job(j) for j in ("j0", "j1", "j2")]

@@ -31,11 +31,11 @@ from jobs.status import JobStatus
 from runner.batches import operations
 from runner.fal.history import FAL_API_URL, NO_API, HistoryClient, api_url_for
 from runner.fal.providers import Provider
-from runner.ledger.store import BatchInfo
+from runner.fal.queue_api import QueueClient
 from runner.settings import WorkerSettings
 from runner.simulator import FaultRates
 from runner.steps import pipeline
-from tests.sim_world import KEY, World, run_until_quiet
+from tests.sim_world import KEY, World, replace_calls, run_until_quiet
 
 S = JobStatus
 POLICY = ReconcilePolicy(history_lag_s=2.0, clock_skew_s=1.0, unknown_run_s=5.0, first_look_s=0.5,
@@ -294,26 +294,16 @@ def test_in_a_cancelled_batch_a_lost_submit_is_cancelled_once_proven_absent_or_c
 def test_an_answer_that_comes_after_another_worker_took_over_is_adopted(world_factory: Any) -> None:
     world = reconciling_world(world_factory, jobs=1)
     world.ctx.ledger.admit("b")
-    make_client = world.ctx.queue_client
 
-    def slow(batch: BatchInfo) -> Any:
-        client = make_client(batch)
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
+        submission = client.submit(endpoint, body)
+        # The lease lapsed: another worker found the job mid-submit and began looking for it.
+        world.ctx.queue_client = make_client
+        pipeline.run_job_step(world.ctx, "b", "j0", "")
+        assert world.job("j0").status is S.UNCONFIRMED
+        return submission
 
-        class TakenOverMeanwhile:
-            def submit(self, endpoint: str, body: dict[str, Any]) -> Any:
-                submission = client.submit(endpoint, body)
-                # The lease lapsed: another worker found the job mid-submit and began looking for it.
-                world.ctx.queue_client = make_client
-                pipeline.run_job_step(world.ctx, "b", "j0", "")
-                assert world.job("j0").status is S.UNCONFIRMED
-                return submission
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(client, name)
-
-        return TakenOverMeanwhile()
-
-    world.ctx.queue_client = slow
+    make_client = replace_calls(world, submit=submit)
     world.step("j0")
     record = world.job("j0")
     assert record.status is S.QUEUED and record.request_id
