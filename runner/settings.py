@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.decisions import Limits
 from jobs.errors import UsageError
-from jobs.lifecycle import Limits
 from jobs.polling import PollPolicy
 from jobs.reconcile import ReconcilePolicy
 

@@ -6,27 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from jobs.decisions import Call, CallFailed, GiveUp, Limits, Reconcile, RetryLater, StepCrashed, SubmitAgain, decide
 from jobs.errors import IllegalMoveError
-from jobs.lifecycle import (
-    KEEP,
-    STEP_OF,
-    TRANSITIONS,
-    Call,
-    CallFailed,
-    GiveUp,
-    Guard,
-    JobUpdate,
-    Limits,
-    Move,
-    Reconcile,
-    RetryLater,
-    Slot,
-    Step,
-    StepCrashed,
-    SubmitAgain,
-    decide,
-    plan,
-)
+from jobs.lifecycle import KEEP, STEP_OF, TRANSITIONS, Guard, JobUpdate, Move, Slot, Step, plan
 from jobs.record import Attempt, JobRecord, OutputFile
 from jobs.status import JobStatus
 from tests.test_record import JOB

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from jobs.decisions import Limits
 from jobs.endpoints import WAN25_I2I
 from jobs.errors import TransientQueueError
-from jobs.lifecycle import Limits, Move
+from jobs.lifecycle import Move
 from jobs.status import JobStatus
 from runner.fal.queue_api import QueueClient, QueueOptions
 from runner.ledger.store import BatchInfo

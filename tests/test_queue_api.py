@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from jobs.backoff import Backoff
+from jobs.decisions import Call, CallFailed, Limits, RetryLater, decide
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.errors import (
     AuthError,
@@ -30,7 +31,6 @@ from jobs.errors import (
     TransientQueueError,
 )
 from jobs.job import Job
-from jobs.lifecycle import Call, CallFailed, Limits, RetryLater, decide
 from jobs.outputs import ModelOutput
 from jobs.record import JobRecord
 from jobs.status import JobStatus

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import redis
 
+from jobs.decisions import Limits
 from jobs.job import Job
-from jobs.lifecycle import Limits
 from jobs.status import JobStatus
 from runner.ledger.connection import redis_py_url
 from runner.ledger.store import BatchInfo, Ledger

@@ -2,7 +2,7 @@
 
 Every failure becomes a classified error of `jobs.errors` (transient, permanent,
 auth, unconfirmed submit); nothing here sleeps or retries: what a failure leads
-to is `jobs.lifecycle.decide`'s.
+to is `jobs.decisions.decide`'s.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 They follow the official client `fal_client` (its `_should_retry_response`),
 plus `Retry-After`, which fal_client ignores. How long to wait is
-`jobs.backoff`'s; whether to retry at all is `jobs.lifecycle.decide`'s.
+`jobs.backoff`'s; whether to retry at all is `jobs.decisions.decide`'s.
 """
 
 from __future__ import annotations

@@ -12,21 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.decisions import Call, CallFailed, Decision, GiveUp, Reconcile, RetryLater, Seen, SubmitAgain, decide
 from jobs.errors import AuthError, QueueAPIError, ResultNotReadyError, SubmitUnconfirmedError
-from jobs.lifecycle import (
-    Call,
-    CallFailed,
-    Decision,
-    GiveUp,
-    JobUpdate,
-    Move,
-    Reconcile,
-    RetryLater,
-    Seen,
-    SubmitAgain,
-    decide,
-    plan,
-)
+from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.record import Attempt, JobRecord
 from jobs.report import brief
 from runner.ledger.store import Applied, BatchInfo

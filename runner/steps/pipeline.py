@@ -5,7 +5,7 @@ submit, reconcile (look for a lost submit in fal's request history,
 `runner.steps.reconcile`), poll or collect; in a cancelled batch, the poll
 step cancels the job at fal. `run_job_step` runs it for a worker that holds
 the job's timer; what a failed call or an unexpected error leads to is
-`jobs.lifecycle.decide`'s, applied by `runner.steps.moves`. Nothing here
+`jobs.decisions.decide`'s, applied by `runner.steps.moves`. Nothing here
 sleeps: a wait is the due time of the job's next step. A step whose job
 moved on meanwhile (its move is refused) does nothing more.
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 import redis
 
 from jobs.backoff import Backoff, backoff_delay_s
+from jobs.decisions import UNCONFIRMED_ADVICE, Call, CallFailed, GiveUp, StepCrashed
 from jobs.errors import DownloadError, LocalImageError, PermanentQueueError, QueueAPIError
-from jobs.lifecycle import STEP_OF, UNCONFIRMED_ADVICE, Call, CallFailed, GiveUp, JobUpdate, Move, Step, StepCrashed
+from jobs.lifecycle import STEP_OF, JobUpdate, Move, Step
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.reconcile import input_digest, start_timeout_s
 from jobs.record import JobRecord

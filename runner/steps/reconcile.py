@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 
+from jobs.decisions import UNCONFIRMED_ADVICE, Call, GiveUp
 from jobs.errors import QueueAPIError
-from jobs.lifecycle import UNCONFIRMED_ADVICE, Call, GiveUp, JobUpdate, Move
+from jobs.lifecycle import JobUpdate, Move
 from jobs.reconcile import Absent, Adopt, LookAgain, Unsettled, absent_after, settle, start_timeout_s
 from jobs.record import Attempt, JobRecord, Reconciled
 from jobs.status import JobStatus
