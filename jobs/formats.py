@@ -11,14 +11,14 @@ import csv
 import difflib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
 import yaml
 
-from jobs.diagnostics import Diagnostic
+from jobs.diagnostics import Diagnostic, Severity
 from jobs.errors import TooDeepError
 from jobs.values import (
     MAX_NESTING_DEPTH,
@@ -35,6 +35,9 @@ YAML_KEYS = ("endpoint", "pass_through", "defaults", "matrix", "jobs", "name", "
 #: CSV column suffix that makes a cell JSON, for fields the schema cannot type (pass-through).
 JSON_SUFFIX = ":json"
 _MAX_CELL_CHARS = 256 * 1024 * 1024
+#: A YAML `jobs` list is read whole, about 5 times slower than the same rows in CSV or JSONL (which stream):
+#: longer ones are warned of (bench/bench_manifest.py measures it).
+YAML_LIST_ADVISED = 20_000
 
 
 @dataclass
@@ -63,7 +66,8 @@ class ManifestFile:
     """A manifest as read: file-level settings, records and the problems found."""
 
     file: str
-    records: list[Record] = field(default_factory=list)
+    #: Read as iterated (once) for CSV, TSV and JSONL; a list for YAML and from `read_manifest`.
+    records: Iterable[Record] = field(default_factory=list)
     endpoint: str | None = None
     endpoint_line: int | None = None
     defaults: Layer = field(default_factory=Layer)
@@ -73,40 +77,61 @@ class ManifestFile:
     pass_through: bool = False
     #: A value of `defaults` or `matrix` cannot be sent: it shapes every job, so none is made.
     shared_values_bad: bool = False
+    #: Some text was read (a manifest of blank lines is empty).
+    has_text: bool = False
+    #: False when reading stopped before the end (the rest is unread): none of it may run.
+    complete: bool = True
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     def error(self, line: int | None, field_name: str | None, message: str) -> None:
         self.diagnostics.append(Diagnostic(self.file, line, field_name, message))
 
+    def warn(self, line: int | None, field_name: str | None, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.file, line, field_name, message, Severity.WARNING))
+
 
 def read_manifest(file: str, data: bytes) -> ManifestFile:
-    """Parse `data`, named `file` in messages, by the format its suffix names."""
+    """Parse `data`, named `file` in messages, by the format its suffix names; every record read."""
+    out = open_manifest(file, io.BytesIO(data))
+    out.records = list(out.records)
+    return out
+
+
+def open_manifest(file: str, source: Iterable[bytes]) -> ManifestFile:
+    """Start reading a manifest from its lines (bytes), named `file` in messages.
+
+    CSV, TSV and JSONL records are read one at a time as `records` is iterated
+    (once): a manifest of a million rows is never held whole. Their problems
+    join `diagnostics` as they are met. YAML is read at once.
+    """
     out = ManifestFile(file)
     kind = SUFFIXES.get(PurePath(file).suffix.lower())
     if kind is None:
         out.error(None, None, f"unknown manifest format; use one of {', '.join(SUFFIXES)}")
         return out
-    text = _decode(out, data)
-    if text is None:
-        return out
-    if not text.strip():
-        out.error(None, None, "empty manifest: no jobs")
-        return out
+    lines = _decoded_lines(out, source)
     if kind in ("csv", "tsv"):
-        _read_csv(out, text, "," if kind == "csv" else "\t")
+        out.records = _read_csv(out, lines, "," if kind == "csv" else "\t")
     elif kind == "jsonl":
-        _read_jsonl(out, text)
+        out.records = _read_jsonl(out, lines)
     else:
-        _read_yaml(out, text)
-    _check_values(out)
+        text = "".join(lines)
+        if not out.has_text and out.complete:
+            out.error(None, None, "empty manifest: no jobs")
+        elif out.complete:  # else not UTF-8: said
+            _read_yaml(out, text)
     return out
 
 
-def _check_values(out: ManifestFile) -> None:
-    """Report values that can never be sent where they sit; their record is not made a job."""
-    for record in out.records:
+def _checked(out: ManifestFile, records: Iterable[Record]) -> Iterator[Record]:
+    """`records`, each marked broken if a value can never be sent where it sits (reported)."""
+    for record in records:
         if not record.broken and _layer_problems(out, record.layer):
             record.broken = True
+        yield record
+
+
+def _check_shared_values(out: ManifestFile) -> None:
     for layer, where in ((out.defaults, "defaults"), (out.matrix, "matrix")):
         if _layer_problems(out, layer, where):  # it shapes every job: none is made, even with --skip-invalid
             out.shared_values_bad = True
@@ -126,25 +151,29 @@ def _layer_problems(out: ManifestFile, layer: Layer, where: str | None = None) -
     return bad
 
 
-def _decode(out: ManifestFile, data: bytes) -> str | None:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        byte = data[exc.start]
-        out.error(line, None, f"not UTF-8 (byte 0x{byte:02x} at column {column}); save the file as UTF-8")
-        return None
+def _decoded_lines(out: ManifestFile, source: Iterable[bytes]) -> Iterator[str]:
+    """The text of each line (ending kept); a line that is not UTF-8 is reported and ends the reading."""
+    for number, raw in enumerate(source, 1):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            out.error(number, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the"
+                                    " file as UTF-8")  # fmt: skip
+            out.complete = False
+            return
+        if text.strip():
+            out.has_text = True
+        yield text
 
 
 # --- CSV / TSV ---------------------------------------------------------------
 
 
-def _read_csv(out: ManifestFile, text: str, delimiter: str) -> None:
+def _read_csv(out: ManifestFile, lines: Iterable[str], delimiter: str) -> Iterator[Record]:
     csv.field_size_limit(_MAX_CELL_CHARS)  # data URIs in cells outgrow the 128 KiB default
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     header: list[str] | None = None
-    line = 1
+    line, rows = 1, 0
     try:
         for cells in reader:
             start, line = line, reader.line_num + 1
@@ -153,16 +182,23 @@ def _read_csv(out: ManifestFile, text: str, delimiter: str) -> None:
             if header is None:
                 header = _read_header(out, start, cells)
                 if header is None:
+                    out.complete = False
                     return
                 continue
-            _add_csv_record(out, start, header, cells)
+            rows += 1
+            yield from _checked(out, [_csv_record(out, rows, start, header, cells)])
     except csv.Error as exc:
         hint = " (a quoted cell is never closed)" if "end of data" in str(exc) else ""
-        out.error(reader.line_num or 1, None, f"malformed CSV: {exc}{hint}")
+        out.error(line, None, f"malformed CSV: {exc}{hint}")  # the line its record began on
+        out.complete = False
         return
-    if header is None:
+    if not out.complete:
+        return  # not UTF-8: said
+    if not out.has_text:
+        out.error(None, None, "empty manifest: no jobs")
+    elif header is None:
         out.error(1, None, "no header row: every cell is empty")
-    elif not out.records and not out.diagnostics:
+    elif not rows and not out.diagnostics:
         out.error(1, None, "no rows under the header")
 
 
@@ -179,12 +215,10 @@ def _read_header(out: ManifestFile, line: int, cells: list[str]) -> list[str] | 
     return names if ok else None
 
 
-def _add_csv_record(out: ManifestFile, line: int, header: list[str], cells: list[str]) -> None:
-    row = len(out.records) + 1
+def _csv_record(out: ManifestFile, row: int, line: int, header: list[str], cells: list[str]) -> Record:
     if len(cells) != len(header):
         out.error(line, None, f"row has {len(cells)} fields, the header has {len(header)}")
-        out.records.append(Record(row, Layer(line=line), broken=True))  # keeps row numbers true
-        return
+        return Record(row, Layer(line=line), broken=True)  # keeps row numbers true
     layer = Layer(line=line)
     text_keys = set()
     broken = False
@@ -198,7 +232,7 @@ def _add_csv_record(out: ManifestFile, line: int, header: list[str], cells: list
             layer.values[name] = cell
             text_keys.add(name)
     layer.text_keys = frozenset(text_keys)
-    out.records.append(Record(row, layer, broken=broken))
+    return Record(row, layer, broken=broken)
 
 
 def _add_json_cell(out: ManifestFile, line: int, layer: Layer, key: str, cell: str) -> bool:
@@ -217,9 +251,10 @@ def _add_json_cell(out: ManifestFile, line: int, layer: Layer, key: str, cell: s
 # --- JSONL -------------------------------------------------------------------
 
 
-def _read_jsonl(out: ManifestFile, text: str) -> None:
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends.
-    for number, raw in enumerate(text.split("\n"), 1):
+def _read_jsonl(out: ManifestFile, lines: Iterable[str]) -> Iterator[Record]:
+    rows = 0
+    # Lines end at "\n" only: JSON strings may hold U+2028 and friends.
+    for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
@@ -236,7 +271,10 @@ def _read_jsonl(out: ManifestFile, text: str) -> None:
         if not isinstance(value, dict):
             out.error(number, None, f"expected a JSON object, got {type(value).__name__}")
             continue
-        out.records.append(Record(len(out.records) + 1, Layer(values=value, line=number)))
+        rows += 1
+        yield from _checked(out, [Record(rows, Layer(values=value, line=number))])
+    if out.complete and not out.has_text:
+        out.error(None, None, "empty manifest: no jobs")
 
 
 class _DuplicateKeyError(ValueError):
@@ -326,6 +364,7 @@ def _read_yaml(out: ManifestFile, text: str) -> None:
     out.defaults = _read_yaml_layer(out, doc, "defaults")
     out.matrix = _read_yaml_layer(out, doc, "matrix")
     _check_matrix(out)
+    _check_shared_values(out)
     _read_yaml_jobs(out, doc)
 
 
@@ -410,12 +449,18 @@ def _read_yaml_jobs(out: ManifestFile, doc: _LocatedDict) -> None:
         return
     if not jobs and not out.matrix.values:
         out.error(line, "jobs", "no jobs: the list is empty")
+    if len(jobs) > YAML_LIST_ADVISED:
+        out.warn(line, "jobs", f"a YAML list of {len(jobs):,} jobs is read whole, about 5 times slower than CSV or"
+                               f" JSONL, which stream; beyond {YAML_LIST_ADVISED:,} jobs write JSONL (one JSON object"
+                               " per line) or a `matrix`")  # fmt: skip
+    records = []
     for number, item in enumerate(jobs, 1):
         if not isinstance(item, _LocatedDict):
             out.error(line, f"jobs[{number - 1}]", "each job must be a mapping of field names to values")
-            out.records.append(Record(number, Layer(line=line), broken=True))
+            records.append(Record(number, Layer(line=line), broken=True))
             continue
         _report_repeats(out, item)
         broken = _report_odd_keys(out, item, f"jobs[{number - 1}]")
         layer = Layer(values=dict(item), key_lines=item.key_lines, line=item.line)
-        out.records.append(Record(number, layer, broken=broken))
+        records.append(Record(number, layer, broken=broken))
+    out.records = list(_checked(out, records))

@@ -8,15 +8,17 @@ raises on bad input.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobs.diagnostics import Diagnostic, Severity, dedupe
 from jobs.endpoints import Endpoint, FieldKind, close_known_endpoint, resolve_endpoint
-from jobs.formats import Layer, ManifestFile, Record, read_manifest
+from jobs.formats import Layer, ManifestFile, Record, open_manifest
 from jobs.images import ImageRefKind, classify_image_ref, image_ref_values
 from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id
 from jobs.values import load_json, value_problem
@@ -51,16 +53,43 @@ class ImageSite:
     kind: ImageRefKind
 
 
+#: What is wrong with a local image or data URI of the manifest (None: nothing), from I/O the caller does.
+ImageCheck = Callable[[ImageSite], "str | None"]
+
+
+@dataclass
+class Tally:
+    """What the jobs made of a manifest were, counted as they were made (they need not be kept)."""
+
+    jobs: int = 0
+    per_endpoint: Counter[str] = field(default_factory=Counter)
+    #: Rows a matrix made several jobs of, and the jobs it made of them.
+    expanded_rows: int = 0
+    expanded_jobs: int = 0
+
+    def add(self, job: Job) -> None:
+        self.jobs += 1
+        self.per_endpoint[job.endpoint] += 1
+
+    def row_done(self, made: int) -> None:
+        """Note that `made` jobs were made of one row."""
+        if made > 1:
+            self.expanded_rows += 1
+            self.expanded_jobs += made
+
+
 @dataclass
 class Batch:
     """The jobs of a manifest, the number of records read, and every problem found."""
 
     file: str
+    #: The valid jobs, in manifest order (empty when parsed with `keep_jobs=False`: see `made`).
     jobs: list[Job]
     records: int
     diagnostics: list[Diagnostic] = field(default_factory=list)
-    #: Local paths and data URIs of every row, valid or not, so that all are checked at once.
-    image_sites: list[ImageSite] = field(default_factory=list)
+    made: Tally = field(default_factory=Tally)
+    #: False when reading stopped before the end of the file: what was not read cannot be skipped, so none runs.
+    complete: bool = True
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -72,49 +101,76 @@ class Batch:
 
     def matrix_expansion(self) -> tuple[int, int]:
         """(rows the matrix expanded, jobs it made of them); a matrix-only YAML counts as one row."""
-        expanded = Counter(job.row for job in self.jobs)
-        rows = [row for row, count in expanded.items() if count > 1]
-        return len(rows), sum(expanded[row] for row in rows)
+        return self.made.expanded_rows, self.made.expanded_jobs
 
     def jobs_per_endpoint(self) -> dict[str, int]:
-        return dict(sorted(Counter(job.endpoint for job in self.jobs).items()))
+        return dict(sorted(self.made.per_endpoint.items()))
 
 
-def parse_manifest(file: str, data: bytes, options: ManifestOptions | None = None) -> Batch:
-    """Read, expand and validate a manifest; `file` names it in every diagnostic."""
+def parse_manifest(file: str, data: bytes | Iterable[bytes], options: ManifestOptions | None = None,
+                   check_image: ImageCheck | None = None, keep_jobs: bool = True) -> Batch:  # fmt: skip
+    """Read, expand and validate a manifest (its bytes, or its lines); `file` names it in every diagnostic.
+
+    `check_image` checks each local image path and data URI (none are checked without it). Without
+    `keep_jobs`, jobs are counted and forgotten: validating a million rows holds little more than their ids.
+    """
     options = options or ManifestOptions()
-    manifest = read_manifest(file, data)
-    builder = _BatchBuilder(manifest, options)
-    jobs = builder.build()
-    records = len(manifest.records) if manifest.has_jobs_list else 1  # the matrix alone is one row
+    manifest = open_manifest(file, io.BytesIO(data) if isinstance(data, bytes) else data)
+    builder = _BatchBuilder(manifest, options, check_image, keep_jobs)
+    builder.build()
     found = dedupe(manifest.diagnostics + builder.diagnostics)
     found.sort(key=lambda d: d.line or 0)
-    sites = list(dict.fromkeys(builder.image_sites))
-    return Batch(file, jobs, records, found, sites)
+    return Batch(file, builder.jobs, builder.records, found, builder.made, manifest.complete)
 
 
 class _BatchBuilder:
-    def __init__(self, manifest: ManifestFile, options: ManifestOptions) -> None:
+    def __init__(self, manifest: ManifestFile, options: ManifestOptions, check_image: ImageCheck | None,
+                 keep_jobs: bool) -> None:  # fmt: skip
         self.manifest = manifest
         self.options = options
+        self.check_image = check_image
+        self.keep_jobs = keep_jobs
         self.diagnostics: list[Diagnostic] = []
+        self.jobs: list[Job] = []
+        self.made = Tally()
+        self.records = 0
         self._endpoints: dict[str, Endpoint | None] = {}
-        self._user_ids: dict[str, tuple[int, int | None]] = {}
-        self.image_sites: list[ImageSite] = []
+        #: Each user id: the row and line it was first seen at, packed in one int (a million rows are many tuples).
+        self._user_ids: dict[str, int] = {}
+        #: Each job id made: the line of its first job; and how often each repeated id was made.
+        self._job_lines: dict[str, int | None] = {}
+        self._repeats: Counter[str] = Counter()
 
-    def build(self) -> list[Job]:
+    def build(self) -> None:
         if self.manifest.shared_values_bad:
-            return []
-        records = self.manifest.records
+            return
+        records: Iterable[Record] = self.manifest.records
         if not self.manifest.has_jobs_list:
             records = [Record(1, Layer(line=self.manifest.matrix.line))]
-        if not self._check_size(records):
-            return []
-        jobs = [job for record in records if not record.broken for job in self._expand(record)]
-        return self._settle_ids(jobs)
+        if isinstance(records, list) and not self._fits(sum(self._variant_count(r) for r in records)):
+            return  # refused before a job is made: a matrix may expand to millions
+        counted = 0
+        for record in records:
+            self.records += 1
+            counted += self._variant_count(record)
+            if record.broken or counted > self.options.max_jobs:
+                continue
+            made = 0
+            for job in self._expand(record):
+                job = self._settle_id(job)
+                made += 1
+                self.made.add(job)
+                if self.keep_jobs:
+                    self.jobs.append(job)
+            self.made.row_done(made)
+        if not self._fits(counted):
+            self.jobs.clear()
+            self.made = Tally()
+        if not self.manifest.has_jobs_list:
+            self.records = 1  # the matrix alone is one row
 
-    def _check_size(self, records: list[Record]) -> bool:
-        total = sum(self._variant_count(record) for record in records)
+    def _fits(self, total: int) -> bool:
+        """Whether `total` jobs are allowed (if not, it is reported)."""
         if total <= self.options.max_jobs:
             return True
         limit = self.options.max_jobs
@@ -135,16 +191,15 @@ class _BatchBuilder:
             count *= len(self.manifest.matrix.values[key])
         return count
 
-    def _expand(self, record: Record) -> list[Job]:
+    def _expand(self, record: Record) -> Iterator[Job]:
+        """The valid jobs of `record`, one per combination of its matrix values, made as they are taken."""
         keys = self._matrix_keys(record)
+        several = self._variant_count(record) > 1
         combos = itertools.product(*(self.manifest.matrix.values[key] for key in keys))
-        variants = [dict(zip(keys, combo, strict=True)) for combo in combos]
-        jobs = []
-        for number, combo in enumerate(variants, 1):
-            job = self._make_job(record, combo, number, several=len(variants) > 1)
+        for number, combo in enumerate(combos, 1):
+            job = self._make_job(record, dict(zip(keys, combo, strict=True)), number, several)
             if job is not None:
-                jobs.append(job)
-        return jobs
+                yield job
 
     def _make_job(self, record: Record, combo: dict[str, Any], variant: int, several: bool) -> Job | None:
         merged = _Merged(self.manifest, record, combo)
@@ -268,8 +323,11 @@ class _BatchBuilder:
                 except ValueError as exc:
                     self._error(merged.line_of(name), label, str(exc))
                     continue
-                if kind is not ImageRefKind.URL:
-                    self.image_sites.append(ImageSite(merged.line_of(name), label, ref, kind))
+                if kind is ImageRefKind.URL or self.check_image is None:
+                    continue
+                problem = self.check_image(ImageSite(merged.line_of(name), label, ref, kind))
+                if problem:
+                    self._error(merged.line_of(name), label, problem)
 
     def _user_id(self, merged: _Merged, row: int) -> str | None:
         if merged.get("id") is None:
@@ -279,32 +337,35 @@ class _BatchBuilder:
         except ValueError as exc:
             self._error(merged.line_of("id"), "id", str(exc))
             return None
-        first_row, first_line = self._user_ids.setdefault(user_id, (row, merged.line))
+        first = self._user_ids.setdefault(user_id, _pack(row, merged.line))
+        first_row, first_line = _unpack(first)
         if first_row != row:
             self._error(merged.line_of("id"), "id", f"duplicate id {user_id!r} (first at line {first_line})")
         return user_id
 
-    def _settle_ids(self, jobs: list[Job]) -> list[Job]:
-        """Number the repeats of an identical input (`<id>-2`, ...) and warn of each."""
-        first: dict[str, Job] = {}
-        seen: Counter[str] = Counter()
-        settled = []
-        for job in jobs:
-            seen[job.id] += 1
-            earlier = first.setdefault(job.id, job)
-            if earlier is job:
-                settled.append(job)
-                continue
-            new_id = f"{job.id}-{seen[job.id]}"
-            self._warn(job.line, None, f"same input as line {earlier.line}; runs again as job {new_id!r}")
-            settled.append(replace(job, id=new_id))
-        return settled
+    def _settle_id(self, job: Job) -> Job:
+        """The job, numbered (`<id>-2`, ...) if an earlier one had the same id (an identical input), and warned of."""
+        if job.id not in self._job_lines:
+            self._job_lines[job.id] = job.line
+            return job
+        self._repeats[job.id] += 1
+        new_id = f"{job.id}-{self._repeats[job.id] + 1}"
+        self._warn(job.line, None, f"same input as line {self._job_lines[job.id]}; runs again as job {new_id!r}")
+        return replace(job, id=new_id)
 
     def _error(self, line: int | None, name: str | None, message: str) -> None:
         self.diagnostics.append(Diagnostic(self.manifest.file, line, name, message))
 
     def _warn(self, line: int | None, name: str | None, message: str) -> None:
         self.diagnostics.append(Diagnostic(self.manifest.file, line, name, message, Severity.WARNING))
+
+
+def _pack(row: int, line: int | None) -> int:
+    return row << 32 | (line or 0)
+
+
+def _unpack(packed: int) -> tuple[int, int | None]:
+    return packed >> 32, (packed & 0xFFFFFFFF) or None
 
 
 class _Merged:

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import string
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -386,3 +387,71 @@ def test_a_close_endpoint_confirmed_as_meant_passes_through(
 def test_pass_through_is_checked_on_rows_of_known_endpoints_too() -> None:
     batch = parse("m.csv", f"prompt,image_url,pass_through\nx,{URL},maybe\n", WAN22_I2I)
     assert messages(batch) == ["m.csv:2: pass_through: must be true or false"]
+
+
+def test_a_manifest_is_read_as_its_lines_arrive_and_jobs_need_not_be_kept() -> None:
+    """Validation streams: it counts what it checked, holding no job, and reads each line once, in order."""
+    read: list[int] = []
+
+    def lines() -> Iterator[str]:
+        yield "id,prompt,image_url,image_urls,endpoint\n"
+        for n in range(1, 301):
+            read.append(n)
+            yield f"r{n},prompt {n},{URL},,{WAN22_I2I}\n" if n % 3 else f"r{n},prompt {n},,{URL},{WAN25_I2I}\n"
+
+    counted = parse_manifest("m.csv", (line.encode() for line in lines()), keep_jobs=False)
+    kept = parse_manifest("m.csv", "".join(lines()).encode())
+    assert read == list(range(1, 301)) * 2
+    assert counted.jobs == [] and counted.errors == [] and counted.records == 300
+    assert counted.made.jobs == len(kept.jobs) == 300
+    assert counted.jobs_per_endpoint() == kept.jobs_per_endpoint() == {WAN22_I2I: 200, WAN25_I2I: 100}
+
+
+def test_counts_without_keeping_jobs_match_the_jobs_for_matrices_and_repeats() -> None:
+    text = f"""endpoint: {WAN25_I2I}
+defaults: {{image_urls: [{URL}]}}
+matrix: {{seed: [1, 2, 3]}}
+jobs:
+  - {{id: a, prompt: x}}
+  - {{prompt: y, seed: 9}}
+  - {{prompt: y, seed: 9}}
+"""
+    counted = parse_manifest("m.yaml", text.encode(), keep_jobs=False)
+    kept = parse_manifest("m.yaml", text.encode())
+    assert counted.made == kept.made and counted.made.jobs == len(kept.jobs) == 5
+    assert counted.matrix_expansion() == (1, 3)
+    assert messages(counted) == messages(kept) == ["m.yaml:7: warning: same input as line 6; runs again as job"
+                                                   f" '{kept.jobs[-1].id}'"]
+    assert kept.jobs[-1].id.endswith("-2")
+
+
+def test_a_streamed_manifest_over_max_jobs_is_counted_to_its_end_and_makes_none() -> None:
+    rows = b"prompt,image_urls\n" + b"".join(f"p{n},https://x.test/{n}.png\n".encode() for n in range(12))
+    batch = parse_manifest("m.csv", io.BytesIO(rows), ManifestOptions(max_jobs=8, default_endpoint=WAN25_I2I),
+                           keep_jobs=False)  # fmt: skip
+    assert messages(batch) == ["m.csv: it has 12 jobs, more than 8: raise --max-jobs to run them all, or split the"
+                               " manifest"]
+    assert batch.jobs == [] and batch.made.jobs == 0 and batch.records == 12
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"prompt,image_url\nok," + URL.encode() + b"\n\xff bad," + URL.encode() + b"\nlater," + URL.encode() + b"\n",
+     "m.csv:3: not UTF-8 (byte 0xff at column 1); save the file as UTF-8"),
+    (b'prompt,image_url\nok,' + URL.encode() + b'\n"never closed,x\nlater,' + URL.encode() + b"\n",
+     "m.csv:3: malformed CSV: unexpected end of data (a quoted cell is never closed)"),
+])  # fmt: skip
+def test_a_manifest_not_read_to_its_end_is_incomplete(data: bytes, message: str) -> None:
+    """Rows after the place reading stopped are neither jobs nor reported: such a batch may not run skipping them."""
+    batch = parse_manifest("m.csv", data, ManifestOptions(default_endpoint=WAN22_I2I))
+    assert messages(batch) == [message]
+    assert not batch.complete and [job.input["prompt"] for job in batch.jobs] == ["ok"]
+
+
+def test_a_long_yaml_jobs_list_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jobs.formats.YAML_LIST_ADVISED", 2)
+    text = f"endpoint: {WAN22_I2I}\njobs:\n" + "".join(f"  - {{prompt: p{n}, image_url: {URL}}}\n" for n in range(3))
+    batch = parse_manifest("m.yaml", text.encode())
+    assert messages(batch) == ["m.yaml:2: warning: jobs: a YAML list of 3 jobs is read whole, about 5 times slower"
+                               " than CSV or JSONL, which stream; beyond 2 jobs write JSONL (one JSON object per"
+                               " line) or a `matrix`"]
+    assert len(batch.jobs) == 3

@@ -179,3 +179,14 @@ def test_an_internal_error_is_one_line_exit_3_and_never_shows_a_credential(monke
     assert result.exit_code == 3 and "Traceback" not in result.output
     assert result.stderr.strip() == ("internal error: RuntimeError: boom with key [redacted] in it; please report it"
                                      " (WAN_BATCH_TRACEBACK=1 shows where)")
+
+
+def test_skip_invalid_never_runs_a_manifest_read_only_part_way(tmp_path: Path) -> None:
+    """Rows after a byte that is not UTF-8 were never read, so they cannot be skipped and reported: none runs."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(Path(EXAMPLE).read_bytes() + b"\xff not text,https://x.test/a.png\n")
+    result = CliRunner().invoke(main, ["run", str(manifest), "--sim", "--skip-invalid", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert f"{manifest}:" in result.stderr and "not UTF-8" in result.stderr
+    assert f"{manifest}: not run; fix the errors above" in result.stderr
+    assert not (tmp_path / "out" / "m").exists(), "no batch recorded"

@@ -62,7 +62,7 @@ def test_what_crashed_validate_is_a_located_error(tmp_path: Path, name: str, tex
 def test_an_internal_error_is_one_line_and_exit_3_not_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No manifest is left that crashes the loader, so a bug is stood in for (the only patch in this file)."""
 
-    def crash(*_args: object) -> Batch:
+    def crash(*_args: object, **_options: object) -> Batch:
         raise RecursionError("maximum recursion depth exceeded\nwhile doing something")
 
     monkeypatch.setattr("runner.cli.batch.load_manifest", crash)

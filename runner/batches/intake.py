@@ -78,13 +78,14 @@ class RunResult:
 def load_batch(request: RunRequest, data: bytes | None = None) -> Batch:
     """The validated manifest (or its kept content `data`); raises ManifestError unless it may run.
 
-    A manifest with errors may run only with `skip_invalid`, and only if some rows are valid.
+    A manifest with errors may run only with `skip_invalid`, only if some rows are valid, and only if it
+    was read to its end (rows not read cannot be reported as skipped).
     """
     settings = InputSettings(max_image_bytes=int(request.max_image_mb * MIB))
     options = ManifestOptions(default_endpoint=request.endpoint, allowed_endpoints=frozenset(request.allowed_endpoints),
                               max_jobs=request.max_jobs)  # fmt: skip
     batch = load_manifest(request.manifest, options, settings, data)
-    if (batch.errors and not request.skip_invalid) or not batch.jobs:
+    if (batch.errors and not (request.skip_invalid and batch.complete)) or not batch.jobs:
         raise ManifestError(batch.diagnostics)
     return batch
 

@@ -75,7 +75,7 @@ def validate(manifest: Path, endpoint: str | None, max_image_mb: float, allowed:
     manifest_options = ManifestOptions(default_endpoint=endpoint, allowed_endpoints=frozenset(allowed),
                                        max_jobs=max_jobs)  # fmt: skip
     try:
-        batch = load_manifest(manifest, manifest_options, settings)
+        batch = load_manifest(manifest, manifest_options, settings, keep_jobs=check_urls)  # else only counted
         if as_json:
             click.echo(json.dumps(_batch_summary(batch), indent=2))
         else:
@@ -114,7 +114,7 @@ def _batch_summary(batch: Batch) -> dict[str, object]:
         "file": batch.file,
         "ok": not batch.errors,
         "records": batch.records,
-        "jobs": len(batch.jobs),
+        "jobs": batch.made.jobs,
         "jobs_per_endpoint": batch.jobs_per_endpoint(),
         "matrix_expanded": dict(zip(("rows", "jobs"), batch.matrix_expansion(), strict=True)),
         "errors": [d.to_dict() for d in batch.errors],
@@ -130,7 +130,7 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
     if errors:
         click.echo(f"{batch.file}: {errors} error(s), {warnings} warning(s); nothing would be submitted")
         return
-    click.echo(f"{batch.file}: ok, {len(batch.jobs)} job(s) from {batch.records} row(s), {warnings} warning(s)")
+    click.echo(f"{batch.file}: ok, {batch.made.jobs} job(s) from {batch.records} row(s), {warnings} warning(s)")
     rows, made = batch.matrix_expansion()
     if rows:
         click.echo(f"  matrix: expanded {rows} row(s) into {made} job(s)")

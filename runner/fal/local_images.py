@@ -9,7 +9,6 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from jobs.diagnostics import Diagnostic
 from jobs.endpoints import resolve_endpoint
 from jobs.errors import LocalImageError
 from jobs.images import (
@@ -20,7 +19,7 @@ from jobs.images import (
     image_ref_values,
 )
 from jobs.job import Job
-from jobs.manifest import Batch
+from jobs.manifest import ImageCheck, ImageSite
 
 
 @dataclass(frozen=True)
@@ -30,15 +29,14 @@ class _Probe:
     problem: str | None
 
 
-def check_batch_images(batch: Batch, base_dir: Path, max_bytes: int) -> list[Diagnostic]:
-    """Located errors for every local file or data URI in `batch` that cannot be sent."""
-    found: list[Diagnostic] = []
+def image_checker(base_dir: Path, max_bytes: int) -> ImageCheck:
+    """What is wrong with a manifest's local file (relative to `base_dir`) or data URI; each file is read once."""
     probe = lru_cache(maxsize=4096)(_probe_file)
-    for site in batch.image_sites:
-        problem = _ref_problem(site.value, site.kind, base_dir, max_bytes, probe)
-        if problem:
-            found.append(Diagnostic(batch.file, site.line, site.field, problem))
-    return found
+
+    def check(site: ImageSite) -> str | None:
+        return _ref_problem(site.value, site.kind, base_dir, max_bytes, probe)
+
+    return check
 
 
 def inline_local_images(job: Job, base_dir: Path, max_bytes: int) -> dict[str, Any]:
