@@ -24,7 +24,7 @@ from celery.worker.consumer import Consumer
 from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import UsageError
 from jobs.lifecycle import STEP_OF
-from runner.batches import operations
+from runner.batches import notifications, operations
 from runner.ledger.connection import redis_py_url
 from runner.ledger.keys import Keys
 from runner.ledger.timers import Timer, TimerKind, worker_mark
@@ -175,6 +175,11 @@ def _notify(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
     ctx.timers.finish(timer, mark, None if delay_s is None else ctx.clock() + delay_s)
 
 
+def _notify_batch(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
+    delay_s = notifications.notify_batch(ctx, timer.owner, ctx.timers.tries(timer))
+    ctx.timers.finish(timer, mark, None if delay_s is None else ctx.clock() + delay_s)
+
+
 def _start_waiting(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> None:
     fired = firings.start_waiting(ctx, timer.owner, timer.item)
     ctx.timers.finish(timer, mark, None)
@@ -182,10 +187,12 @@ def _start_waiting(runtime: Runtime, ctx: Context, timer: Timer, mark: str) -> N
 
 
 def after_firing(runtime: Runtime, ctx: Context, fired: firings.Fired) -> None:
-    """Set the timers a firing step leaves: firings that waited start, the notification goes out."""
+    """Set the timers a firing step (or a batch's end) leaves: firings that waited start, notifications go out."""
     due = [Timer(TimerKind.START, fired.schedule, firing_id) for firing_id in fired.start]
     if fired.notify and fired.firing is not None:
         due.append(Timer(TimerKind.NOTIFY, fired.schedule, fired.firing.id))
+    if fired.notify_batch is not None:
+        due.append(Timer.batch_notify(fired.notify_batch))
     ctx.timers.schedule(due, ctx.clock())
     if due or fired.batch_id:
         runtime.wake_at(ctx.clock())
@@ -196,6 +203,7 @@ _HANDLERS: dict[TimerKind, Callable[[Runtime, Context, Timer, str], None]] = {
     TimerKind.END: _end_batch,
     TimerKind.NOTIFY: _notify,
     TimerKind.START: _start_waiting,
+    TimerKind.BATCH_NOTIFY: _notify_batch,
 }
 
 

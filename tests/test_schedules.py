@@ -18,10 +18,11 @@ from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.schedule import When
 from jobs.status import IN_FLIGHT, JobStatus
 from runner.batches import operations
+from runner.batches.notifications import WORKER_NOTIFY
 from runner.ledger.store import Ledger
 from runner.ledger.timers import Timer, TimerKind
 from runner.schedules import beat, firings
-from runner.schedules.store import NOTIFY_TRIES, STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore
+from runner.schedules.store import STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore
 from runner.settings import WorkerSettings
 from runner.steps.context import Context
 from runner.steps.dispatch import QUEUE
@@ -31,6 +32,7 @@ from tests.test_run_e2e import write_manifest
 
 SLOT = datetime(2026, 11, 22, 1, 0, tzinfo=UTC).timestamp()  # 02:00 in Berlin
 HOUR = 3600.0
+NOTIFY_TRIES = WORKER_NOTIFY.tries
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, ValidationError
@@ -61,6 +61,8 @@ class RunRequest(BaseModel):
     sample: int | None = Field(default=None, gt=0)
     #: With a shared Redis: seconds without any job changing status before hinting that no worker runs.
     stall_hint_s: float = Field(default=60.0, gt=0)
+    #: POST the batch's summary here when it ends (`--notify`): by `run` at its end, by a worker for `submit`.
+    notify: str | None = None
 
 
 @dataclass
@@ -73,6 +75,13 @@ class RunResult:
     summary: dict[str, object]
     synced: dict[str, int]
     failures: list[JobRecord]
+    #: How the notification of its end went (`--notify`): "sent (HTTP 200)", "failed after 3 tries (...)".
+    notified: str | None = None
+
+    @property
+    def summary_with_paths(self) -> dict[str, Any]:
+        """The report's summary and where the report is: what a firing keeps and a notify URL is sent."""
+        return {**self.summary, "report_csv": str(self.report_csv), "report_json": str(self.report_json)}
 
 
 def load_batch(request: RunRequest, data: bytes | None = None) -> Batch:
@@ -199,6 +208,7 @@ def record_batch(
         start_timeout_s=start_timeout_s(request.priority, request.start_timeout_s),
         api_url=api_url_of(request, provider), max_image_bytes=int(request.max_image_mb * MIB),
         report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
+        notify=request.notify if unattended else None,  # a run that follows its batch notifies itself
     )  # fmt: skip
     ledger.save_batch(info)
     ledger.save_skipped(batch_id, [error.to_dict() for error in batch.errors])  # only --skip-invalid runs have any

@@ -34,6 +34,7 @@ from runner.batches.intake import (
     record_batch,
     write_report,
 )
+from runner.batches.notifications import batch_notice, check_notify_url, notify_now
 from runner.batches.operations import resume_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
@@ -94,6 +95,7 @@ def check_run(request: RunRequest) -> None:
     if request.sim and request.base_url:
         raise UsageError("--sim cannot be used with --base-url: a --sim run sends to its own simulator")
     api_url_of(request, Provider.fal("checked-here") if request.sim else provider_for(request))
+    check_notify_url(request.notify)
     worker_settings()  # what the in-process worker reads from the environment
     check_writable(request.out, "--out")
 
@@ -154,7 +156,16 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
                 _follow(ledger, info.id, watchers, stall)
         finally:
             result = write_report(ledger, info, time.monotonic() - started, dict(synced))
+        if request.notify is not None:  # only once every job is final: a stop raises out of the follow above
+            result.notified = _notify_end(ledger, http, request.notify, result)
     return result
+
+
+def _notify_end(ledger: Ledger, http: httpx.Client, url: str, result: RunResult) -> str:
+    """POST the ended batch's summary to `url`, with a few tries; how it went."""
+    info = ledger.batch(result.batch_id)
+    assert info is not None, "the batch this run recorded"
+    return notify_now(http, batch_notice(info, result.summary_with_paths, url)).shown
 
 
 @contextmanager
@@ -272,10 +283,19 @@ def open_ledger(redis_url: str | None, out: Path) -> Iterator[tuple[Ledger, str]
             yield Ledger(client), broker_url
 
 
-def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int]]:
-    """Record and enqueue a batch in a shared Redis for its workers, without waiting."""
+def check_submit(request: RunRequest) -> None:
+    """Refuse, before anything starts, a submit without a shared Redis or with a bad notify URL (UsageError)."""
     if request.redis_url is None:
         raise UsageError("submit needs a shared Redis (--redis or REDIS_URL); on this machine use `wan-batch run`")
+    check_notify_url(request.notify)
+
+
+def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int]]:
+    """Record and enqueue a batch in a shared Redis for its workers, without waiting.
+
+    With `request.notify`, the worker that ends it POSTs its summary there. Raises UsageError as `check_submit`.
+    """
+    check_submit(request)
     with open_ledger(request.redis_url, request.out) as (ledger, _), httpx.Client() as http:
         ledger.redis.ping()  # an unreachable Redis is the first thing to say
         provider = provider_for(request, credential_needed=False)  # the workers hold it

@@ -23,6 +23,7 @@ from jobs.report import IMAGE_FIELDS
 from jobs.status import JobStatus
 from runner.batches.intake import RunRequest, RunResult, api_url_of, load_batch, shown_url, trial_jobs
 from runner.batches.manifests import load_manifest
+from runner.batches.notifications import shown_notify_url
 from runner.batches.run import Watchers, check_run, open_ledger, report_batch, run_batch
 from runner.batches.urlcheck import check_urls
 from runner.cli import options
@@ -172,12 +173,14 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Try only the first N jobs (the rest: rerun without it).")
 @click.option("--sample", type=click.IntRange(min=1),
               help="Try only N jobs spread over the manifest, the same N on every rerun.")
+@options.notify
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --quiet).")
 def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
     """Validate MANIFEST and run every job to the end; rerun the same command to resume.
 
-    Exits 0 when every job succeeded, 1 when some failed, 2 on bad usage.
+    Exits 0 when every job succeeded, 1 when some failed, 2 on bad usage
+    (a --notify that was not delivered is said on stderr; it changes no exit code).
     Ctrl-C (exit 130) and SIGTERM (exit 143) stop it cleanly: requests
     already at fal are kept and the report is written; rerun to resume.
     """
@@ -211,6 +214,8 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
         click.echo(f"\n{how}: requests already at fal are kept; run the same command again to resume", err=True)
         sys.exit(code)
     _print_result(result, as_json)
+    if request.notify is not None and result.notified is not None:
+        click.echo(f"notify {shown_notify_url(request.notify)}: {result.notified}", err=True)
     sys.exit(0 if result.counts[JobStatus.FAILED] == 0 and result.counts[JobStatus.CANCELLED] == 0 else 1)
 
 

@@ -25,7 +25,8 @@ from jobs.report import brief
 from jobs.status import JobStatus
 from runner.batches import operations
 from runner.batches.intake import RunRequest, load_batch
-from runner.batches.run import open_ledger, submit_batch
+from runner.batches.notifications import shown_notify_url
+from runner.batches.run import check_submit, open_ledger, submit_batch
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar
@@ -73,10 +74,15 @@ def _context(ledger: Ledger, http: httpx.Client) -> Context:
 @click.option("--api-url", envvar="FAL_API_URL",
               help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
                    "FAL_KEY; none with a gateway), or none.")
+@options.notify
 def submit(manifest: Path, **options: Any) -> None:
-    """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once."""
+    """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once.
+
+    With --notify, the worker that ends the batch POSTs its summary (tried again for minutes if it fails).
+    """
     request = RunRequest(manifest=manifest, **options)
     try:
+        check_submit(request)  # before the manifest is read
         info, synced = submit_batch(request, load_batch(request))
     except ManifestError as exc:
         refuse_manifest(exc)
@@ -86,6 +92,8 @@ def submit(manifest: Path, **options: Any) -> None:
     click.echo(f"{info.jobs} job(s), {synced.get('added', 0)} new; watch it with `wan-batch watch {info.id}`", err=True)
     if credential_from_env(info.auth_scheme) is None:
         click.echo(f"no {CREDENTIAL_ENV[info.auth_scheme]} here: the workers use their own credential", err=True)
+    if info.notify is not None:
+        click.echo(f"when it ends, a worker POSTs its summary to {shown_notify_url(info.notify)}", err=True)
 
 
 @click.command()

@@ -15,6 +15,9 @@ allow_endpoint = click.option("--allow-endpoint", "allowed_endpoints", metavar="
                                    "(repeatable).")  # fmt: skip
 max_jobs = click.option("--max-jobs", type=click.IntRange(min=1), default=100_000, show_default=True,
                         help="Refuse a manifest that would make more jobs (rows times its matrix), before making any.")
+notify = click.option("--notify", metavar="URL",
+                      help="When the batch ends, POST its summary as JSON to this http(s) URL (only its host is ever "
+                           "shown: its path may hold a token).")  # fmt: skip
 loglevel = click.option("--loglevel", default="INFO", show_default=True,
                         help="How much it logs: DEBUG, INFO, WARNING or ERROR.")  # fmt: skip
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -18,13 +17,14 @@ from pydantic import ValidationError
 from jobs.errors import ManifestError, ScheduleError, UsageError
 from jobs.schedule import When
 from runner.batches.intake import RunRequest, api_url_of, batch_id_for, load_batch
+from runner.batches.notifications import check_notify_url, shown_notify_url
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
 from runner.ledger.store import Ledger
 from runner.schedules import beat
-from runner.schedules.store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore, shown_url
+from runner.schedules.store import LATE_AFTER_S, Firing, ScheduleSpec, ScheduleStore
 from runner.steps.dispatch import QUEUE
 from runner.tasks import FIRE_TASK, create_app
 
@@ -222,14 +222,7 @@ def _is_zone(name: str) -> bool:
 
 
 def _check_urls(notify: str | None, base_url: str | None, api_url: str | None = None) -> None:
-    if notify is not None:
-        try:
-            parts = urlsplit(notify)
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-        except ValueError:  # a port out of range, a broken IPv6 host
-            valid = False
-        if not valid:
-            raise UsageError("--notify: give an http(s) URL")
+    check_notify_url(notify)
     if base_url is not None:
         try:
             Provider(base_url=base_url, auth_scheme="Key", credential="checked-at-fire-time")
@@ -263,7 +256,8 @@ def _row(store: ScheduleStore, app: Any, name: str) -> dict[str, Any]:
     return {
         "name": name, "describe": when.describe(), "cron": when.cron.expr if when.cron else None,
         "at": when.at.isoformat() if when.at else None, "tz": when.tz, "paused": spec.paused,
-        "overlap": spec.overlap, "priority": spec.priority, "notify": shown_url(spec.notify) if spec.notify else None,
+        "overlap": spec.overlap, "priority": spec.priority,
+        "notify": shown_notify_url(spec.notify) if spec.notify else None,
         "next_run": None if due is None or spec.paused else due.isoformat(), "next_shown": next_shown,
         "last": _firing_dict(firings[0], store) if firings else None,
     }  # fmt: skip

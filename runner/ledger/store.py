@@ -84,6 +84,11 @@ class BatchInfo(BaseModel):
     report_when_done: bool = False
     #: The schedule whose firing made this batch.
     schedule: str | None = None
+    #: Where the worker that ends it POSTs its summary (`submit --notify`); its path and query may hold a
+    #: token: shown only as its host (`runner.batches.notifications.shown_notify_url`).
+    notify: str | None = None
+    #: Its report's summary and paths, stored by the worker that wrote the report, for the notification.
+    summary: dict[str, Any] | None = None
     #: How it is laid out in Redis (`LEDGER_FORMAT`); an older batch is not run by this version.
     ledger_format: int = LEDGER_FORMAT
 
@@ -138,6 +143,9 @@ class Ledger:
 
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
+
+    def set_batch_summary(self, batch_id: str, summary: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.batch(batch_id), "summary", json.dumps(summary))
 
     def batch_ids(self) -> list[str]:
         """Every batch, oldest first."""
@@ -359,7 +367,7 @@ class Ledger:
                 pipe.hdel(k.timer_claims, *members)
                 pipe.hdel(k.timer_tries, *members)
                 pipe.execute()
-        end = Timer.end(batch_id).member
+        batch_timers = [Timer.end(batch_id).member, Timer.batch_notify(batch_id).member]
         with self.redis.pipeline() as pipe:
             pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
                         k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id), k.request_bases(batch_id),
@@ -367,9 +375,9 @@ class Ledger:
                         k.unknown_endpoints(batch_id),
                         *(k.status_index(batch_id, s.value) for s in JobStatus),
                         *(k.side(batch_id, name) for name in _SIDE))  # fmt: skip
-            pipe.zrem(k.timers, end)
-            pipe.hdel(k.timer_claims, end)
-            pipe.hdel(k.timer_tries, end)
+            pipe.zrem(k.timers, *batch_timers)
+            pipe.hdel(k.timer_claims, *batch_timers)
+            pipe.hdel(k.timer_tries, *batch_timers)
             pipe.zrem(k.batches, batch_id)
             pipe.execute()
         return len(job_ids)

@@ -36,14 +36,16 @@ class TimerKind(str, Enum):
     NOTIFY = "notify"
     #: Starting a firing that waited for the one before it, by schedule and firing id.
     START = "start"
+    #: POSTing an unattended batch's summary to its own notify URL (`submit --notify`), by batch id.
+    BATCH_NOTIFY = "batch-notify"
 
 
 @dataclass(frozen=True)
 class Timer:
     kind: TimerKind
-    #: The batch id (STEP, END) or the schedule's name (NOTIFY, START).
+    #: The batch id (STEP, END, BATCH_NOTIFY) or the schedule's name (NOTIFY, START).
     owner: str
-    #: The job id (STEP) or the firing id (NOTIFY, START); "" for END.
+    #: The job id (STEP) or the firing id (NOTIFY, START); "" for END and BATCH_NOTIFY.
     item: str = ""
 
     @property
@@ -68,6 +70,10 @@ class Timer:
     @classmethod
     def end(cls, batch_id: str) -> Timer:
         return cls(TimerKind.END, batch_id)
+
+    @classmethod
+    def batch_notify(cls, batch_id: str) -> Timer:
+        return cls(TimerKind.BATCH_NOTIFY, batch_id)
 
 
 def worker_mark() -> str:

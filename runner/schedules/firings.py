@@ -13,33 +13,20 @@ the schedule's notify URL (`notify`).
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
-from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import ManifestError, WanBatchError
 from jobs.schedule import slot_label
 from runner.batches.intake import Unattended, enqueue_batch, load_batch, provider_for, write_report
+from runner.batches.notifications import Notice, notify_try
 from runner.batches.operations import purge_batches
-from runner.schedules.store import (
-    NOTIFY_TRIES,
-    STARTING_STALE_S,
-    Firing,
-    ScheduleSpec,
-    ScheduleStore,
-    Trigger,
-    shown_url,
-)
+from runner.schedules.store import STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore, Trigger
 from runner.settings import keep_days_from_env
 from runner.steps.context import Context
 
 log = logging.getLogger(__name__)
-#: Between tries of a notification that did not get through: 5 s, 15 s, 45 s, 135 s.
-NOTIFY_BACKOFF = Backoff(base_s=5.0, factor=3.0, cap_s=300.0, jitter=0.0)
 
 
 @dataclass
@@ -54,6 +41,8 @@ class Fired:
     start: list[str] = field(default_factory=list)
     #: POST `firing` to the schedule's notify URL.
     notify: bool = False
+    #: POST this ended batch's summary to its own notify URL (`wan-batch submit --notify`).
+    notify_batch: str | None = None
 
 
 def fire(
@@ -123,7 +112,8 @@ def start_firing(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, firing:
 
 
 def batch_ended(ctx: Context, batch_id: str) -> Fired:
-    """Write the ended batch's report; for a scheduled one, store its summary and start what waited.
+    """Write the ended batch's report; for a scheduled one, store its summary and start what waited; for one
+    with a notify URL, store its summary for the notification.
 
     Safe to repeat: the same report is written again.
     """
@@ -131,6 +121,9 @@ def batch_ended(ctx: Context, batch_id: str) -> Fired:
     if info is None or not info.report_when_done:
         return Fired("")
     result = write_report(ctx.ledger, info, (info.ended_at or ctx.clock()) - info.created_at, {})
+    if info.schedule is None and info.notify is not None:
+        ctx.ledger.set_batch_summary(batch_id, result.summary_with_paths)
+        return Fired("", notify_batch=batch_id)
     if info.schedule is None:
         return Fired("")
     store = ScheduleStore(ctx.ledger.redis, ctx.ledger.keys)
@@ -138,8 +131,8 @@ def batch_ended(ctx: Context, batch_id: str) -> Fired:
     spec = store.spec(info.schedule)
     if firing is None or spec is None:  # the schedule was removed meanwhile
         return Fired(info.schedule)
-    summary = {**result.summary, "report_csv": str(result.report_csv), "report_json": str(result.report_json)}
-    ended = firing.model_copy(update={"outcome": "done", "summary": summary, "ended_at": ctx.clock()})
+    ended = firing.model_copy(update={"outcome": "done", "summary": result.summary_with_paths,
+                                      "ended_at": ctx.clock()})  # fmt: skip
     store.save_firing(spec.name, ended)
     promoted = store.end(spec.name, batch_id)
     _purge_old_batches(ctx)
@@ -176,41 +169,10 @@ def notify(ctx: Context, name: str, firing_id: str, tries: int) -> float | None:
     if spec is None or firing is None or spec.notify is None:
         return None
     payload = {"schedule": name, **firing.model_dump(exclude={"notified"}), "late_s": round(firing.late_s, 1)}
-    logging.getLogger("httpx").addFilter(_HIDE_NOTIFY_URL)  # once: a filter already there is not added again
-    hidden = _hidden_url.set(str(httpx.URL(spec.notify)))
-    try:
-        response = ctx.http.post(spec.notify, json=payload, timeout=10.0, follow_redirects=False)
-        answer = f"HTTP {response.status_code}"
-        delivered = response.is_success
-    except httpx.HTTPError as exc:
-        answer, delivered = f"{type(exc).__name__} from {shown_url(spec.notify)}", False
-    finally:
-        _hidden_url.reset(hidden)
-    host = httpx.URL(spec.notify).host  # its path and query may hold the webhook's secret
-    log.info("schedule %s: notifying %s of firing %s, try %d of %d: %s", name, host, firing_id, tries + 1,
-             NOTIFY_TRIES, answer)  # fmt: skip
-    if not delivered and tries + 1 < NOTIFY_TRIES:
-        return backoff_delay_s(tries + 1, NOTIFY_BACKOFF, 0.0)
-    outcome = "sent" if delivered else f"failed after {tries + 1} tries"
-    store.save_firing(name, firing.model_copy(update={"notified": f"{outcome} ({answer})"}))
-    if not delivered:
-        log.warning("schedule %s: notifying %s failed: %s", name, shown_url(spec.notify), answer)
-    return None
-
-
-#: The notify URL being called in this thread: httpx's request log shows it only as its host.
-_hidden_url: ContextVar[str | None] = ContextVar("hidden_url", default=None)
-
-
-class _HideNotifyUrl(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        url = _hidden_url.get()
-        if url is not None and isinstance(record.args, tuple):
-            record.args = tuple(shown_url(url) if str(arg) == url else arg for arg in record.args)
-        return True
-
-
-_HIDE_NOTIFY_URL = _HideNotifyUrl()
+    delivery = notify_try(ctx.http, Notice(spec.notify, payload, f"schedule {name}", f"firing {firing_id}"), tries)
+    if delivery.retry_in_s is None:
+        store.save_firing(name, firing.model_copy(update={"notified": delivery.shown}))
+    return delivery.retry_in_s
 
 
 def _firing_for(

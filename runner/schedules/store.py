@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import urlsplit
 
 import redis
 from pydantic import BaseModel, Field
@@ -31,7 +30,6 @@ STARTING_STALE_S = 600.0
 SLOT_CLAIM_S = 90 * 86400
 #: Firings kept per schedule, newest first.
 KEEP_FIRINGS = 200
-NOTIFY_TRIES = 5
 
 Trigger = Literal["schedule", "run-now", "waited"]
 Decision = Literal["go", "wait", "skip"]
@@ -120,16 +118,6 @@ class Firing(BaseModel):
     @property
     def batch_id(self) -> str | None:
         return self.id if self.outcome in ("starting", "running", "done") else None
-
-
-def shown_url(url: str) -> str:
-    """A notify URL as it may be shown: scheme and host only (its path or query may hold a token)."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(an unreadable URL)"
-    return f"{parts.scheme}://{parts.hostname or ''}{port}/…"
 
 
 class ScheduleStore:
