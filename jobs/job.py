@@ -12,6 +12,10 @@ from typing import Any
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 AUTO_ID_HEX = 16
 VARIANT_ID_HEX = 8
+#: What a matrix value or field may look like to be part of a file name, and how long the name may grow.
+NAME_PART = re.compile(r"^[A-Za-z0-9._+-]+$")
+MAX_VALUE_CHARS = 24
+MAX_NAME_CHARS = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,16 @@ class Job:
     variant: int = 1
     #: Columns starting with `_`: carried to the report, never sent.
     meta: dict[str, str] = field(default_factory=dict)
+    #: The values a `matrix` gave this job (not those its row set itself): report columns `matrix.<field>`.
+    matrix: dict[str, Any] = field(default_factory=dict)
+    #: What its files are called when not by its id (`images/<name>_0.png`): a matrix variant named by the
+    #: values it varies in, `storm-seed7`. Empty: by its id.
+    name: str = ""
+
+    @property
+    def file_stem(self) -> str:
+        """The start of its files' names: `<stem>_<n>.<ext>` for images, `<stem>.json` for its sidecar."""
+        return self.name or self.id
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +74,29 @@ def auto_job_id(fingerprint_hex: str) -> str:
 def variant_job_id(user_id: str, fingerprint_hex: str) -> str:
     """The id of one of several jobs a matrix makes of a row with a user id."""
     return f"{user_id}-{fingerprint_hex[:VARIANT_ID_HEX]}"
+
+
+def variant_name(user_id: str, combo: dict[str, Any]) -> str | None:
+    """A matrix variant's readable name, `<id>-seed7-strength0.5`, from the values it varies in; None when one
+    is not a short plain scalar (a prompt, a list): its files are then named by its id."""
+    parts = []
+    for key, value in combo.items():
+        text = scalar_text(value)
+        if text is None or not NAME_PART.match(key):
+            return None
+        parts.append(f"{key}{text}")
+    name = "-".join([user_id, *parts])
+    return name if parts and len(name) <= MAX_NAME_CHARS else None
+
+
+def scalar_text(value: Any) -> str | None:
+    """How a short plain scalar reads in a file name (`7`, `0.5`, `true`, `square_hd`); None for any other value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        text = str(value)
+        return text if NAME_PART.match(text) and len(text) <= MAX_VALUE_CHARS else None
+    return None
 
 
 def check_user_id(value: Any) -> str:

@@ -20,7 +20,16 @@ from jobs.diagnostics import Diagnostic, Severity, dedupe
 from jobs.endpoints import Endpoint, FieldKind, close_known_endpoint, resolve_endpoint
 from jobs.formats import Layer, ManifestFile, Record, open_manifest
 from jobs.images import ImageRefKind, classify_image_ref, image_ref_values
-from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id
+from jobs.job import (
+    VARIANT_ID_HEX,
+    Job,
+    auto_job_id,
+    canonical_json,
+    check_user_id,
+    fingerprint,
+    variant_job_id,
+    variant_name,
+)
 from jobs.values import load_json, value_problem
 
 #: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.
@@ -140,6 +149,8 @@ class _BatchBuilder:
         #: Each job id made: the line of its first job; and how often each repeated id was made.
         self._job_lines: dict[str, int | None] = {}
         self._repeats: Counter[str] = Counter()
+        #: The names of jobs named otherwise than by their id (matrix variants).
+        self._names: set[str] = set()
 
     def build(self) -> None:
         if self.manifest.shared_values_bad:
@@ -223,13 +234,16 @@ class _BatchBuilder:
         if any(d.severity is Severity.ERROR for d in self.diagnostics[before:]):
             return None
         digest = fingerprint(endpoint.id, canonical)
+        name = ""
         if user_id is None:
             job_id = auto_job_id(digest)
+        elif several:
+            job_id, name = variant_job_id(user_id, digest), variant_name(user_id, combo) or ""
         else:
-            job_id = variant_job_id(user_id, digest) if several else user_id
+            job_id = user_id
         return Job(
-            id=job_id, endpoint=endpoint.id, input=result.body, fingerprint=digest,
-            file=self.manifest.file, line=merged.line, row=record.row, variant=variant, meta=meta,
+            id=job_id, endpoint=endpoint.id, input=result.body, fingerprint=digest, file=self.manifest.file,
+            line=merged.line, row=record.row, variant=variant, meta=meta, matrix=combo, name=name,
         )  # fmt: skip
 
     def _endpoint_of(self, merged: _Merged) -> Endpoint | None:
@@ -344,14 +358,21 @@ class _BatchBuilder:
         return user_id
 
     def _settle_id(self, job: Job) -> Job:
-        """The job, numbered (`<id>-2`, ...) if an earlier one had the same id (an identical input), and warned of."""
-        if job.id not in self._job_lines:
-            self._job_lines[job.id] = job.line
-            return job
-        self._repeats[job.id] += 1
-        new_id = f"{job.id}-{self._repeats[job.id] + 1}"
-        self._warn(job.line, None, f"same input as line {self._job_lines[job.id]}; runs again as job {new_id!r}")
-        return replace(job, id=new_id)
+        """The job, numbered (`<id>-2`, ...) if an earlier one had the same id (an identical input), and warned of;
+        named by its id if its name is an earlier job's (file names are unique in a batch)."""
+        if job.id in self._job_lines:
+            self._repeats[job.id] += 1
+            new_id = f"{job.id}-{self._repeats[job.id] + 1}"
+            self._warn(job.line, None, f"same input as line {self._job_lines[job.id]}; runs again as job {new_id!r}")
+            job = replace(job, id=new_id, name="")
+        self._job_lines[job.id] = job.line
+        if job.name and (job.name in self._names or job.name in self._job_lines):
+            job = replace(job, name="")
+        elif not job.name and job.id in self._names:  # an earlier variant is named as this job's id
+            job = replace(job, name=f"{job.id}-{job.fingerprint[:VARIANT_ID_HEX]}")
+        if job.name:
+            self._names.add(job.name)
+        return job
 
     def _error(self, line: int | None, name: str | None, message: str) -> None:
         self.diagnostics.append(Diagnostic(self.manifest.file, line, name, message))

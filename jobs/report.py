@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -11,10 +12,12 @@ from jobs.record import JobRecord
 from jobs.status import JobStatus
 
 COLUMNS = (
-    "job_id", "row", "endpoint", "prompt", "input_images", "status", "request_id", "seed", "output_path",
+    "job_id", "name", "row", "endpoint", "prompt", "input_images", "status", "request_id", "seed", "output_path",
     "width", "height", "attempts", "error_type", "error_message", "queue_wait_s", "run_s", "reconciled",
 )  # fmt: skip
 IMAGE_FIELDS = ("image_url", "image_urls")
+#: Report columns of the values a matrix gave each job: `matrix.seed`.
+MATRIX_PREFIX = "matrix."
 
 
 def brief(message: str, width: int) -> str:
@@ -45,7 +48,7 @@ def report_rows(records: Iterable[JobRecord]) -> list[dict[str, Any]]:
         for output in record.outputs:
             rows.append({**base, "seed": output.seed, "output_path": output.path,
                          "width": output.width, "height": output.height})  # fmt: skip
-    return [{column: row.get(column) for column in COLUMNS} | _meta(row) for row in rows]
+    return [{column: row.get(column) for column in COLUMNS} | _matrix(row) | _meta(row) for row in rows]
 
 
 def invalid_rows(skipped: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -92,6 +95,7 @@ def _job_columns(record: JobRecord) -> dict[str, Any]:
         images.extend(value if isinstance(value, list) else [value] if isinstance(value, str) else [])
     return {
         "job_id": job.id,
+        "name": job.file_stem,  # its files: images/<name>_<n>.<ext>, jobs/<name>.json
         "row": job.row,
         "endpoint": job.endpoint,
         "prompt": job.input.get("prompt"),
@@ -105,6 +109,7 @@ def _job_columns(record: JobRecord) -> dict[str, Any]:
         "run_s": _round(record.run_s),
         "reconciled": _reconciled(record),
         "_meta": job.meta,
+        "_matrix": job.matrix,
     }
 
 
@@ -115,6 +120,16 @@ def _reconciled(record: JobRecord) -> str | None:
     return "; ".join(
         f"attempt {r.attempt}: {r.outcome}" + (f" {r.request_id}" if r.request_id else "") for r in record.reconciled
     )
+
+
+def _matrix(row: dict[str, Any]) -> dict[str, Any]:
+    """The values a matrix gave the job, as columns `matrix.<field>` (a list or object as JSON text)."""
+    values: dict[str, Any] = row.get("_matrix") or {}
+    return {f"{MATRIX_PREFIX}{key}": _cell(value) for key, value in values.items()}
+
+
+def _cell(value: Any) -> Any:
+    return value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value)
 
 
 def _meta(row: dict[str, Any]) -> dict[str, Any]:

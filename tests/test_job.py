@@ -1,6 +1,6 @@
 import pytest
 
-from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id
+from jobs.job import Job, auto_job_id, canonical_json, check_user_id, fingerprint, variant_job_id, variant_name
 
 
 def test_canonical_json_ignores_key_order_and_spacing() -> None:
@@ -39,3 +39,24 @@ def test_user_ids_that_cannot_name_a_file(value: object) -> None:
 def test_job_round_trips_through_a_dict() -> None:
     job = Job("j", "fal-ai/a", {"prompt": "x"}, "f" * 64, "m.csv", 2, 1, 1, {"_src": "s"})
     assert Job.from_dict(job.to_dict()) == job
+
+
+def test_a_job_stored_before_names_and_matrix_values_loads_named_by_its_id() -> None:
+    stored = {"id": "storm-c2cec3b2", "endpoint": "e", "input": {"prompt": "x"}, "fingerprint": "f", "file": "m.yaml",
+              "line": 3, "row": 1, "variant": 1, "meta": {}}  # fmt: skip
+    job = Job.from_dict(stored)
+    assert (job.name, job.matrix, job.file_stem) == ("", {}, "storm-c2cec3b2")
+
+
+@pytest.mark.parametrize(("combo", "name"), [
+    ({"seed": 7}, "storm-seed7"),
+    ({"seed": -1, "strength": 0.5, "enable_safety_checker": False}, "storm-seed-1-strength0.5-enable_safety_checkerfalse"),
+    ({"image_size": "square_hd"}, "storm-image_sizesquare_hd"),
+    ({"prompt": "a storm at night"}, None),
+    ({"image_size": {"width": 512, "height": 512}}, None),
+    ({"seed": None}, None),
+    ({"tag": "x" * 25}, None),
+    ({}, None),
+])  # fmt: skip
+def test_a_variant_is_named_by_short_plain_values_only(combo: dict[str, object], name: str | None) -> None:
+    assert variant_name("storm", combo) == name

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
+from jobs.job import variant_job_id
 from jobs.manifest import Batch, ManifestOptions, parse_manifest
 
 URL = "https://x.test/a.png"
@@ -455,3 +456,59 @@ def test_a_long_yaml_jobs_list_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> 
                                " than CSV or JSONL, which stream; beyond 2 jobs write JSONL (one JSON object per"
                                " line) or a `matrix`"]
     assert len(batch.jobs) == 3
+
+
+def test_a_matrix_variant_is_named_by_the_short_values_it_varies_in_and_keeps_its_id() -> None:
+    text = f"""endpoint: {WAN25_I2I}
+defaults: {{image_urls: [{URL}]}}
+matrix: {{seed: [7, 42], image_size: [square_hd, landscape_16_9]}}
+jobs:
+  - {{id: storm, prompt: a storm}}
+  - {{id: calm, prompt: a calm sea, image_size: square}}
+  - {{prompt: no id}}
+"""
+    batch = parse("m.yaml", text)
+    names = [(job.id.rsplit("-", 1)[0], job.file_stem, job.matrix) for job in batch.jobs]
+    assert names[:6] == [
+        ("storm", "storm-seed7-image_sizesquare_hd", {"seed": 7, "image_size": "square_hd"}),
+        ("storm", "storm-seed7-image_sizelandscape_16_9", {"seed": 7, "image_size": "landscape_16_9"}),
+        ("storm", "storm-seed42-image_sizesquare_hd", {"seed": 42, "image_size": "square_hd"}),
+        ("storm", "storm-seed42-image_sizelandscape_16_9", {"seed": 42, "image_size": "landscape_16_9"}),
+        ("calm", "calm-seed7", {"seed": 7}),
+        ("calm", "calm-seed42", {"seed": 42}),
+    ]
+    for job in batch.jobs[:6]:  # ids are those of every earlier version: a rerun of an old batch submits nothing new
+        assert job.id == variant_job_id(job.id.rsplit("-", 1)[0], job.fingerprint)
+    unnamed = batch.jobs[6:]
+    assert [job.file_stem for job in unnamed] == [job.id for job in unnamed] and len(unnamed) == 4
+    assert all(job.name == "" for job in unnamed), "a row without an id is named by the hash of its input"
+
+
+def test_variants_whose_values_cannot_name_a_file_are_named_by_their_ids() -> None:
+    text = f"""endpoint: {WAN25_I2I}
+defaults: {{image_urls: [{URL}]}}
+matrix: {{prompt: [a storm at night, a calm sea], seed: [1]}}
+jobs: [{{id: long}}]
+"""
+    batch = parse("m.yaml", text)
+    assert [job.file_stem for job in batch.jobs] == [job.id for job in batch.jobs]
+    assert [job.matrix for job in batch.jobs] == [{"prompt": "a storm at night", "seed": 1},
+                                                  {"prompt": "a calm sea", "seed": 1}]  # fmt: skip
+
+
+def test_two_jobs_never_share_a_file_name() -> None:
+    """7 and "7" read alike; a row's id may be another row's variant name; a repeated value repeats a job."""
+    text = f"""endpoint: {WAN25_I2I}
+defaults: {{image_urls: [{URL}]}}
+matrix: {{seed: [7, 7, 8]}}
+jobs:
+  - {{id: s, prompt: x}}
+  - {{id: s-seed8, prompt: y, seed: 3}}
+"""
+    batch = parse("m.yaml", text)
+    assert batch.errors == [] and len(batch.jobs) == 4
+    stems = [job.file_stem for job in batch.jobs]
+    assert len(set(stems)) == len(stems), stems
+    assert stems[0] == "s-seed7" and stems[2] == "s-seed8"
+    assert stems[1] == batch.jobs[1].id and batch.jobs[1].id.endswith("-2"), "the repeat runs as <id>-2"
+    assert stems[3] == f"s-seed8-{batch.jobs[3].fingerprint[:8]}" and batch.jobs[3].id == "s-seed8"

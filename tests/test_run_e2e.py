@@ -82,7 +82,7 @@ def assert_report_matches_disk(out: Path, batch: str = "batch") -> None:
         path = out / batch / row["output_path"]
         with Image.open(path) as image:
             assert image.size == (row["width"], row["height"]), row
-        sidecar = json.loads((out / batch / "jobs" / f"{row['job_id']}.json").read_text())
+        sidecar = json.loads((out / batch / "jobs" / f"{row['name']}.json").read_text())
         assert sidecar["request_id"] == row["request_id"]
         assert row["output_path"] in [o["path"] for o in sidecar["outputs"]]
     images_on_disk = sorted(p.name for p in (out / batch / "images").iterdir())
@@ -407,3 +407,40 @@ def test_a_stopped_run_stops_cleanly_and_a_rerun_finishes(
     assert stats["duplicate_submits"] == 0, context
     assert stats["submits"] == 8, context
     assert report_of(out)["summary"]["counts"]["succeeded"] == 8, context
+
+
+def test_matrix_variants_are_files_named_by_their_values_and_old_batches_keep_their_ids(tmp_path: Path) -> None:
+    """`storm-seed7_0.png`, not `storm-c2cec3b2_0.png`; the report and sidecars say each job's matrix values; a
+    batch recorded by a version that named files by id reruns with nothing sent again and its files as they were."""
+    import csv
+
+    manifest = str(ROOT / "examples" / "wan25-matrix.yaml")
+    old, new = tmp_path / "old", tmp_path / "new"
+    done = run_cli(["run", manifest, "--sim", "--out", str(new), "--quiet"], tmp_path, FAL_KEY="")
+    assert done.returncode == 0, done.stderr + done.stdout
+    folder = new / "wan25-matrix"
+    assert sorted(p.name for p in (folder / "images").iterdir()) == [
+        "fused_0.png", "storm-seed42_0.png", "storm-seed7_0.png", "storm-wide-seed42_0.png", "storm-wide-seed7_0.png"]
+    sidecar = json.loads((folder / "jobs" / "storm-seed7.json").read_text())
+    assert sidecar["matrix"] == {"seed": 7} and sidecar["name"] == "storm-seed7"
+    assert sidecar["job_id"].startswith("storm-") and sidecar["job_id"] != "storm-seed7", "its id is as it was"
+    with (folder / "report.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["job_id"].split("-")[0], r["matrix.seed"]) for r in rows] == [
+        ("storm", "7"), ("storm", "42"), ("storm", "7"), ("storm", "42"), ("fused", "")]
+    assert list(rows[0]).index("matrix.seed") == list(rows[0]).index("reconciled") + 1
+    assert_report_matches_disk(new, "wan25-matrix")
+
+    before_names = "import jobs.manifest as m; m.variant_name = lambda *_: None; from runner.cli import main; main()"
+    first = subprocess.run([sys.executable, "-c", before_names, "run", manifest, "--sim", "--out", str(old), "--quiet"],
+                           cwd=tmp_path, env=cli_env(FAL_KEY=""), capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    images = sorted(p.name for p in (old / "wan25-matrix" / "images").iterdir())
+    ids = sorted(r["job_id"] for r in report_of(old, "wan25-matrix")["rows"])
+    assert images == sorted(f"{job_id}_0.png" for job_id in ids), "files named by id, as before"
+    again = run_cli(["run", manifest, "--sim", "--out", str(old)], tmp_path, FAL_KEY="")
+    assert again.returncode == 0, again.stderr
+    assert "resumed: 5 job(s) were already in the ledger" in again.stdout, "the same ids: nothing sent again"
+    assert report_of(old, "wan25-matrix")["summary"]["attempts"] == 5
+    assert sorted(p.name for p in (old / "wan25-matrix" / "images").iterdir()) == images
+    assert_report_matches_disk(old, "wan25-matrix")

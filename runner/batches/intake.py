@@ -260,7 +260,7 @@ def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: 
     provider_url = shown_url(info.provider_url)
     extra = {"batch_id": info.id, "manifest": info.manifest, "provider_url": provider_url, "wall_s": wall_s}
     for record in records:  # a final job has its sidecar (written before it became final): this is a net
-        if record.status.is_final and not folder.sidecar_path(record.job.id).exists():
+        if record.status.is_final and not folder.sidecar_path(record.job.file_stem).exists():
             folder.write_sidecar(record)
     csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id))
     failures = [r for r in records if r.status is JobStatus.FAILED]

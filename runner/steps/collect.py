@@ -19,7 +19,7 @@ from runner.steps.folder import BatchFolder
 def save_outputs(
     http: httpx.Client, batch: BatchInfo, record: JobRecord, result: dict[str, Any], max_bytes: int
 ) -> list[OutputFile]:
-    """Download every image of `result` to `images/<job-id>_<n>.<ext>`, each all or nothing.
+    """Download every image of `result` to `images/<stem>_<n>.<ext>` (`Job.file_stem`), each all or nothing.
 
     Raises DownloadError (see `download_file`), or ValueError when `result`
     is not a model output.
@@ -32,7 +32,7 @@ def save_outputs(
     folder.prepare()
     saved = []
     for index, image in enumerate(output.images):
-        dest = folder.image_path(record.job.id, index, extension_for_content_type(image.content_type))
+        dest = folder.image_path(record.job.file_stem, index, extension_for_content_type(image.content_type))
         got = download_file(http, image.url, dest, max_bytes, image.content_type)
         real = dest.with_suffix(extension_for_content_type(got.content_type))
         if real != dest:  # fal named no type, or a vague one: name the file by its bytes

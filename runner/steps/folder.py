@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -14,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from jobs.record import JobRecord
-from jobs.report import COLUMNS, invalid_rows, report_rows, summarize
+from jobs.report import COLUMNS, MATRIX_PREFIX, invalid_rows, report_rows, summarize
 
 
 class BatchFolder:
-    """`OUT/<batch>/`: `images/<job-id>_<n>.<ext>`, `jobs/<job-id>.json`, `report.csv`, `report.json`."""
+    """`OUT/<batch>/`: `images/<stem>_<n>.<ext>`, `jobs/<stem>.json`, `report.csv`, `report.json`.
+
+    A job's stem is its id, or the name of a matrix variant (`Job.file_stem`).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -31,21 +35,21 @@ class BatchFolder:
     def sidecars(self) -> Path:
         return self.path / "jobs"
 
-    def image_path(self, job_id: str, index: int, extension: str) -> Path:
-        return self.images / f"{job_id}_{index}{extension}"
+    def image_path(self, stem: str, index: int, extension: str) -> Path:
+        return self.images / f"{stem}_{index}{extension}"
 
-    def sidecar_path(self, job_id: str) -> Path:
-        return self.sidecars / f"{job_id}.json"
+    def sidecar_path(self, stem: str) -> Path:
+        return self.sidecars / f"{stem}.json"
 
-    def remove_leftovers(self, job_id: str) -> None:
+    def remove_leftovers(self, stem: str) -> None:
         """Delete temp files of the job that a killed run left half-written (downloads, sidecars)."""
-        name = re.escape(job_id)
+        name = re.escape(stem)
         patterns = (
             (self.images, rf"\.{name}_\d+\.\w+\.[0-9a-f]+\.part"),
             (self.sidecars, rf"\.{name}\.json\.[0-9a-f]+\.tmp"),
         )
         for folder, pattern in patterns:
-            for leftover in folder.glob(f".{job_id}*"):
+            for leftover in folder.glob(f".{glob.escape(stem)}*"):
                 if re.fullmatch(pattern, leftover.name):
                     leftover.unlink(missing_ok=True)
 
@@ -63,7 +67,7 @@ class BatchFolder:
         data.update(queue_wait_s=record.queue_wait_s, run_s=record.run_s, latency_s=record.latency_s)
         data.update({f"{name}_iso": _iso(value) for name, value in list(data.items())
                      if name.endswith("_at") and isinstance(value, int | float)})  # fmt: skip
-        path = self.sidecar_path(record.job.id)
+        path = self.sidecar_path(record.job.file_stem)
         write_atomically(path, json.dumps(data, indent=2, default=str).encode())
         return path
 
@@ -73,7 +77,8 @@ class BatchFolder:
         """`report.csv` (a row per image, per job without one, and per row skipped as invalid) and `report.json`
         (the rows and a summary); `skipped`: the errors of each row skipped."""
         rows = report_rows(records) + invalid_rows(skipped)
-        columns = list(COLUMNS) + sorted({key for row in rows for key in row} - set(COLUMNS))
+        more = {key for row in rows for key in row} - set(COLUMNS)  # a matrix's values, then the user's own
+        columns = list(COLUMNS) + sorted(more, key=lambda name: (not name.startswith(MATRIX_PREFIX), name))
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

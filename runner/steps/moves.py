@@ -168,8 +168,10 @@ def _rewrite_sidecar(ctx: Context, batch: BatchInfo, job_id: str) -> None:
     """The move that would have ended the job lost to another: its sidecar shows what the ledger holds."""
     folder = BatchFolder(Path(batch.folder))
     current = ctx.ledger.record(batch.id, job_id)
-    if current is not None and current.status.is_final:
+    if current is None:
+        return  # purged meanwhile
+    if current.status.is_final:
         folder.write_sidecar(current)
     else:  # a job that has not ended has no sidecar yet
-        folder.sidecar_path(job_id).unlink(missing_ok=True)
+        folder.sidecar_path(current.job.file_stem).unlink(missing_ok=True)
 

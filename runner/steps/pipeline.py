@@ -247,7 +247,7 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
 def collect_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Outcome:
     """Fetch the result and download every output file now: fal deletes them within minutes."""
     folder = BatchFolder(Path(batch.folder))
-    folder.remove_leftovers(record.job.id)  # of a worker that died here: this one holds the job now
+    folder.remove_leftovers(record.job.file_stem)  # of a worker that died here: this one holds the job now
     try:
         data = ctx.queue_client(batch).result(_url(record.response_url))
     except QueueAPIError as exc:  # a result not ready although COMPLETED is fetched again, backing off
