@@ -20,6 +20,7 @@ _FAULT_HELP = {
     "expired_result": "a finished result answers 404, as if it had expired",
     "truncated_download": "an output file is cut short of its Content-Length",
     "slow_download": "an output file dribbles in with pauses",
+    "upload_5xx": "an upload to fal storage answers a proxy's 503",
 }
 #: The `--fault-*` flag of each FaultRates field.
 _FAULT_FLAGS = {
@@ -31,6 +32,7 @@ _FAULT_FLAGS = {
     "expired_result": "--fault-expired-result",
     "truncated_download": "--fault-truncated-download",
     "slow_download": "--fault-slow-download",
+    "upload_5xx": "--fault-upload-5xx",
 }
 _SIM_DEFAULTS = SimConfig()
 
@@ -115,7 +117,8 @@ def sim(**options: Any) -> None:
     """Serve a simulated fal queue until Ctrl-C; prints its base URL on stdout.
 
     Point the runner at the printed URL. GET <url>/_stats shows what it saw.
-    The Platform API's request history is at <url>/v1/models/requests/by-endpoint.
+    The Platform API's request history is at <url>/v1/models/requests/by-endpoint,
+    and fal storage's token endpoint at <url>/storage/auth/token.
     """
     faults = {name: options.pop(name) for name in _FAULT_FLAGS}
     config = SimConfig(**options, faults=FaultRates(**faults))

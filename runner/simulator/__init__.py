@@ -7,7 +7,10 @@
 It serves `fal-ai/wan/v2.2-a14b/image-to-image`, `fal-ai/wan-25-preview/image-to-image`
 and the echo app `wan-batch-sim/echo[/path]`, with real output images under
 `{base_url}/files/`, and fal's request history (Platform API, base URL `{base_url}/v1`):
-`GET {base_url}/v1/models/requests/by-endpoint`. See `shared/fal-queue-protocol.md`.
+`GET {base_url}/v1/models/requests/by-endpoint`, and fal storage: a token from
+`POST {base_url}/storage/auth/token?storage_type=fal-cdn-v3` uploads to `{base_url}/cdn/files/upload`,
+whose files are served under `{base_url}/cdn/files/` (see `runner.simulator.storage`).
+See `shared/fal-queue-protocol.md`.
 
 Where it is simpler than fal:
 
@@ -27,6 +30,9 @@ Where it is simpler than fal:
 - The request history lists only finished requests, each `history_lag_s` after it
   completed (fal: unconfirmed); `json_output` is there only while the result is held
   here (made on the first result fetch, dropped at the purge).
+- Uploads are held in memory (`storage_mb`, oldest evicted first) and take at most
+  `upload_max_mb` each (fal: 100 MiB); multipart uploads are not served. An output
+  derives from an uploaded input image only while the upload is held.
 
 Pass `run_simulator(config, clock=ManualClock())` to move time by hand in tests.
 """

@@ -37,6 +37,8 @@ class FaultRates(BaseModel):
     expired_result: Rate = 0.0
     #: A submit creates the request, then the connection drops without a response.
     lost_submit_response: Rate = 0.0
+    #: A storage upload (`POST /cdn/files/upload`) answers a proxy's 503, storing nothing.
+    upload_5xx: Rate = 0.0
 
 
 class SimConfig(BaseModel):
@@ -84,6 +86,15 @@ class SimConfig(BaseModel):
     fetch_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     #: An input image larger than this is refused (`file_too_large`).
     fetch_max_mb: Annotated[float, Field(gt=0)] = 32.0
+    #: A storage token (`POST /storage/auth/token`) uploads this long; its `expires_at` says until when.
+    storage_token_ttl_s: Annotated[float, Field(gt=0)] = 3600.0
+    #: An upload whose `X-Fal-Object-Lifecycle` sets no positive expiration answers 404 this long after it was
+    #: stored (fal's default retention: longer than any batch).
+    storage_file_lifetime_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    #: Uploaded files kept in memory; past this the oldest are evicted, and answer 404 as expired ones do.
+    storage_mb: Annotated[float, Field(gt=0)] = 256.0
+    #: An upload's body larger than this answers 413 (fal: 100 MiB; fal_client sends larger files in parts).
+    upload_max_mb: Annotated[float, Field(gt=0)] = 100.0
 
     @field_validator("run_time")
     @classmethod

@@ -28,6 +28,8 @@ class FaultKind(str, Enum):
     EXPIRED_RESULT = "expired_result"
     #: The submit is created, then its response is lost.
     LOST_SUBMIT_RESPONSE = "lost_submit_response"
+    #: A storage upload answers 503 from a proxy, storing nothing.
+    UPLOAD_5XX = "upload_5xx"
 
 
 PROXY_STATUSES = (502, 503, 504)

@@ -177,10 +177,13 @@ class FileCache:
 class Outputs:
     """Results of successful requests and the files they name, until the request is purged."""
 
-    def __init__(self, store: RequestStore, cache_bytes: int, clock: Callable[[], float]) -> None:
+    def __init__(self, store: RequestStore, cache_bytes: int, clock: Callable[[], float],
+                 stored_file: Callable[[str], bytes | None]) -> None:  # fmt: skip
+        """`stored_file` gives the bytes of a file uploaded to the simulator's storage, or None."""
         self._store = store
         self._cache = FileCache(cache_bytes)
         self._clock = clock
+        self._stored_file = stored_file
         self._results: dict[str, dict[str, Any]] = {}
         self._plans: dict[str, list[FileSpec]] = {}
         self._lock = threading.Lock()
@@ -257,13 +260,15 @@ class Outputs:
         return ttl_s is not None and done_at is not None and self._clock() > done_at + ttl_s
 
     def _source(self, endpoint: str, body: dict[str, Any]) -> Image.Image | None:
-        """The input image, when it is a data URI or one of this simulator's own files."""
+        """The input image, when it is a data URI, one of this simulator's own files or an upload still held."""
         ref = source_ref(body)
         if ref is None:
             return None
         data = data_uri_bytes(ref)
         if data is None:
             data = self.own_file(ref)
+        if data is None:
+            data = self._stored_file(ref)
         return decode_image(data) if data is not None else None
 
 

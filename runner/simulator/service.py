@@ -31,6 +31,15 @@ from runner.simulator.responses import (
 )
 from runner.simulator.state import CancelResult, Outcome, Phase, RequestStore, Retention, SimRequest, Submission
 from runner.simulator.stats import Counter, Stats
+from runner.simulator.storage import (
+    CDN_PREFIX,
+    GATEWAY_TOKEN_DETAIL,
+    STORAGE_TYPE,
+    Storage,
+    StorageRoute,
+    lifecycle_ttl_s,
+    storage_route,
+)
 
 _CANCEL_STATUS_CODES = {
     CancelResult.CANCELLATION_REQUESTED: 202,
@@ -74,7 +83,9 @@ class Service:
         self._stats = Stats()
         retention = Retention(config.retention_s, config.large_result_retention_s)
         self._store = RequestStore(config.concurrency, retention, self._start, self._purged, clock)
-        self._outputs = Outputs(self._store, int(config.file_cache_mb * MIB), clock)
+        self._storage = Storage(config.storage_token_ttl_s, config.storage_file_lifetime_s,
+                                int(config.storage_mb * MIB), clock, self._store.wall_time)  # fmt: skip
+        self._outputs = Outputs(self._store, int(config.file_cache_mb * MIB), clock, self._storage.file_at)
         max_image_bytes = int(config.fetch_max_mb * MIB)
         self._inputs = InputReader(config.fetch_inputs, config.fetch_timeout_s, max_image_bytes, self._outputs.own_file)
 
@@ -86,11 +97,16 @@ class Service:
         """The reply to `call`; /_stats and /files are never faulted nor authenticated.
 
         Calls under /v1 go to the Platform API, faulted like the queue's but open to a fal key only.
+        fal storage's calls (see `runner.simulator.storage`) check their own credentials, and only
+        uploads are faulted (`upload_5xx`).
         """
         if call.parts[:1] == ["_stats"]:
             return self._stats_call(call)
         if call.parts[:1] == ["files"] and call.method == "GET":
             return self._download(call)
+        route = storage_route(call.method, call.parts)
+        if route is not None:
+            return self._storage_call(call, route)
         fault = self._queue_fault()
         if fault is not None:
             return fault
@@ -104,7 +120,8 @@ class Service:
 
     def stats(self) -> dict[str, Any]:
         """The /_stats body: call and fault counts, queue counters, per-request timings."""
-        return {**self._stats.snapshot(), **self._store.snapshot(), "held_results": self._outputs.held_results()}
+        return {**self._stats.snapshot(), **self._store.snapshot(), "held_results": self._outputs.held_results(),
+                **self._storage.snapshot()}  # fmt: skip
 
     def _stats_call(self, call: Call) -> Reply:
         if call.method == "POST" and call.parts == ["_stats", "reset"]:
@@ -168,7 +185,7 @@ class Service:
         # Read here, not at the start as fal does: the store starts a request under its lock.
         submission = replace(_submission(call, endpoint, app, body), image_errors=self._inputs.check(endpoint, body))
         view = self._store.submit(request_id, submission, self._draw)
-        self._stats.count_submit(endpoint, body)
+        self._stats.count_submit(endpoint, body, len(call.body))
         if self._strikes(FaultKind.LOST_SUBMIT_RESPONSE):
             return Reply(0, delivery=Delivery.DROP)
         payload: dict[str, Any] = {
@@ -231,6 +248,51 @@ class Service:
             delivery = Delivery.SLOW
         return Reply(200, found.data, {"Content-Type": found.content_type}, delivery)
 
+    # --- fal storage -----------------------------------------------------
+
+    def _storage_call(self, call: Call, route: StorageRoute) -> Reply:
+        if route is StorageRoute.FILE:
+            return self._stored_file(call)
+        if route is StorageRoute.UNKNOWN:
+            return json_reply(404, {"detail": "Not Found"})
+        if call.method != "POST":
+            return json_reply(405, {"detail": "Method Not Allowed"})
+        return self._storage_token(call) if route is StorageRoute.TOKEN else self._upload(call)
+
+    def _storage_token(self, call: Call) -> Reply:
+        header = call.headers.get("authorization")
+        if (header or "").strip().partition(" ")[0].lower() == "bearer":
+            return json_reply(403, {"detail": GATEWAY_TOKEN_DETAIL})
+        problem = _auth_problem(header, self._config.key, self._config.token)
+        if problem is not None:
+            return json_reply(401, {"detail": problem})
+        if call.query_value("storage_type") != STORAGE_TYPE:
+            return json_reply(400, {"detail": f"The simulator serves storage_type={STORAGE_TYPE} only"})
+        self._stats.count(Counter.STORAGE_TOKENS)
+        return json_reply(200, self._storage.issue_token(call.base_url))
+
+    def _upload(self, call: Call) -> Reply:
+        if self._strikes(FaultKind.UPLOAD_5XX):
+            return Reply(503, nginx_error_page(503), {"Content-Type": "text/html"})
+        problem = self._storage.token_problem(call.headers.get("authorization"))
+        if problem is not None:
+            return json_reply(401, {"detail": problem})
+        max_bytes = int(self._config.upload_max_mb * MIB)
+        if len(call.body) > max_bytes:
+            detail = f"A single upload takes at most {max_bytes} bytes; larger files go in parts (multipart)"
+            return json_reply(413, {"detail": detail})
+        path = self._storage.put(call.body, call.headers)
+        self._stats.count(Counter.UPLOADS)
+        self._stats.count(Counter.UPLOAD_BYTES, len(call.body))
+        return json_reply(200, {"access_url": f"{call.base_url}/{CDN_PREFIX}/{path}"})
+
+    def _stored_file(self, call: Call) -> Reply:
+        found = self._storage.get(call.parts[2], call.parts[3])
+        if found is None:
+            return json_reply(404, {"detail": "File not found"})
+        self._stats.count(Counter.STORAGE_FETCHES)
+        return Reply(200, found.data, {"Content-Type": found.content_type})
+
     # --- the Platform API ----------------------------------------------
 
     def _platform(self, call: Call) -> Reply:
@@ -283,7 +345,7 @@ def _submission(call: Call, endpoint: str, app: str, body: dict[str, Any]) -> Su
         body=body,
         low_priority=priority == "low",
         start_timeout_s=_positive_float(call.headers.get("x-fal-request-timeout")),
-        files_ttl_s=_lifecycle_ttl_s(call.headers.get("x-fal-object-lifecycle-preference")),
+        files_ttl_s=lifecycle_ttl_s(call.headers.get("x-fal-object-lifecycle-preference")),
         webhook_url=call.query_value("fal_webhook"),
     )
 
@@ -294,17 +356,6 @@ def _positive_float(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and value > 0 else None
-
-
-def _lifecycle_ttl_s(text: str | None) -> float | None:
-    try:
-        preference = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return None
-    value = preference.get("expiration_duration_seconds") if isinstance(preference, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        return None
-    return float(value)
 
 
 def _platform_auth_problem(header: str | None, key: SecretStr | None, token: SecretStr | None) -> str | None:
