@@ -31,6 +31,18 @@ class LocalImageError(WanBatchError):
     """A local image that cannot be sent: missing, not an image, or too large."""
 
 
+class StorageError(WanBatchError):
+    """A call to fal storage (a token, an upload) that failed; `transient` when the same call may succeed later."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class UploadExpiredError(LocalImageError):
+    """A local image whose upload to fal storage expired before its job was sent."""
+
+
 class ScheduleError(WanBatchError):
     """A schedule that cannot be: the message names the option (--cron, --at, --tz) and what is wrong."""
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from jobs.record import JobRecord
 from jobs.status import JobStatus
 
 COLUMNS = (
-    "job_id", "name", "row", "endpoint", "prompt", "input_images", "status", "request_id", "seed", "output_path",
-    "width", "height", "attempts", "error_type", "error_message", "queue_wait_s", "run_s", "reconciled",
+    "job_id", "name", "row", "endpoint", "prompt", "input_images", "input_sizes", "status", "request_id", "seed",
+    "output_path", "width", "height", "attempts", "error_type", "error_message", "queue_wait_s", "run_s", "reconciled",
 )  # fmt: skip
 IMAGE_FIELDS = ("image_url", "image_urls")
 #: Report columns of the values a matrix gave each job: `matrix.seed`.
@@ -38,11 +38,14 @@ def _cut(text: str, width: int) -> str:
     return cut.rstrip(" ,;:") + " …"
 
 
-def report_rows(records: Iterable[JobRecord]) -> list[dict[str, Any]]:
-    """One row per output image, and one per job that has none (failed, cancelled, unfinished)."""
+def report_rows(records: Iterable[JobRecord], image_sizes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per output image, and one per job that has none (failed, cancelled, unfinished).
+
+    `image_sizes`: the pixel size (`1024x768`) of each local input image, by the path the manifest names.
+    """
     rows: list[dict[str, Any]] = []
     for record in records:
-        base = _job_columns(record)
+        base = _job_columns(record, image_sizes or {})
         if not record.outputs:
             rows.append({**base, "seed": None, "output_path": None, "width": None, "height": None})
         for output in record.outputs:
@@ -87,7 +90,7 @@ def summarize(records: Sequence[JobRecord], wall_s: float | None, invalid: int =
     }
 
 
-def _job_columns(record: JobRecord) -> dict[str, Any]:
+def _job_columns(record: JobRecord, image_sizes: Mapping[str, str]) -> dict[str, Any]:
     job = record.job
     images: list[str] = []
     for name in IMAGE_FIELDS:
@@ -100,6 +103,8 @@ def _job_columns(record: JobRecord) -> dict[str, Any]:
         "endpoint": job.endpoint,
         "prompt": job.input.get("prompt"),
         "input_images": "|".join(_short_image(i) for i in images),
+        "input_sizes": "|".join(image_sizes.get(i, "?") for i in images) if any(i in image_sizes for i in images)
+        else None,
         "status": record.status.value,
         "request_id": record.request_id,
         "attempts": record.attempts,

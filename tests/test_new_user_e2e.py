@@ -66,6 +66,7 @@ def test_submit_needs_no_credential_on_the_machine_that_submits(
     done = run_cli(["submit", "batch.jsonl", "--redis", redis_server.broker_url], tmp_path, FAL_KEY="")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "batch" and "the workers use their own credential" in done.stderr
+    assert f"local images are sent inline: every worker must read them in {tmp_path.resolve()}" in done.stderr
     status = json.loads(run_cli(["status", "batch", "--redis", redis_server.broker_url, "--json"], tmp_path).stdout)
     assert status["counts"]["admitted"] + status["counts"]["waiting"] == 2
     # Whose queue another URL is cannot be told without a credential: the workers' key must not go there blind.

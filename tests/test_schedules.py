@@ -37,7 +37,7 @@ NOTIFY_TRIES = WORKER_NOTIFY.tries
 
 @pytest.fixture
 def ctx(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
-    """A worker's context; no test here reaches fal (the batches are only enqueued)."""
+    """A worker's context; no test here reaches fal (the batches are only enqueued, their images inline)."""
     monkeypatch.setenv("FAL_KEY", "schedule-test-key")
     with httpx.Client() as http:
         yield Context(Ledger(redis_client), http, queue_client=lambda _batch: pytest.fail("no call to fal expected"),
@@ -49,7 +49,7 @@ def add_schedule(ctx: Context, tmp_path: Path, jobs: int = 3, **spec: Any) -> tu
     manifest = write_manifest(tmp_path, jobs)
     when = When.from_options("0 2 * * *", None, "Europe/Berlin", datetime(2026, 11, 21, tzinfo=UTC))
     values = {"name": "nightly", "when": when.to_dict(), "manifest": str(manifest), "out": str(tmp_path / "out"),
-              "base_url": "http://127.0.0.1:9", "created_at": time.time(), **spec}  # fmt: skip
+              "base_url": "http://127.0.0.1:9", "images": "inline", "created_at": time.time(), **spec}  # fmt: skip
     made = ScheduleSpec.model_validate(values)
     ScheduleStore(ctx.ledger.redis).add(made, manifest.read_bytes())
     return made, manifest

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 from pydantic import BaseModel, Field, ValidationError
 
 from jobs.errors import ManifestError, UsageError
@@ -24,9 +26,19 @@ from jobs.selection import first_jobs, sample_jobs
 from jobs.status import JobStatus
 from runner.batches.manifests import load_manifest
 from runner.batches.operations import resume_batch
+from runner.batches.uploads import (
+    DEFAULT_UPLOAD_TTL_S,
+    UploadProgress,
+    UploadTally,
+    read_images,
+    refuse_or_skip,
+    upload_images,
+)
 from runner.fal.history import NO_API, api_url_for
-from runner.fal.providers import FAL_QUEUE_URL, Provider
+from runner.fal.providers import FAL_QUEUE_URL, WORKERS_CREDENTIAL, Provider
+from runner.fal.storage import StorageClient, storage_url_for
 from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.uploads import BatchImages, LocalImage, Uploads, image_sizes
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
 from runner.simulator.config import SIM_CONCURRENCY, SimConfig
 from runner.steps.context import Context
@@ -63,6 +75,49 @@ class RunRequest(BaseModel):
     stall_hint_s: float = Field(default=60.0, gt=0)
     #: POST the batch's summary here when it ends (`--notify`): by `run` at its end, by a worker for `submit`.
     notify: str | None = None
+    #: How local images are sent (`--images`): uploaded to fal storage once, or inline as data URIs in every
+    #: submit; None: uploaded with a fal key, inline with a gateway's token (which cannot upload).
+    images: Literal["upload", "inline"] | None = None
+    #: Where fal storage is (`--storage-url`, FAL_STORAGE_URL); None: fal's, or the stand-in at `base_url`.
+    storage_url: str | None = None
+    #: How long fal keeps an upload (`--upload-ttl`): longer than the batch may take.
+    upload_ttl_s: float = Field(default=DEFAULT_UPLOAD_TTL_S, ge=3600)
+
+
+def images_mode(request: RunRequest, provider: Provider) -> Literal["upload", "inline"]:
+    """How the batch sends local images: as asked, else uploaded where a fal key is, and inline with a gateway's
+    token (which cannot upload) or from a shell without a credential (`submit`: the workers hold it)."""
+    if request.images is not None:
+        return request.images
+    key_here = provider.auth_scheme == "Key" and provider.credential.get_secret_value() != WORKERS_CREDENTIAL
+    return "upload" if key_here else "inline"
+
+
+def prepare_images(
+    ledger: Ledger, request: RunRequest, batch: Batch, provider: Provider, http: httpx.Client,
+    on_progress: UploadProgress | None = None,
+) -> tuple[Batch, dict[str, LocalImage], UploadTally]:  # fmt: skip
+    """Read the batch's local images (their content and pixel size) and, unless they are sent inline, upload
+    those not on fal storage yet; before anything is recorded.
+
+    The batch without the jobs of files that could not be read or uploaded (with `skip_invalid`), what each
+    local path holds, and what was uploaded. Raises ManifestError when such a file fails the batch, UsageError
+    when images are to be uploaded from a shell without a fal key.
+    """
+    base_dir = request.manifest.resolve().parent
+    images, problems = read_images(batch.jobs, base_dir)
+    tally = UploadTally()
+    if images and images_mode(request, provider) == "upload":
+        if provider.credential.get_secret_value() == WORKERS_CREDENTIAL:  # --images upload, asked for
+            raise UsageError("--images upload: local images are uploaded to fal storage from where the manifest"
+                             " is: set FAL_KEY here (or let workers send them inline: --images inline)")
+        storage_url = storage_url_for(request.storage_url, provider)
+        client = StorageClient(http, storage_url, provider)
+        uploads = Uploads(ledger.redis, ledger.keys, storage_url)
+        tally = upload_images(images, base_dir, uploads, client, int(request.upload_ttl_s), on_progress)
+        problems |= tally.problems
+    kept = {ref: image for ref, image in images.items() if ref not in problems}
+    return refuse_or_skip(batch, problems, request.skip_invalid), kept, tally
 
 
 @dataclass
@@ -77,6 +132,8 @@ class RunResult:
     failures: list[JobRecord]
     #: How the notification of its end went (`--notify`): "sent (HTTP 200)", "failed after 3 tries (...)".
     notified: str | None = None
+    #: What this run uploaded of the batch's local images.
+    uploads: UploadTally = field(default_factory=UploadTally)
 
     @property
     def summary_with_paths(self) -> dict[str, Any]:
@@ -99,8 +156,6 @@ def load_batch(request: RunRequest, data: bytes | None = None) -> Batch:
     return batch
 
 
-#: What a batch recorded by a shell without a credential holds in its place: workers use their own.
-WORKERS_CREDENTIAL = "held-by-the-workers"
 
 
 def trial_jobs(request: RunRequest, batch: Batch) -> Batch:
@@ -169,6 +224,19 @@ def api_url_of(request: RunRequest, provider: Provider) -> str:
     return checked
 
 
+def check_storage_url(request: RunRequest) -> None:
+    """Raise UsageError unless `--storage-url` is unset or a plain http(s) URL (never shown: it may hold a password)."""
+    if request.storage_url is None:
+        return
+    try:
+        Provider(base_url=request.storage_url, auth_scheme="Key", credential="checked-here")
+        port_ok = urlsplit(request.storage_url).port != 0
+    except (ValidationError, ValueError):
+        port_ok = False
+    if not port_ok:
+        raise UsageError("--storage-url: give a plain http(s) URL (credentials go in the environment)")
+
+
 def _describe_invalid(exc: ValidationError, scheme: Literal["Key", "Bearer"]) -> str:
     """pydantic's complaint without the value it refused (a URL with a password, a credential)."""
     problems = []
@@ -186,8 +254,10 @@ def batch_id_for(manifest: Path) -> str:
 
 
 def record_batch(
-    ledger: Ledger, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None
+    ledger: Ledger, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None,
+    images: Mapping[str, LocalImage] | None = None,
 ) -> BatchInfo:
+    """Record the batch's settings (`images`: what its local paths held, from `prepare_images`)."""
     batch_id = request.batch_id or batch_id_for(request.manifest)
     folder = unattended.folder if unattended and unattended.folder else request.out / batch_id
     manifest = str(request.manifest.resolve())
@@ -209,7 +279,9 @@ def record_batch(
         api_url=api_url_of(request, provider), max_image_bytes=int(request.max_image_mb * MIB),
         report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
         notify=request.notify if unattended else None,  # a run that follows its batch notifies itself
+        images=images_mode(request, provider), storage_url=storage_url_for(request.storage_url, provider),
     )  # fmt: skip
+    BatchImages(ledger.redis, ledger.keys).save(batch_id, images or {})  # before a job can be sent
     ledger.save_batch(info)
     ledger.save_skipped(batch_id, [error.to_dict() for error in batch.errors])  # only --skip-invalid runs have any
     ledger.forget_unknown_endpoints(batch_id)
@@ -262,7 +334,8 @@ def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: 
     for record in records:  # a final job has its sidecar (written before it became final): this is a net
         if record.status.is_final and not folder.sidecar_path(record.job.file_stem).exists():
             folder.write_sidecar(record)
-    csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id))
+    sizes = image_sizes(BatchImages(ledger.redis, ledger.keys).of(info.id))
+    csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id), sizes)
     failures = [r for r in records if r.status is JobStatus.FAILED]
     return RunResult(info.id, folder.path, ledger.counts(info.id), csv_path, json_path, summary, synced, failures)
 
@@ -280,8 +353,12 @@ class Unattended:
 def enqueue_batch(
     context: Context, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None
 ) -> tuple[BatchInfo, dict[str, int]]:
-    """Record `batch` for workers (unattended): its jobs wait in the ledger, the window's first are due now."""
-    info = record_batch(context.ledger, request, batch, provider, unattended or Unattended())
+    """Record `batch` for workers (unattended): its jobs wait in the ledger, the window's first are due now.
+
+    Its local images are uploaded first (raises as `prepare_images`).
+    """
+    batch, images, _ = prepare_images(context.ledger, request, batch, provider, context.http)
+    info = record_batch(context.ledger, request, batch, provider, unattended or Unattended(), images)
     synced = context.ledger.sync_jobs(info.id, batch.jobs, time.time())
     resume_batch(context, info.id)
     return info, dict(synced)

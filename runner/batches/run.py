@@ -29,13 +29,16 @@ from runner.batches.intake import (
     RunResult,
     api_url_of,
     batch_id_for,
+    check_storage_url,
     enqueue_batch,
+    prepare_images,
     provider_for,
     record_batch,
     write_report,
 )
 from runner.batches.notifications import batch_notice, check_notify_url, notify_now
 from runner.batches.operations import resume_batch
+from runner.batches.uploads import UploadProgress
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
 from runner.fal.providers import Provider
@@ -85,6 +88,8 @@ class Watchers:
     on_stall: StallHint | None = None
     #: Called between looks at the batch; raises (KeyboardInterrupt) to stop the run cleanly.
     check_stop: Callable[[], None] = lambda: None
+    #: Called with the bytes of local images uploaded so far, and in all, while they are.
+    on_upload: UploadProgress | None = None
 
 
 def check_run(request: RunRequest) -> None:
@@ -96,6 +101,7 @@ def check_run(request: RunRequest) -> None:
         raise UsageError("--sim cannot be used with --base-url: a --sim run sends to its own simulator")
     api_url_of(request, Provider.fal("checked-here") if request.sim else provider_for(request))
     check_notify_url(request.notify)
+    check_storage_url(request)
     worker_settings()  # what the in-process worker reads from the environment
     check_writable(request.out, "--out")
 
@@ -139,9 +145,10 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
         client, broker_url = _redis(request, stack)
         ledger = Ledger(client)
         _check_trial(ledger, request, batch)
-        info = record_batch(ledger, request, batch, provider)
-        synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)))
+        batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload)
+        info = record_batch(ledger, request, batch, provider, images=images)
+        synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         secret = provider.credential.get_secret_value()
         context = make_context(ledger, http, lambda _scheme: secret, settings)
         app = make_app(broker_url, lambda: context)
@@ -156,6 +163,7 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
                 _follow(ledger, info.id, watchers, stall)
         finally:
             result = write_report(ledger, info, time.monotonic() - started, dict(synced))
+            result.uploads = uploads
         if request.notify is not None:  # only once every job is final: a stop raises out of the follow above
             result.notified = _notify_end(ledger, http, request.notify, result)
     return result
@@ -288,6 +296,7 @@ def check_submit(request: RunRequest) -> None:
     if request.redis_url is None:
         raise UsageError("submit needs a shared Redis (--redis or REDIS_URL); on this machine use `wan-batch run`")
     check_notify_url(request.notify)
+    check_storage_url(request)
 
 
 def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int]]:

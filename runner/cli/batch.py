@@ -174,6 +174,9 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
 @click.option("--sample", type=click.IntRange(min=1),
               help="Try only N jobs spread over the manifest, the same N on every rerun.")
 @options.notify
+@options.images
+@options.storage_url
+@options.upload_ttl
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --quiet).")
 def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
@@ -204,11 +207,13 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
                    err=True)  # fmt: skip
     try:
         with _stop_on_signals() as check_stop, ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
-            watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop)
+            watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop, bar.uploads)
             result = run_batch(request, batch, create_app, watchers)
             check_stop()  # a stop asked for as the batch ended is still a stop
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
+    except ManifestError as exc:  # a local image that could not be uploaded: nothing was recorded
+        refuse_manifest(exc, f"{request.manifest}: not run; nothing was submitted")
     except KeyboardInterrupt as exc:
         how, code = ("terminated", 143) if isinstance(exc, _Terminated) else ("interrupted", 130)
         click.echo(f"\n{how}: requests already at fal are kept; run the same command again to resume", err=True)
@@ -319,6 +324,10 @@ def _print_result(result: RunResult, as_json: bool) -> None:
     click.echo(f"batch {result.batch_id}: {shown}; {result.summary['images_written']} image(s) in {result.folder}")
     if result.synced.get("kept"):
         click.echo(f"  resumed: {result.synced['kept']} job(s) were already in the ledger")
+    uploads = result.uploads
+    if uploads.contents:
+        click.echo(f"  local images: {uploads.contents} distinct, {uploads.uploaded} uploaded to fal storage"
+                   f" ({uploads.bytes_uploaded / 1e6:.1f} MB), {uploads.reused} already there")
     if result.summary.get("invalid_rows"):
         click.echo(f"  skipped: {result.summary['invalid_rows']} invalid row(s) (--skip-invalid); each is in the"
                    " report with its errors")  # fmt: skip

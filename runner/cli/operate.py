@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from runner.batches import operations
 from runner.batches.intake import RunRequest, load_batch
 from runner.batches.notifications import shown_notify_url
 from runner.batches.run import check_submit, open_ledger, submit_batch
+from runner.batches.uploads import local_refs
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar
@@ -75,6 +75,9 @@ def _context(ledger: Ledger, http: httpx.Client) -> Context:
               help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
                    "FAL_KEY; none with a gateway), or none.")
 @options.notify
+@options.images
+@options.storage_url
+@options.upload_ttl
 def submit(manifest: Path, **options: Any) -> None:
     """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once.
 
@@ -83,7 +86,8 @@ def submit(manifest: Path, **options: Any) -> None:
     request = RunRequest(manifest=manifest, **options)
     try:
         check_submit(request)  # before the manifest is read
-        info, synced = submit_batch(request, load_batch(request))
+        batch = load_batch(request)
+        info, synced = submit_batch(request, batch)
     except ManifestError as exc:
         refuse_manifest(exc)
     except UsageError as exc:
@@ -92,6 +96,10 @@ def submit(manifest: Path, **options: Any) -> None:
     click.echo(f"{info.jobs} job(s), {synced.get('added', 0)} new; watch it with `wan-batch watch {info.id}`", err=True)
     if credential_from_env(info.auth_scheme) is None:
         click.echo(f"no {CREDENTIAL_ENV[info.auth_scheme]} here: the workers use their own credential", err=True)
+    if info.images == "inline" and local_refs(batch.jobs):
+        hint = "; set FAL_KEY here to upload them to fal storage once instead" if info.auth_scheme == "Key" else ""
+        click.echo(f"local images are sent inline: every worker must read them in {request.manifest.resolve().parent}"
+                   f"{hint}", err=True)  # fmt: skip
     if info.notify is not None:
         click.echo(f"when it ends, a worker POSTs its summary to {shown_notify_url(info.notify)}", err=True)
 
@@ -296,23 +304,9 @@ def beat(redis_url: str, loglevel: str) -> None:
     create_app(redis_url).Beat(loglevel=loglevel).run()
 
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m|s)?\s*")
-_UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1, None: 1}
-
-
-def _duration_s(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    """A length of time given as 30d, 12h, 90min, 45s (or a number of seconds), in seconds."""
-    if value is None:
-        return None
-    found = _DURATION.fullmatch(value.lower())
-    if found is None:
-        raise click.BadParameter(f"{value[:40]!r} is not a duration such as 30d, 12h, 90min or 45s")
-    return float(found.group(1)) * _UNIT_S[found.group(2)]
-
-
 @click.command()
 @_where
-@click.option("--older-than", "older_than_s", callback=_duration_s,
+@click.option("--older-than", "older_than_s", callback=options.duration_s,
               help="Only batches that ended longer ago than this: 30d, 12h, 90min (default: 30d; with --batch: any).")
 @click.option("--batch", "batch_id", help="Only this batch (it must have ended).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

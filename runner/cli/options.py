@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+import re
+
 import click
+
+from runner.batches.uploads import DEFAULT_UPLOAD_TTL_S
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m|s)?\s*")
+_UNIT_S = {"w": 604800, "d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1, None: 1}
+
+
+def duration_s(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """A length of time given as 30d, 12h, 90min, 45s (or a number of seconds), in seconds."""
+    if value is None:
+        return None
+    found = _DURATION.fullmatch(value.lower())
+    if found is None:
+        raise click.BadParameter(f"{value[:40]!r} is not a duration such as 30d, 12h, 90min or 45s")
+    return float(found.group(1)) * _UNIT_S[found.group(2)]
+
+
+def _upload_ttl_s(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    seconds = duration_s(ctx, param, value)
+    if seconds is None or seconds < 3600:
+        raise click.BadParameter("give at least 1h: a batch's queued jobs read their images when they start")
+    return seconds
+
 
 max_in_flight = click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True,
                              help="Jobs submitted and not yet collected, across all workers.")  # fmt: skip
@@ -18,6 +43,17 @@ max_jobs = click.option("--max-jobs", type=click.IntRange(min=1), default=100_00
 notify = click.option("--notify", metavar="URL",
                       help="When the batch ends, POST its summary as JSON to this http(s) URL (only its host is ever "
                            "shown: its path may hold a token).")  # fmt: skip
+images = click.option("--images", type=click.Choice(["upload", "inline"]),
+                      help="How local images are sent: uploaded to fal storage once, from here, and sent as URLs "
+                           "(default with FAL_KEY), or inline as data URIs in every submit (default with a gateway, "
+                           "whose token cannot upload; every worker must then see the files).")  # fmt: skip
+storage_url = click.option("--storage-url", envvar="FAL_STORAGE_URL", metavar="URL",
+                           help="Where fal storage is (default: https://rest.fal.ai for fal's queue, else the "
+                                "--base-url host).")  # fmt: skip
+upload_ttl = click.option("--upload-ttl", "upload_ttl_s", default=f"{DEFAULT_UPLOAD_TTL_S / 86400:g}d",
+                          show_default=True, callback=_upload_ttl_s, metavar="DURATION",
+                          help="How long fal keeps each uploaded image (e.g. 7d, 36h): longer than the batch may "
+                               "take; an upload is reused while at least half of this is left.")  # fmt: skip
 loglevel = click.option("--loglevel", default="INFO", show_default=True,
                         help="How much it logs: DEBUG, INFO, WARNING or ERROR.")  # fmt: skip
 

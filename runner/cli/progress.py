@@ -6,13 +6,14 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jobs.record import JobRecord
 from jobs.report import brief
 from jobs.status import JobStatus
 
 S = JobStatus
+MB = 1e6
 
 
 class ProgressBar:
@@ -23,7 +24,7 @@ class ProgressBar:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -31,7 +32,9 @@ class ProgressBar:
             console=console or Console(stderr=True),
             transient=False,
         )
-        self._task = self._progress.add_task(label, total=total, detail="")
+        self._task = self._progress.add_task(label, total=total, detail="", count=f"0/{total}")
+        self._uploads: TaskID | None = None
+        self._total = total
 
     def __enter__(self) -> ProgressBar:
         if self._enabled:
@@ -49,7 +52,16 @@ class ProgressBar:
     def advance_to(self, done: int) -> None:
         """Show `done` of the total, with no detail (a plain count, e.g. of URLs checked)."""
         if self._enabled:
-            self._progress.update(self._task, completed=done)
+            self._progress.update(self._task, completed=done, count=f"{done}/{self._total}")
+
+    def uploads(self, sent: int, total: int) -> None:
+        """Show `sent` of `total` bytes of local images uploaded (a line of its own, above the jobs)."""
+        if not self._enabled:
+            return
+        count = f"{sent / MB:.1f}/{total / MB:.1f} MB"
+        if self._uploads is None:
+            self._uploads = self._progress.add_task("uploads", total=total, detail="", count=count)
+        self._progress.update(self._uploads, completed=sent, total=total, count=count)
 
     def update(self, counts: dict[JobStatus, int], in_flight: int) -> None:
         if not self._enabled:
@@ -61,7 +73,8 @@ class ProgressBar:
             f"{counts[S.WAITING]} waiting"
             + (f" {counts[S.UNCONFIRMED]} lost submit(s) looked up at fal" if counts[S.UNCONFIRMED] else "")
         )
-        self._progress.update(self._task, completed=done, total=sum(counts.values()), detail=detail)
+        total = sum(counts.values())
+        self._progress.update(self._task, completed=done, total=total, detail=detail, count=f"{done}/{total}")
 
 
 def failure_lines(records: Iterable[JobRecord], per_type: int = 3) -> list[str]:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from jobs.errors import ManifestError, ScheduleError, UsageError
 from jobs.schedule import When
-from runner.batches.intake import RunRequest, api_url_of, batch_id_for, load_batch
+from runner.batches.intake import RunRequest, api_url_of, batch_id_for, check_storage_url, load_batch
 from runner.batches.notifications import check_notify_url, shown_notify_url
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
@@ -70,6 +70,9 @@ def schedule() -> None:
 @options.max_image_mb
 @click.option("--endpoint", help="Endpoint of rows that name none.")
 @options.allow_endpoint
+@options.images
+@options.storage_url
+@options.upload_ttl
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows of a manifest that has errors.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
 @_redis_option
@@ -84,7 +87,8 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
         raise UsageError(str(exc)) from None
     _check_urls(notify, options["base_url"], options["api_url"])
     request = RunRequest(manifest=manifest, **{name: options[name] for name in (
-        "endpoint", "skip_invalid", "max_image_mb", "allowed_endpoints")})  # fmt: skip
+        "endpoint", "skip_invalid", "max_image_mb", "allowed_endpoints", "storage_url")})  # fmt: skip
+    check_storage_url(request)
     data = manifest.read_bytes()
     try:
         batch = load_batch(request, data)

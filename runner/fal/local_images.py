@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from jobs.endpoints import resolve_endpoint
-from jobs.errors import LocalImageError
+from jobs.errors import LocalImageError, UploadExpiredError
 from jobs.images import (
     ImageRefKind,
     classify_image_ref,
@@ -45,27 +46,52 @@ def inline_local_images(job: Job, base_dir: Path, max_bytes: int) -> dict[str, A
     Raises LocalImageError naming the file when one cannot be read or is over `max_bytes`,
     or naming the reference when it is not one (recorded before validation refused such).
     """
+
+    def data_uri(name: str, ref: str) -> str:
+        path = base_dir / ref
+        probe = _probe_file(path, max_bytes)
+        if probe.problem or probe.mime is None:
+            raise LocalImageError(f"{job.id}: {name}: {probe.problem}")
+        return encode_data_uri(path.read_bytes(), probe.mime)
+
+    return _with_local_images(job, data_uri)
+
+
+def uploaded_local_images(job: Job, urls: Mapping[str, str | None]) -> dict[str, Any]:
+    """The job's input with each local image path replaced by the URL of its upload to fal storage (`urls`).
+
+    Raises LocalImageError when a path has no live upload (it expired, or was never recorded).
+    """
+
+    def url(name: str, ref: str) -> str:
+        found = urls.get(ref)
+        if found is None:
+            raise UploadExpiredError(f"{job.id}: {name}: the upload of {ref} to fal storage has expired; run the batch"
+                                  " again where its images are (it uploads them again), then retry its failed jobs")
+        return found
+
+    return _with_local_images(job, url)
+
+
+def _with_local_images(job: Job, replace: Callable[[str, str], str]) -> dict[str, Any]:
     body = dict(job.input)
-    for name, index, ref in _job_refs(job):
+    for name, index, ref in job_image_refs(job):
         try:
             kind = classify_image_ref(ref).kind
         except ValueError as exc:
             raise LocalImageError(f"{job.id}: {name}: {exc}") from None
         if kind is not ImageRefKind.LOCAL_PATH:
             continue
-        path = base_dir / ref
-        probe = _probe_file(path, max_bytes)
-        if probe.problem or probe.mime is None:
-            raise LocalImageError(f"{job.id}: {name}: {probe.problem}")
-        uri = encode_data_uri(path.read_bytes(), probe.mime)
+        value = replace(name, ref)
         if index is None:
-            body[name] = uri
+            body[name] = value
         else:
-            body[name] = [*body[name][:index], uri, *body[name][index + 1 :]]
+            body[name] = [*body[name][:index], value, *body[name][index + 1 :]]
     return body
 
 
-def _job_refs(job: Job) -> list[tuple[str, int | None, str]]:
+def job_image_refs(job: Job) -> list[tuple[str, int | None, str]]:
+    """(field, index in its list or None, value) of each image reference of the job's input."""
     fields = resolve_endpoint(job.endpoint).image_fields
     return [(name, index, ref) for name in fields for index, ref in image_ref_values(job.input.get(name))]
 

@@ -8,6 +8,8 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 FAL_QUEUE_URL = "https://queue.fal.run"
+#: What a batch recorded by a shell without a credential holds in its place: workers use their own.
+WORKERS_CREDENTIAL = "held-by-the-workers"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDACTED = "[redacted]"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "wb"
@@ -77,6 +78,17 @@ class Keys:
         """Sorted set of one member scored by the longest run time (seconds) the batch has seen: how long a lost
         submit may still run at fal."""
         return f"{self.prefix}:batch:{batch_id}:longest"
+
+    def images(self, batch_id: str) -> str:
+        """Hash: a local image path as the manifest names it -> the content it had when the batch was recorded
+        (JSON: sha256, size in bytes and pixels), so that workers send its upload and the report its size."""
+        return f"{self.prefix}:batch:{batch_id}:images"
+
+    def upload(self, storage_url: str, sha256: str) -> str:
+        """String: the URL of an image of this content uploaded to the storage at `storage_url` (JSON, with when
+        it may last be sent); it expires with the upload, so no batch, rerun or machine is handed a dead URL."""
+        storage = hashlib.sha256(storage_url.encode()).hexdigest()[:12]
+        return f"{self.prefix}:upload:{storage}:{sha256}"
 
     def errors(self, batch_id: str) -> str:
         """Hash: failed jobs per error type (the stored JSON of the type), kept by every transition."""

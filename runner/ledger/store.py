@@ -80,6 +80,11 @@ class BatchInfo(BaseModel):
     api_url: str | None = None
     #: Cap of a local image sent as a data URI.
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    #: How its local images are sent: "upload": as the URLs of their uploads to fal storage, made when it was
+    #: recorded (`runner.ledger.uploads`); "inline": as data URIs a worker makes of the files (which it must see).
+    images: Literal["upload", "inline"] = "inline"
+    #: Where its uploads are (fal storage's URL, never a credential); their URLs are kept per storage.
+    storage_url: str | None = None
     #: A worker writes its report when it ends (batches nobody follows: submitted, scheduled).
     report_when_done: bool = False
     #: The schedule whose firing made this batch.
@@ -372,7 +377,7 @@ class Ledger:
             pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
                         k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id), k.request_bases(batch_id),
                         k.tallies(batch_id), k.longest_run(batch_id), k.skipped(batch_id),
-                        k.unknown_endpoints(batch_id),
+                        k.unknown_endpoints(batch_id), k.images(batch_id),
                         *(k.status_index(batch_id, s.value) for s in JobStatus),
                         *(k.side(batch_id, name) for name in _SIDE))  # fmt: skip
             pipe.zrem(k.timers, *batch_timers)

@@ -19,6 +19,7 @@ from redis.client import Pipeline
 from jobs.errors import UsageError
 from jobs.schedule import When
 from runner.batches.intake import RunRequest
+from runner.batches.uploads import DEFAULT_UPLOAD_TTL_S
 from runner.ledger.keys import Keys
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -64,6 +65,10 @@ class ScheduleSpec(BaseModel):
     max_in_flight: int = Field(default=10, gt=0)
     max_attempts: int = Field(default=3, gt=0)
     max_image_mb: float = Field(default=10.0, gt=0)
+    #: How its batches send local images (`--images`); None: by the credential.
+    images: Literal["upload", "inline"] | None = None
+    storage_url: str | None = None
+    upload_ttl_s: float = Field(default=DEFAULT_UPLOAD_TTL_S, ge=3600)
     created_at: float
     paused: bool = False
 
@@ -79,6 +84,7 @@ class ScheduleSpec(BaseModel):
             base_url=self.base_url,
             max_in_flight=self.max_in_flight, max_attempts=self.max_attempts, max_image_mb=self.max_image_mb,
             priority=self.priority, api_url=self.api_url, start_timeout_s=self.start_timeout_s,
+            images=self.images, storage_url=self.storage_url, upload_ttl_s=self.upload_ttl_s,
         )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,11 +72,12 @@ class BatchFolder:
         return path
 
     def write_reports(
-        self, records: Sequence[JobRecord], extra: dict[str, Any], skipped: Sequence[Sequence[dict[str, Any]]] = ()
+        self, records: Sequence[JobRecord], extra: dict[str, Any], skipped: Sequence[Sequence[dict[str, Any]]] = (),
+        image_sizes: Mapping[str, str] | None = None,
     ) -> tuple[Path, Path, dict[str, Any]]:
         """`report.csv` (a row per image, per job without one, and per row skipped as invalid) and `report.json`
-        (the rows and a summary); `skipped`: the errors of each row skipped."""
-        rows = report_rows(records) + invalid_rows(skipped)
+        (the rows and a summary); `skipped`: the errors of each row skipped; `image_sizes`: see `report_rows`."""
+        rows = report_rows(records, image_sizes) + invalid_rows(skipped)
         more = {key for row in rows for key in row} - set(COLUMNS)  # a matrix's values, then the user's own
         columns = list(COLUMNS) + sorted(more, key=lambda name: (not name.startswith(MATRIX_PREFIX), name))
         text = io.StringIO()

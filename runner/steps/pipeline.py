@@ -16,20 +16,22 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from jobs.backoff import Backoff, backoff_delay_s
 from jobs.decisions import UNCONFIRMED_ADVICE, Call, CallFailed, GiveUp, StepCrashed
-from jobs.errors import DownloadError, LocalImageError, PermanentQueueError, QueueAPIError
+from jobs.errors import DownloadError, LocalImageError, PermanentQueueError, QueueAPIError, UploadExpiredError
 from jobs.lifecycle import STEP_OF, JobUpdate, Move, Step
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.reconcile import input_digest, start_timeout_s
 from jobs.record import JobRecord
 from jobs.status import JobStatus
-from runner.fal.local_images import inline_local_images
+from runner.fal.local_images import inline_local_images, job_image_refs, uploaded_local_images
 from runner.fal.queue_api import QueueStatus, Submission
 from runner.ledger.store import BatchInfo
+from runner.ledger.uploads import BatchImages, Uploads
 from runner.steps.collect import save_outputs
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
@@ -91,10 +93,10 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     if unsent is not None:
         return unsent
     try:
-        # The manifest's resolved folder: a worker elsewhere may run in another directory.
-        body = inline_local_images(record.job, Path(batch.manifest).parent, batch.max_image_bytes)
+        body = _body(ctx, batch, record)
     except LocalImageError as exc:
-        return give_up(ctx, batch, record, GiveUp("input_image", str(exc)))
+        kind = "upload_expired" if isinstance(exc, UploadExpiredError) else "input_image"
+        return give_up(ctx, batch, record, GiveUp(kind, str(exc)))
     client = ctx.queue_client(batch)  # all that can fail before sending, fails before SUBMITTING
     # Read now what the first poll's delay needs: once fal has answered, storing its request_id comes first.
     learned = (_typical_run_s(ctx, batch.id), _concurrency(ctx, batch.id))
@@ -124,6 +126,17 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
             return back
         sent = back.applied.record
     return decide_and_apply(ctx, batch, sent, seen)
+
+
+def _body(ctx: Context, batch: BatchInfo, record: JobRecord) -> dict[str, Any]:
+    """What is sent: the job's input, its local images as URLs of their uploads, or inlined as data URIs."""
+    if batch.images == "upload":
+        refs = [ref for _name, _index, ref in job_image_refs(record.job)]
+        uploads = Uploads(ctx.ledger.redis, ctx.ledger.keys, batch.storage_url or "")
+        urls = BatchImages(ctx.ledger.redis, ctx.ledger.keys).urls(batch.id, refs, uploads, ctx.clock())
+        return uploaded_local_images(record.job, urls)
+    # The manifest's resolved folder: a worker elsewhere may run in another directory.
+    return inline_local_images(record.job, Path(batch.manifest).parent, batch.max_image_bytes)
 
 
 def _not_to_send(ctx: Context, batch: BatchInfo, record: JobRecord) -> Outcome | None:
