@@ -171,7 +171,7 @@ def _decoded_lines(out: ManifestFile, source: Iterable[bytes]) -> Iterator[str]:
 
 def _read_csv(out: ManifestFile, lines: Iterable[str], delimiter: str) -> Iterator[Record]:
     csv.field_size_limit(_MAX_CELL_CHARS)  # data URIs in cells outgrow the 128 KiB default
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    reader = csv.reader(_universal(lines), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     line, rows = 1, 0
     try:
@@ -200,6 +200,15 @@ def _read_csv(out: ManifestFile, lines: Iterable[str], delimiter: str) -> Iterat
         out.error(1, None, "no header row: every cell is empty")
     elif not rows and not out.diagnostics:
         out.error(1, None, "no rows under the header")
+
+
+def _universal(lines: Iterable[str]) -> Iterator[str]:
+    """The lines split at a lone CR too, as CSV has it (old Mac files end lines so)."""
+    for line in lines:
+        if "\r" in line[:-2]:
+            yield from io.StringIO(line, newline="")
+        else:
+            yield line
 
 
 def _read_header(out: ManifestFile, line: int, cells: list[str]) -> list[str] | None:

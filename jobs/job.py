@@ -14,6 +14,8 @@ AUTO_ID_HEX = 16
 VARIANT_ID_HEX = 8
 #: What a matrix value or field may look like to be part of a file name, and how long the name may grow.
 NAME_PART = re.compile(r"^[A-Za-z0-9._+-]+$")
+#: Between a variant's id and its values in its name: a character no id holds.
+NAME_MARK = "@"
 MAX_VALUE_CHARS = 24
 MAX_NAME_CHARS = 120
 
@@ -38,7 +40,7 @@ class Job:
     #: The values a `matrix` gave this job (not those its row set itself): report columns `matrix.<field>`.
     matrix: dict[str, Any] = field(default_factory=dict)
     #: What its files are called when not by its id (`images/<name>_0.png`): a matrix variant named by the
-    #: values it varies in, `storm-seed7`. Empty: by its id.
+    #: values it varies in, `storm@seed7`. Empty: by its id.
     name: str = ""
 
     @property
@@ -77,15 +79,16 @@ def variant_job_id(user_id: str, fingerprint_hex: str) -> str:
 
 
 def variant_name(user_id: str, combo: dict[str, Any]) -> str | None:
-    """A matrix variant's readable name, `<id>-seed7-strength0.5`, from the values it varies in; None when one
-    is not a short plain scalar (a prompt, a list): its files are then named by its id."""
+    """A matrix variant's readable name, `<id>@seed7-strength0.5`, from the values it varies in; None when one
+    is not a short plain scalar (a prompt, a list): its files are then named by its id. No id holds an `@`, so
+    no name is ever another job's id."""
     parts = []
     for key, value in combo.items():
         text = scalar_text(value)
         if text is None or not NAME_PART.match(key):
             return None
         parts.append(f"{key}{text}")
-    name = "-".join([user_id, *parts])
+    name = f"{user_id}{NAME_MARK}{'-'.join(parts)}"
     return name if parts and len(name) <= MAX_NAME_CHARS else None
 
 

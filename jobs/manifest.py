@@ -21,7 +21,6 @@ from jobs.endpoints import Endpoint, FieldKind, close_known_endpoint, resolve_en
 from jobs.formats import Layer, ManifestFile, Record, open_manifest
 from jobs.images import ImageRefKind, classify_image_ref, image_ref_values
 from jobs.job import (
-    VARIANT_ID_HEX,
     Job,
     auto_job_id,
     canonical_json,
@@ -359,18 +358,16 @@ class _BatchBuilder:
 
     def _settle_id(self, job: Job) -> Job:
         """The job, numbered (`<id>-2`, ...) if an earlier one had the same id (an identical input), and warned of;
-        named by its id if its name is an earlier job's (file names are unique in a batch)."""
+        named by its id if its name is an earlier variant's (file names are unique in a batch)."""
         if job.id in self._job_lines:
             self._repeats[job.id] += 1
             new_id = f"{job.id}-{self._repeats[job.id] + 1}"
             self._warn(job.line, None, f"same input as line {self._job_lines[job.id]}; runs again as job {new_id!r}")
             job = replace(job, id=new_id, name="")
         self._job_lines[job.id] = job.line
-        if job.name and (job.name in self._names or job.name in self._job_lines):
+        if job.name in self._names:  # 7 and "7" read alike
             job = replace(job, name="")
-        elif not job.name and job.id in self._names:  # an earlier variant is named as this job's id
-            job = replace(job, name=f"{job.id}-{job.fingerprint[:VARIANT_ID_HEX]}")
-        if job.name:
+        elif job.name:
             self._names.add(job.name)
         return job
 

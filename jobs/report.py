@@ -134,7 +134,14 @@ def _matrix(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> Any:
-    return value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value)
+    """A matrix value as a report cell: a data URI shortened as in `input_images`, a list or object as JSON."""
+    if isinstance(value, str):
+        return _short_image(value)
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    if isinstance(value, list):
+        value = [_short_image(item) if isinstance(item, str) else item for item in value]
+    return json.dumps(value)
 
 
 def _meta(row: dict[str, Any]) -> dict[str, Any]:

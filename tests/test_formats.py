@@ -147,3 +147,10 @@ def test_yaml_pass_through_is_a_boolean_top_level_key() -> None:
     assert problems("m.yaml", b"pass-through: true\njobs: [{prompt: x}]\n") == [
         "m.yaml:1: pass-through: unknown top-level key; did you mean 'pass_through'?"
     ]
+
+
+def test_a_csv_whose_lines_end_in_a_lone_cr_reads_as_any_other() -> None:
+    manifest = read_manifest("m.csv", b"prompt,x\ra,1\r\"two\rlines\",2\r")
+    assert [(r.row, r.layer.line, r.layer.values) for r in manifest.records] == [
+        (1, 2, {"prompt": "a", "x": "1"}), (2, 3, {"prompt": "two\rlines", "x": "2"})]
+    assert manifest.diagnostics == []

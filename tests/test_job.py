@@ -49,9 +49,9 @@ def test_a_job_stored_before_names_and_matrix_values_loads_named_by_its_id() -> 
 
 
 @pytest.mark.parametrize(("combo", "name"), [
-    ({"seed": 7}, "storm-seed7"),
-    ({"seed": -1, "strength": 0.5, "enable_safety_checker": False}, "storm-seed-1-strength0.5-enable_safety_checkerfalse"),
-    ({"image_size": "square_hd"}, "storm-image_sizesquare_hd"),
+    ({"seed": 7}, "storm@seed7"),
+    ({"seed": -1, "strength": 0.5, "enable_safety_checker": False}, "storm@seed-1-strength0.5-enable_safety_checkerfalse"),
+    ({"image_size": "square_hd"}, "storm@image_sizesquare_hd"),
     ({"prompt": "a storm at night"}, None),
     ({"image_size": {"width": 512, "height": 512}}, None),
     ({"seed": None}, None),

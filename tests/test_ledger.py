@@ -2,6 +2,7 @@
 
 import threading
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import redis
@@ -382,3 +383,17 @@ def test_a_job_is_never_put_back_in_line_in_a_cancelled_batch(redis_client: redi
     assert ledger.record("b", "j0").status is S.UNCONFIRMED  # type: ignore[union-attr]
     assert move(ledger, "j0", Move.CANCEL) is not None
     assert ledger.batch("b").ended_at is not None  # type: ignore[union-attr]
+
+
+def test_a_file_name_another_job_of_the_batch_holds_is_not_given_again(redis_client: redis.Redis) -> None:
+    """An edited manifest's rerun: a new job named as an earlier one is named by its id, never over its files."""
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 0)
+    first = replace(make_job(1), name="s@seed7")
+    ledger.sync_jobs("b", [first], now=2.0)
+    edited = replace(make_job(2), name="s@seed7")  # another input now reads as that variant
+    assert ledger.sync_jobs("b", [first, edited], now=3.0) == Counter(kept=1, added=1)
+    stems = {r.job.id: r.job.file_stem for r in ledger.records("b")}
+    assert stems == {"j1": "s@seed7", "j2": "j2"}
+    ledger.purge("b")
+    assert not redis_client.exists(ledger.keys.names("b"))

@@ -470,12 +470,12 @@ jobs:
     batch = parse("m.yaml", text)
     names = [(job.id.rsplit("-", 1)[0], job.file_stem, job.matrix) for job in batch.jobs]
     assert names[:6] == [
-        ("storm", "storm-seed7-image_sizesquare_hd", {"seed": 7, "image_size": "square_hd"}),
-        ("storm", "storm-seed7-image_sizelandscape_16_9", {"seed": 7, "image_size": "landscape_16_9"}),
-        ("storm", "storm-seed42-image_sizesquare_hd", {"seed": 42, "image_size": "square_hd"}),
-        ("storm", "storm-seed42-image_sizelandscape_16_9", {"seed": 42, "image_size": "landscape_16_9"}),
-        ("calm", "calm-seed7", {"seed": 7}),
-        ("calm", "calm-seed42", {"seed": 42}),
+        ("storm", "storm@seed7-image_sizesquare_hd", {"seed": 7, "image_size": "square_hd"}),
+        ("storm", "storm@seed7-image_sizelandscape_16_9", {"seed": 7, "image_size": "landscape_16_9"}),
+        ("storm", "storm@seed42-image_sizesquare_hd", {"seed": 42, "image_size": "square_hd"}),
+        ("storm", "storm@seed42-image_sizelandscape_16_9", {"seed": 42, "image_size": "landscape_16_9"}),
+        ("calm", "calm@seed7", {"seed": 7}),
+        ("calm", "calm@seed42", {"seed": 42}),
     ]
     for job in batch.jobs[:6]:  # ids are those of every earlier version: a rerun of an old batch submits nothing new
         assert job.id == variant_job_id(job.id.rsplit("-", 1)[0], job.fingerprint)
@@ -497,18 +497,18 @@ jobs: [{{id: long}}]
 
 
 def test_two_jobs_never_share_a_file_name() -> None:
-    """7 and "7" read alike; a row's id may be another row's variant name; a repeated value repeats a job."""
+    """A repeated value repeats a job ("7" is 7 to the schema); a row's id never reads as another row's variant."""
     text = f"""endpoint: {WAN25_I2I}
 defaults: {{image_urls: [{URL}]}}
-matrix: {{seed: [7, 7, 8]}}
+matrix: {{seed: [7, "7", 7, 8]}}
 jobs:
   - {{id: s, prompt: x}}
   - {{id: s-seed8, prompt: y, seed: 3}}
 """
     batch = parse("m.yaml", text)
-    assert batch.errors == [] and len(batch.jobs) == 4
+    assert batch.errors == [] and len(batch.jobs) == 5
     stems = [job.file_stem for job in batch.jobs]
     assert len(set(stems)) == len(stems), stems
-    assert stems[0] == "s-seed7" and stems[2] == "s-seed8"
-    assert stems[1] == batch.jobs[1].id and batch.jobs[1].id.endswith("-2"), "the repeat runs as <id>-2"
-    assert stems[3] == f"s-seed8-{batch.jobs[3].fingerprint[:8]}" and batch.jobs[3].id == "s-seed8"
+    assert stems[0] == "s@seed7" and stems[3] == "s@seed8" and stems[4] == "s-seed8"
+    assert [(stem, job.id[-2:]) for stem, job in zip(stems[1:3], batch.jobs[1:3], strict=True)] == [
+        (batch.jobs[1].id, "-2"), (batch.jobs[2].id, "-3")], "each repeat runs as <id>-<n>, named by its id"

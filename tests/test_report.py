@@ -53,3 +53,14 @@ def test_summary() -> None:
 def test_summary_of_nothing() -> None:
     assert summarize([], None)["latency_s"] == {"p50": None, "p95": None, "max": None}
 
+
+
+def test_matrix_values_and_local_input_sizes_are_columns_and_data_uris_stay_short() -> None:
+    varied = Job("v1", "fal-ai/wan-25-preview/image-to-image", {"prompt": "p", "image_urls": ["in/a.png", DATA_URI]},
+                 "f", "m.yaml", 3, 1, matrix={"seed": 7, "image_urls": ["in/a.png", DATA_URI],
+                                              "image_size": {"width": 64, "height": 48}}, name="v@seed7")  # fmt: skip
+    row = report_rows([JobRecord(varied, JobStatus.FAILED)], {"in/a.png": "64x48"})[0]
+    assert row["name"] == "v@seed7" and row["input_sizes"] == "64x48|?"
+    assert row["matrix.seed"] == 7 and row["matrix.image_size"] == '{"width": 64, "height": 48}'
+    assert row["matrix.image_urls"] == '["in/a.png", "data:image/png;base64,..."]'
+    assert report_rows([JobRecord(job(9), JobStatus.FAILED)])[0]["input_sizes"] is None, "no local input: no sizes"

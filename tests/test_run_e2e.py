@@ -410,7 +410,7 @@ def test_a_stopped_run_stops_cleanly_and_a_rerun_finishes(
 
 
 def test_matrix_variants_are_files_named_by_their_values_and_old_batches_keep_their_ids(tmp_path: Path) -> None:
-    """`storm-seed7_0.png`, not `storm-c2cec3b2_0.png`; the report and sidecars say each job's matrix values; a
+    """`storm@seed7_0.png`, not `storm-c2cec3b2_0.png`; the report and sidecars say each job's matrix values; a
     batch recorded by a version that named files by id reruns with nothing sent again and its files as they were."""
     import csv
 
@@ -420,10 +420,10 @@ def test_matrix_variants_are_files_named_by_their_values_and_old_batches_keep_th
     assert done.returncode == 0, done.stderr + done.stdout
     folder = new / "wan25-matrix"
     assert sorted(p.name for p in (folder / "images").iterdir()) == [
-        "fused_0.png", "storm-seed42_0.png", "storm-seed7_0.png", "storm-wide-seed42_0.png", "storm-wide-seed7_0.png"]
-    sidecar = json.loads((folder / "jobs" / "storm-seed7.json").read_text())
-    assert sidecar["matrix"] == {"seed": 7} and sidecar["name"] == "storm-seed7"
-    assert sidecar["job_id"].startswith("storm-") and sidecar["job_id"] != "storm-seed7", "its id is as it was"
+        "fused_0.png", "storm-wide@seed42_0.png", "storm-wide@seed7_0.png", "storm@seed42_0.png", "storm@seed7_0.png"]
+    sidecar = json.loads((folder / "jobs" / "storm@seed7.json").read_text())
+    assert sidecar["matrix"] == {"seed": 7} and sidecar["name"] == "storm@seed7"
+    assert sidecar["job_id"].startswith("storm-") and sidecar["job_id"] != "storm@seed7", "its id is as it was"
     with (folder / "report.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["job_id"].split("-")[0], r["matrix.seed"]) for r in rows] == [

@@ -111,6 +111,7 @@ def test_a_schedule_fires_once_its_batch_runs_and_the_list_shows_the_outcome(
     assert len(list((tmp_path / "out" / "nightly" / label / "images").iterdir())) == 3
     stats = sim.stats()
     assert stats["submits"] == 3 and stats["duplicate_submits"] == 0
+    assert (info.images, stats["uploads"], stats["submits_with_data_uri"]) == ("upload", 1, 0), "the firing uploads"
     assert {r["priority"] for r in stats["requests"].values()} == {"low"}, "scheduled batches queue at low priority"
     [row] = listed(tmp_path, broker)
     assert row["next_run"] is None and row["next_shown"] == "never (it has fired)"

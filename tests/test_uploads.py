@@ -62,13 +62,13 @@ def test_a_job_is_sent_the_live_upload_of_each_path_and_never_an_expired_one(red
     image = LocalImage(sha256="ab" * 32, bytes=10, width=1, height=1, mime="image/png")
     BatchImages(redis_client, keys).save("b", {"in/a.png": image, "in/b.png": image.model_copy(update={"sha256": "cd" * 32})})
     here, there = Uploads(redis_client, keys, "http://storage-1"), Uploads(redis_client, keys, "http://storage-2")
-    here.remember("ab" * 32, Upload(url="http://storage-1/a", send_until=now + 60), now)
-    there.remember("cd" * 32, Upload(url="http://storage-2/b", send_until=now + 60), now)
+    here.remember("ab" * 32, Upload(url="http://storage-1/a", expires_at=now + 60), now)
+    there.remember("cd" * 32, Upload(url="http://storage-2/b", expires_at=now + 60), now)
     urls = BatchImages(redis_client, keys).urls("b", ["in/a.png", "in/b.png", "in/c.png"], here, now)
     assert urls == {"in/a.png": "http://storage-1/a", "in/b.png": None, "in/c.png": None}, "each storage its own"
-    assert BatchImages(redis_client, keys).urls("b", ["in/a.png"], here, now + 61) == {"in/a.png": None}
+    assert BatchImages(redis_client, keys).urls("b", ["in/a.png"], here, now + 61) == {"in/a.png": None}, "gone by then"
     assert 0 < redis_client.ttl(keys.upload("http://storage-1", "ab" * 32)) <= 60, "gone from Redis when it lapses"
-    here.remember("ee" * 32, Upload(url="http://storage-1/e", send_until=now - 1), now)
+    here.remember("ee" * 32, Upload(url="http://storage-1/e", expires_at=now - 1), now)
     assert not redis_client.exists(keys.upload("http://storage-1", "ee" * 32)), "a lapsed upload is not kept"
 
 

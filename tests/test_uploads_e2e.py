@@ -147,3 +147,19 @@ def test_workers_elsewhere_need_no_input_folder(tmp_path: Path, sim_factory: Any
     assert status["counts"]["succeeded"] == 3
     assert (sim.stats()["uploads"], sim.stats()["submits_with_data_uri"]) == (1, 0)
     assert report_of(tmp_path / "out")["summary"]["counts"]["succeeded"] == 3
+
+
+def test_a_file_name_that_is_not_ascii_uploads_and_a_lifetime_shorter_than_the_start_deadline_is_refused(
+    tmp_path: Path, sim_factory: Any
+) -> None:
+    sim = sim_factory(run_time="fixed:0.05")
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (20, 10), (9, 9, 9)).save(tmp_path / "in" / "café ü.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"endpoint": WAN25_I2I, "prompt": "p", "image_urls": ["in/café ü.png"]}) + "\n")
+    done = run_into(tmp_path / "out", manifest, sim)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert sim.stats()["uploads"] == 1 and sim.stats()["submits_with_data_uri"] == 0
+    short = run_into(tmp_path / "out2", manifest, sim, "--priority", "low", "--upload-ttl", "2h")
+    assert short.returncode == 2 and "--upload-ttl: give at least 2.5h" in short.stderr
+    assert sim.stats()["uploads"] == 1 and sim.stats()["submits"] == 1, "nothing uploaded or sent"

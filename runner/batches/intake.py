@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from runner.fal.history import NO_API, api_url_for
 from runner.fal.providers import FAL_QUEUE_URL, WORKERS_CREDENTIAL, Provider
 from runner.fal.storage import StorageClient, storage_url_for
 from runner.ledger.store import BatchInfo, Ledger
-from runner.ledger.uploads import BatchImages, LocalImage, Uploads, image_sizes
+from runner.ledger.uploads import READ_MARGIN_S, BatchImages, LocalImage, Uploads, image_sizes
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
 from runner.simulator.config import SIM_CONCURRENCY, SimConfig
 from runner.steps.context import Context
@@ -95,7 +95,7 @@ def images_mode(request: RunRequest, provider: Provider) -> Literal["upload", "i
 
 def prepare_images(
     ledger: Ledger, request: RunRequest, batch: Batch, provider: Provider, http: httpx.Client,
-    on_progress: UploadProgress | None = None,
+    on_progress: UploadProgress | None = None, check_stop: Callable[[], None] = lambda: None,
 ) -> tuple[Batch, dict[str, LocalImage], UploadTally]:  # fmt: skip
     """Read the batch's local images (their content and pixel size) and, unless they are sent inline, upload
     those not on fal storage yet; before anything is recorded.
@@ -104,6 +104,7 @@ def prepare_images(
     local path holds, and what was uploaded. Raises ManifestError when such a file fails the batch, UsageError
     when images are to be uploaded from a shell without a fal key.
     """
+    check_rerun(ledger, request, provider)  # before anything is uploaded for a batch that may not be recorded
     base_dir = request.manifest.resolve().parent
     images, problems = read_images(batch.jobs, base_dir)
     tally = UploadTally()
@@ -111,10 +112,14 @@ def prepare_images(
         if provider.credential.get_secret_value() == WORKERS_CREDENTIAL:  # --images upload, asked for
             raise UsageError("--images upload: local images are uploaded to fal storage from where the manifest"
                              " is: set FAL_KEY here (or let workers send them inline: --images inline)")
+        read_s = start_timeout_s(request.priority, request.start_timeout_s) + READ_MARGIN_S
+        if request.upload_ttl_s < 2 * read_s:
+            raise UsageError(f"--upload-ttl: give at least {2 * read_s / 3600:g}h: twice the start deadline of its"
+                             " requests and 15 min, so that fal keeps an image until a request started late reads it")
         storage_url = storage_url_for(request.storage_url, provider)
         client = StorageClient(http, storage_url, provider)
         uploads = Uploads(ledger.redis, ledger.keys, storage_url)
-        tally = upload_images(images, base_dir, uploads, client, int(request.upload_ttl_s), on_progress)
+        tally = upload_images(images, base_dir, uploads, client, int(request.upload_ttl_s), on_progress, check_stop)
         problems |= tally.problems
     kept = {ref: image for ref, image in images.items() if ref not in problems}
     return refuse_or_skip(batch, problems, request.skip_invalid), kept, tally
@@ -260,18 +265,9 @@ def record_batch(
     """Record the batch's settings (`images`: what its local paths held, from `prepare_images`)."""
     batch_id = request.batch_id or batch_id_for(request.manifest)
     folder = unattended.folder if unattended and unattended.folder else request.out / batch_id
-    manifest = str(request.manifest.resolve())
-    existing = ledger.batch(batch_id)
-    if existing is not None and existing.manifest != manifest:
-        raise UsageError(
-            f"{request.out / batch_id} holds batch {batch_id!r} of another manifest ({existing.manifest});"
-            " pass --batch-id or another --out"
-        )
-    if existing is not None:
-        existing.check_format()
-        check_same_provider(existing, provider, request.sim)
+    existing = check_rerun(ledger, request, provider)
     info = BatchInfo(
-        id=batch_id, manifest=manifest, folder=str(folder.resolve()),
+        id=batch_id, manifest=str(request.manifest.resolve()), folder=str(folder.resolve()),
         created_at=existing.created_at if existing else time.time(), jobs=len(batch.jobs),
         max_in_flight=request.max_in_flight, max_attempts=request.max_attempts, state="open",
         provider_url=provider.base_url, auth_scheme=provider.auth_scheme, priority=request.priority,
@@ -287,6 +283,23 @@ def record_batch(
     ledger.forget_unknown_endpoints(batch_id)
     BatchFolder(Path(info.folder)).prepare()
     return info
+
+
+def check_rerun(ledger: Ledger, request: RunRequest, provider: Provider) -> BatchInfo | None:
+    """The batch the request records again, if any; raises UsageError when it may not be: another manifest's,
+    an earlier version's, or sent to another provider."""
+    batch_id = request.batch_id or batch_id_for(request.manifest)
+    existing = ledger.batch(batch_id)
+    if existing is None:
+        return None
+    if existing.manifest != str(request.manifest.resolve()):
+        raise UsageError(
+            f"{request.out / batch_id} holds batch {batch_id!r} of another manifest ({existing.manifest});"
+            " pass --batch-id or another --out"
+        )
+    existing.check_format()
+    check_same_provider(existing, provider, request.sim)
+    return existing
 
 
 def check_same_provider(existing: BatchInfo, provider: Provider, sim: bool) -> None:

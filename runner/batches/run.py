@@ -49,6 +49,8 @@ from runner.simulator import SimConfig, run_simulator
 from runner.steps.context import Context, make_context
 
 _FOLLOW_EVERY_S = 0.2
+#: Of the calls a run or a submit makes itself: uploads of local images may take a while.
+HTTP_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 #: A simulator's history lags by a known amount, on this machine's clock: a second more covers it.
 _SIM_LAG_MARGIN_S = 1.0
 
@@ -145,8 +147,10 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
         client, broker_url = _redis(request, stack)
         ledger = Ledger(client)
         _check_trial(ledger, request, batch)
-        http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)))
-        batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload)
+        http = stack.enter_context(httpx.Client(timeout=HTTP_TIMEOUT))
+        batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload,
+                                                watchers.check_stop)  # fmt: skip
+        watchers.check_stop()  # nothing is recorded yet: a stop now leaves nothing behind
         info = record_batch(ledger, request, batch, provider, images=images)
         synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         secret = provider.credential.get_secret_value()
@@ -305,7 +309,7 @@ def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str
     With `request.notify`, the worker that ends it POSTs its summary there. Raises UsageError as `check_submit`.
     """
     check_submit(request)
-    with open_ledger(request.redis_url, request.out) as (ledger, _), httpx.Client() as http:
+    with open_ledger(request.redis_url, request.out) as (ledger, _), httpx.Client(timeout=HTTP_TIMEOUT) as http:
         ledger.redis.ping()  # an unreachable Redis is the first thing to say
         provider = provider_for(request, credential_needed=False)  # the workers hold it
         check_writable(request.out, "--out")

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from threading import Lock
@@ -22,12 +22,11 @@ from threading import Lock
 from PIL import Image, UnidentifiedImageError
 
 from jobs.backoff import Backoff, backoff_delay_s
-from jobs.diagnostics import Diagnostic
+from jobs.diagnostics import Diagnostic, dedupe
 from jobs.errors import ManifestError, StorageError
-from jobs.images import ImageRefKind, classify_image_ref
 from jobs.job import Job
 from jobs.manifest import Batch
-from runner.fal.local_images import job_image_refs
+from runner.fal.local_images import job_image_refs, local_refs
 from runner.fal.storage import StorageClient
 from runner.ledger.uploads import LocalImage, Upload, Uploads
 
@@ -38,11 +37,10 @@ UPLOADS_AT_ONCE = 4
 #: Tries of an upload that failed in passing (5xx, 429, a dropped connection), with the project's one backoff.
 UPLOAD_TRIES = 4
 UPLOAD_BACKOFF = Backoff(base_s=0.5, factor=2.0, cap_s=10.0, jitter=0.5)
-#: An upload is not sent this close to when fal drops it (a queued request reads its input when it starts):
-#: 2 hours, or a quarter of a short lifetime.
-SEND_MARGIN_S = 7200.0
 #: How long fal keeps an upload unless asked otherwise (`--upload-ttl`): a week outlasts a batch.
 DEFAULT_UPLOAD_TTL_S = 7 * 86400.0
+
+_STOP_CHECK_S = 0.2
 
 #: Called with the bytes uploaded so far and the bytes to upload.
 UploadProgress = Callable[[int, int], None]
@@ -62,16 +60,6 @@ class UploadTally:
     problems: dict[str, str] = field(default_factory=dict)
 
 
-def local_refs(jobs: list[Job]) -> dict[str, None]:
-    """The local image paths the jobs name, each once, in order."""
-    refs: dict[str, None] = {}
-    for job in jobs:
-        for _name, _index, ref in job_image_refs(job):
-            if _is_local(ref):
-                refs[ref] = None
-    return refs
-
-
 def read_images(jobs: list[Job], base_dir: Path) -> tuple[dict[str, LocalImage], dict[str, str]]:
     """What each local image path of the jobs (relative to `base_dir`) holds; why the others cannot be read."""
     images: dict[str, LocalImage] = {}
@@ -88,10 +76,13 @@ def read_images(jobs: list[Job], base_dir: Path) -> tuple[dict[str, LocalImage],
 
 def upload_images(
     images: dict[str, LocalImage], base_dir: Path, store: Uploads, client: StorageClient, lifetime_s: int,
-    on_progress: UploadProgress | None = None,
+    on_progress: UploadProgress | None = None, check_stop: Callable[[], None] = lambda: None,
 ) -> UploadTally:  # fmt: skip
     """Upload each distinct content of `images` (paths relative to `base_dir`) that has no live upload, and keep
-    its URL for every batch. Never raises for a file or an upload: each problem is in the tally, by path."""
+    its URL for every batch. Never raises for a file or an upload: each problem is in the tally, by path.
+
+    `check_stop` is called while they run; what it raises (Ctrl-C) stops them after those in progress.
+    """
     tally = UploadTally()
     first_ref = {image.sha256: ref for ref, image in reversed(images.items())}
     tally.contents = len(first_ref)
@@ -99,25 +90,31 @@ def upload_images(
     missing = {sha: ref for sha, ref in first_ref.items() if sha not in live}
     tally.reused = len(first_ref) - len(missing)
     progress = _Progress(sum(images[ref].bytes for ref in missing.values()), on_progress)
-    margin_s = min(SEND_MARGIN_S, lifetime_s / 4)
 
     def upload(sha: str) -> None:
-        ref = missing[sha]
+        ref, started = missing[sha], time.time()  # fal's lifetime runs from the upload: this errs early
         try:
             url = _upload_one(client, base_dir / ref, images[ref], lifetime_s)
-        except (StorageError, OSError) as exc:
+        except Exception as exc:  # one file's failure, whatever it is, is that file's rows' error: never the batch's
+            reason = str(exc) if isinstance(exc, StorageError | OSError) else f"{type(exc).__name__}: {exc}"[:200]
             with progress.lock:
-                tally.problems.update({r: f"upload to fal storage failed: {exc}" for r, i in images.items()
+                tally.problems.update({r: f"upload to fal storage failed: {reason}" for r, i in images.items()
                                        if i.sha256 == sha})  # fmt: skip
             return
-        store.remember(sha, Upload(url=url, send_until=time.time() + lifetime_s - margin_s), time.time())
+        store.remember(sha, Upload(url=url, expires_at=started + lifetime_s), time.time())
         progress.add(images[ref].bytes)
         with progress.lock:
             tally.uploaded += 1
             tally.bytes_uploaded += images[ref].bytes
 
-    with ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="upload") as pool:
-        list(pool.map(upload, missing))
+    pool = ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="upload")
+    try:
+        pending = {pool.submit(upload, sha) for sha in missing}
+        while pending:
+            _, pending = wait(pending, timeout=_STOP_CHECK_S)
+            check_stop()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on a stop: none starts, those in progress end
     return tally
 
 
@@ -133,7 +130,7 @@ def refuse_or_skip(batch: Batch, problems: dict[str, str], skip_invalid: bool) -
         found.extend(errors)
         if not errors:
             kept.append(job)
-    diagnostics = sorted(set(batch.diagnostics) | set(found), key=lambda d: (d.line or 0, d.field or ""))
+    diagnostics = sorted(dedupe(batch.diagnostics + found), key=lambda d: d.line or 0)
     if not skip_invalid or not kept:
         raise ManifestError(diagnostics)
     return replace(batch, jobs=kept, diagnostics=diagnostics)
@@ -180,13 +177,6 @@ class _Progress:
             self.done += sent
             if self.report is not None:
                 self.report(self.done, self.total)
-
-
-def _is_local(ref: str) -> bool:
-    try:
-        return classify_image_ref(ref).kind is ImageRefKind.LOCAL_PATH
-    except ValueError:  # refused at validation
-        return False
 
 
 def _label(name: str, index: int | None) -> str:

@@ -26,10 +26,10 @@ from runner.batches import operations
 from runner.batches.intake import RunRequest, load_batch
 from runner.batches.notifications import shown_notify_url
 from runner.batches.run import check_submit, open_ledger, submit_batch
-from runner.batches.uploads import local_refs
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
 from runner.cli.progress import ProgressBar
+from runner.fal.local_images import local_refs
 from runner.ledger.store import Ledger
 from runner.settings import CREDENTIAL_ENV, credential_from_env
 from runner.steps.context import Context, make_context

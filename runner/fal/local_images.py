@@ -90,6 +90,23 @@ def _with_local_images(job: Job, replace: Callable[[str, str], str]) -> dict[str
     return body
 
 
+def local_refs(jobs: list[Job]) -> dict[str, None]:
+    """The local image paths the jobs name, each once, in order."""
+    refs: dict[str, None] = {}
+    for job in jobs:
+        for _name, _index, ref in job_image_refs(job):
+            if _is_local(ref):
+                refs[ref] = None
+    return refs
+
+
+def _is_local(ref: str) -> bool:
+    try:
+        return classify_image_ref(ref).kind is ImageRefKind.LOCAL_PATH
+    except ValueError:  # refused at validation
+        return False
+
+
 def job_image_refs(job: Job) -> list[tuple[str, int | None, str]]:
     """(field, index in its list or None, value) of each image reference of the job's input."""
     fields = resolve_endpoint(job.endpoint).image_fields

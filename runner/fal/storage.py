@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -78,13 +78,14 @@ class StorageClient:
         """Upload `data`; the URL fal serves it at for `lifetime_s`. Raises StorageError."""
         token = self._held_token()
         headers = {
-            "Authorization": token.authorization, "Content-Type": content_type, "X-Fal-File-Name": file_name,
+            "Authorization": token.authorization, "Content-Type": content_type, "X-Fal-File-Name": quote(file_name),
             "X-Fal-Object-Lifecycle": json.dumps({"expiration_duration_seconds": lifetime_s}),
         }  # fmt: skip
         response = self._post(f"{token.base_url.rstrip('/')}/files/upload", data, headers, "upload")
-        if response.status_code == 401:  # the token lapsed early: the next call gets another
+        if response.status_code == 401:  # the token lapsed early (clocks differ): the next try gets another
             with self._lock:
                 self._token = None
+            raise StorageError(f"upload: HTTP 401{_detail(response)} (its storage token had lapsed)", transient=True)
         _raise_for(response, "upload")
         return _parsed(_Uploaded, response, "upload").access_url
 

@@ -79,6 +79,10 @@ class Keys:
         submit may still run at fal."""
         return f"{self.prefix}:batch:{batch_id}:longest"
 
+    def names(self, batch_id: str) -> str:
+        """Hash: a file name (`Job.name`) -> the job that holds it, so that no other job of the batch writes it."""
+        return f"{self.prefix}:batch:{batch_id}:names"
+
     def images(self, batch_id: str) -> str:
         """Hash: a local image path as the manifest names it -> the content it had when the batch was recorded
         (JSON: sha256, size in bytes and pixels), so that workers send its upload and the report its size."""

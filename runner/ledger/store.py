@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, Literal, cast
 
 import redis
@@ -160,6 +160,7 @@ class Ledger:
     def sync_jobs(self, batch_id: str, jobs: Sequence[Job], now: float) -> Counter[str]:
         """Record a manifest's jobs, idempotently: how many were added, kept, changed, in flight."""
         outcome: Counter[str] = Counter()
+        jobs = self._claim_names(batch_id, jobs)
         context = self._context(batch_id, now)
         context["in_flight_statuses"] = sorted(s.value for s in ACTIVE)  # fal may have a request of these
         context["reset"] = {name: _stored(value) for name, value in _RESET.items()}
@@ -174,6 +175,21 @@ class Ledger:
         total = self.redis.llen(self.keys.job_order(batch_id))
         self.redis.hset(self.keys.batch(batch_id), "jobs", json.dumps(total))
         return outcome
+
+    def _claim_names(self, batch_id: str, jobs: Sequence[Job]) -> list[Job]:
+        """The jobs, each named as given unless another job of the batch holds that name (then by its id): a
+        rerun of an edited manifest never writes over the files of a job it no longer names."""
+        key, holders = self.keys.names(batch_id), dict[str, bytes]()
+        named = [job for job in jobs if job.name]
+        for start in range(0, len(named), _CHUNK):
+            chunk = named[start : start + _CHUNK]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job in chunk:
+                    pipe.hsetnx(key, job.name, job.id)
+                pipe.hmget(key, [job.name for job in chunk])
+                found = pipe.execute()[-1]
+            holders.update(zip((job.name for job in chunk), found, strict=True))
+        return [replace(job, name="") if job.name and holders[job.name] != job.id.encode() else job for job in jobs]
 
     # --- jobs ----------------------------------------------------------------
 
@@ -377,7 +393,7 @@ class Ledger:
             pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
                         k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id), k.request_bases(batch_id),
                         k.tallies(batch_id), k.longest_run(batch_id), k.skipped(batch_id),
-                        k.unknown_endpoints(batch_id), k.images(batch_id),
+                        k.unknown_endpoints(batch_id), k.images(batch_id), k.names(batch_id),
                         *(k.status_index(batch_id, s.value) for s in JobStatus),
                         *(k.side(batch_id, name) for name in _SIDE))  # fmt: skip
             pipe.zrem(k.timers, *batch_timers)

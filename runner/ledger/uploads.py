@@ -29,12 +29,17 @@ class LocalImage(BaseModel):
     mime: str
 
 
+#: A request reads its input images when it starts, up to its start deadline after the submit, and then some:
+#: an upload is sent only if it outlives the deadline by this much.
+READ_MARGIN_S = 900.0
+
+
 class Upload(BaseModel):
     """An image's copy on fal storage."""
 
     url: str
-    #: Unix seconds after which it is not sent any more: before fal drops it, with room for a queued request.
-    send_until: float
+    #: Unix seconds when fal drops it (its lifecycle from the upload).
+    expires_at: float
 
 
 class Uploads:
@@ -46,18 +51,18 @@ class Uploads:
         self.storage_url = storage_url
 
     def live(self, sha256s: Iterable[str], needed_until: float) -> dict[str, Upload]:
-        """The uploads of these contents that may still be sent at `needed_until`."""
+        """The uploads of these contents that fal still holds at `needed_until`."""
         wanted = list(dict.fromkeys(sha256s))
         if not wanted:
             return {}
         keys = [self.keys.upload(self.storage_url, sha) for sha in wanted]
         found = cast(list[bytes | None], self.redis.mget(keys))
         uploads = {sha: Upload.model_validate_json(raw) for sha, raw in zip(wanted, found, strict=True) if raw}
-        return {sha: upload for sha, upload in uploads.items() if upload.send_until >= needed_until}
+        return {sha: upload for sha, upload in uploads.items() if upload.expires_at >= needed_until}
 
     def remember(self, sha256: str, upload: Upload, now: float) -> None:
-        """Keep `upload` for every batch until it may no longer be sent."""
-        life_s = math.floor(upload.send_until - now)
+        """Keep `upload` for every batch until fal drops it."""
+        life_s = math.floor(upload.expires_at - now)
         if life_s > 0:
             self.redis.set(self.keys.upload(self.storage_url, sha256), upload.model_dump_json(), ex=life_s)
 
@@ -79,16 +84,16 @@ class BatchImages:
         raw = cast(dict[bytes, bytes], self.redis.hgetall(self.keys.images(batch_id)))
         return {ref.decode(): LocalImage.model_validate_json(value) for ref, value in raw.items()}
 
-    def urls(self, batch_id: str, refs: Iterable[str], uploads: Uploads, now: float) -> dict[str, str | None]:
-        """The URL to send for each local path of the batch: its content's live upload, or None (never recorded,
-        or its upload expired)."""
+    def urls(self, batch_id: str, refs: Iterable[str], uploads: Uploads, needed_until: float) -> dict[str, str | None]:
+        """The URL to send for each local path of the batch: its content's upload if fal holds it until
+        `needed_until`, else None (never recorded, or it expires too soon)."""
         wanted = list(dict.fromkeys(refs))
         if not wanted:
             return {}
         raw = cast(list[bytes | None], self.redis.hmget(self.keys.images(batch_id), wanted))
         shas = {ref: LocalImage.model_validate_json(value).sha256 for ref, value in zip(wanted, raw, strict=True)
                 if value}  # fmt: skip
-        live = uploads.live(shas.values(), now)
+        live = uploads.live(shas.values(), needed_until)
         return {ref: live[shas[ref]].url if ref in shas and shas[ref] in live else None for ref in wanted}
 
 

@@ -28,10 +28,10 @@ from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.reconcile import input_digest, start_timeout_s
 from jobs.record import JobRecord
 from jobs.status import JobStatus
-from runner.fal.local_images import inline_local_images, job_image_refs, uploaded_local_images
+from runner.fal.local_images import inline_local_images, local_refs, uploaded_local_images
 from runner.fal.queue_api import QueueStatus, Submission
 from runner.ledger.store import BatchInfo
-from runner.ledger.uploads import BatchImages, Uploads
+from runner.ledger.uploads import READ_MARGIN_S, BatchImages, Uploads
 from runner.steps.collect import save_outputs
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
@@ -131,9 +131,11 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
 def _body(ctx: Context, batch: BatchInfo, record: JobRecord) -> dict[str, Any]:
     """What is sent: the job's input, its local images as URLs of their uploads, or inlined as data URIs."""
     if batch.images == "upload":
-        refs = [ref for _name, _index, ref in job_image_refs(record.job)]
+        refs = local_refs([record.job])
         uploads = Uploads(ctx.ledger.redis, ctx.ledger.keys, batch.storage_url or "")
-        urls = BatchImages(ctx.ledger.redis, ctx.ledger.keys).urls(batch.id, refs, uploads, ctx.clock())
+        # fal reads them when the request starts: up to its start deadline from now
+        read_by = ctx.clock() + start_timeout_s(batch.priority, batch.start_timeout_s) + READ_MARGIN_S
+        urls = BatchImages(ctx.ledger.redis, ctx.ledger.keys).urls(batch.id, refs, uploads, read_by)
         return uploaded_local_images(record.job, urls)
     # The manifest's resolved folder: a worker elsewhere may run in another directory.
     return inline_local_images(record.job, Path(batch.manifest).parent, batch.max_image_bytes)
