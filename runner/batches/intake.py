@@ -161,8 +161,6 @@ def load_batch(request: RunRequest, data: bytes | None = None) -> Batch:
     return batch
 
 
-
-
 def trial_jobs(request: RunRequest, batch: Batch) -> Batch:
     """`batch` with only the jobs `--limit` or `--sample` take (all of them without either)."""
     if request.limit is not None:
