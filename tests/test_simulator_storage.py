@@ -115,12 +115,14 @@ def test_the_lifecycle_header_expires_a_file_and_the_default_lifetime_the_others
         assert (sim.stats()["storage_fetches"], sim.stats()["stored_files"]) == (5, 0)
 
 
-def test_the_oldest_uploads_are_evicted_past_the_budget() -> None:
+def test_a_full_storage_refuses_uploads_and_keeps_every_live_one() -> None:
     with serve(storage_mb=2500 / 2**20) as (sim, client):
         token = new_token(client, sim)
-        urls = [upload(client, token, bytes([n]) * 1000).json()["access_url"] for n in range(3)]
-        assert [client.get(url).status_code for url in urls] == [404, 200, 200]
-        assert (sim.stats()["stored_files"], sim.stats()["stored_bytes"]) == (2, 2000)
+        answers = [upload(client, token, bytes([n]) * 1000) for n in range(3)]
+        assert [answer.status_code for answer in answers] == [200, 200, 507]
+        assert "storage is full" in answers[2].json()["detail"]
+        assert [client.get(answer.json()["access_url"]).status_code for answer in answers[:2]] == [200, 200]
+        assert (sim.stats()["stored_files"], sim.stats()["stored_bytes"], sim.stats()["uploads"]) == (2, 2000, 2)
 
 
 # --- who may upload ---------------------------------------------------------------

@@ -109,6 +109,9 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
     "does: 'local' those on 127.0.0.1/localhost/::1 (others are assumed readable), 'all', or 'none'. "
     "data: URIs are always decoded.",
 )
+@click.option("--storage-mb", type=click.FloatRange(min=0, min_open=True), default=_SIM_DEFAULTS.storage_mb,
+              show_default=True, help="Uploaded files held in memory until they expire; past it an upload answers"
+                                      " 507.")  # fmt: skip
 @_fault_options
 @click.option("--fault-limit", type=click.IntRange(min=0), help="Stop injecting each fault kind after N injections.")
 @click.option("--retry-after-s", type=click.FloatRange(min=0), default=_SIM_DEFAULTS.retry_after_s, show_default=True,

@@ -30,7 +30,7 @@ Where it is simpler than fal:
 - The request history lists only finished requests, each `history_lag_s` after it
   completed (fal: unconfirmed); `json_output` is there only while the result is held
   here (made on the first result fetch, dropped at the purge).
-- Uploads are held in memory (`storage_mb`, oldest evicted first) and take at most
+- Uploads are held in memory until they expire (`storage_mb`; past it an upload answers 507) and take at most
   `upload_max_mb` each (fal: 100 MiB); multipart uploads are not served. An output
   derives from an uploaded input image only while the upload is held.
 

@@ -91,7 +91,7 @@ class SimConfig(BaseModel):
     #: An upload whose `X-Fal-Object-Lifecycle` sets no positive expiration answers 404 this long after it was
     #: stored (fal's default retention: longer than any batch).
     storage_file_lifetime_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
-    #: Uploaded files kept in memory; past this the oldest are evicted, and answer 404 as expired ones do.
+    #: Uploaded files kept in memory; an upload that would pass this while the others live answers 507.
     storage_mb: Annotated[float, Field(gt=0)] = 256.0
     #: An upload's body larger than this answers 413 (fal: 100 MiB; fal_client sends larger files in parts).
     upload_max_mb: Annotated[float, Field(gt=0)] = 100.0

@@ -282,6 +282,10 @@ class Service:
             detail = f"A single upload takes at most {max_bytes} bytes; larger files go in parts (multipart)"
             return json_reply(413, {"detail": detail})
         path = self._storage.put(call.body, call.headers)
+        if path is None:
+            detail = (f"The simulator's storage is full ({self._config.storage_mb:g} MB of files not expired yet):"
+                      " start it with more (storage_mb, wan-batch sim --storage-mb), or send images inline")
+            return json_reply(507, {"detail": detail})
         self._stats.count(Counter.UPLOADS)
         self._stats.count(Counter.UPLOAD_BYTES, len(call.body))
         return json_reply(200, {"access_url": f"{call.base_url}/{CDN_PREFIX}/{path}"})

@@ -127,12 +127,12 @@ class Storage:
             return "Storage token expired"
         return None
 
-    def put(self, data: bytes, headers: Mapping[str, str]) -> str:
-        """Store an upload; its path under the CDN's base URL (`files/<id>/<name>`).
+    def put(self, data: bytes, headers: Mapping[str, str]) -> str | None:
+        """Store an upload; its path under the CDN's base URL (`files/<id>/<name>`), or None when the byte budget
+        is full of files that have not expired (a live upload is never dropped: a batch may still send it).
 
         `headers` (lower-case names) give its `content-type`, `x-fal-file-name` and
         `x-fal-object-lifecycle`; without a positive expiration it lives the default lifetime.
-        Evicts the oldest uploads past the byte budget, never the new one.
         """
         content_type = headers.get("content-type") or _DEFAULT_CONTENT_TYPE
         name = quote(_file_name(headers.get("x-fal-file-name"), content_type), safe="")
@@ -142,10 +142,10 @@ class Storage:
             now = self._clock()
             for expired in [key for key, held in self._files.items() if now >= held.expires_at]:
                 self._drop(expired)
+            if self._held_bytes + len(data) > self._budget_bytes:
+                return None
             self._files[file_id] = StoredFile(data, content_type, name, now + lifetime_s)
             self._held_bytes += len(data)
-            while self._held_bytes > self._budget_bytes and len(self._files) > 1:
-                self._drop(next(iter(self._files)))
         return f"files/{file_id}/{name}"
 
     def get(self, file_id: str, name: str) -> StoredFile | None:
