@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,14 +74,15 @@ def test_a_token_uploads_a_file_served_as_sent() -> None:
     with serve(key=KEY, storage_token_ttl_s=600) as (sim, client):
         before = datetime.now(UTC)
         token = new_token(client, sim)
-        assert (token["token_type"], token["base_url"]) == ("Bearer", f"{sim.base_url}/cdn") and token["token"]
+        assert token["token_type"] == "Bearer" and token["token"]
+        assert re.fullmatch(re.escape(f"{sim.base_url}/cdn/") + "[0-9a-f]{8}", token["base_url"]), "this simulator's"
         expires_at = datetime.fromisoformat(token["expires_at"])
         assert expires_at.tzinfo is not None and 599 <= (expires_at - before).total_seconds() <= 601
         jpeg = b"\xff\xd8 not really a jpeg"
         response = upload(client, token, jpeg, name="my photo.jpg", content_type="image/jpeg")
         assert response.status_code == 200, response.text
         access_url = response.json()["access_url"]
-        assert access_url.startswith(f"{sim.base_url}/cdn/files/") and access_url.endswith("/my%20photo.jpg")
+        assert access_url.startswith(f"{token['base_url']}/files/") and access_url.endswith("/my%20photo.jpg")
         served = httpx.get(access_url)  # no credentials: a CDN URL is public
         assert (served.status_code, served.content, served.headers["Content-Type"]) == (200, jpeg, "image/jpeg")
         assert httpx.get(access_url.replace("my%20photo.jpg", "other.jpg")).status_code == 404
@@ -173,15 +175,18 @@ def test_an_upload_needs_a_storage_token_not_expired(gate: Gate, authorization: 
     ("method", "path", "status"),
     [
         ("GET", TOKEN_PATH, 405),
-        ("GET", "/cdn/files/upload", 405),
-        ("PUT", "/cdn/files/upload", 405),
-        ("POST", "/cdn/files/upload/multipart", 404),
+        ("GET", "/cdn/{instance}/files/upload", 405),
+        ("PUT", "/cdn/{instance}/files/upload", 405),
+        ("POST", "/cdn/{instance}/files/upload/multipart", 404),
         ("POST", "/cdn/anything", 404),
-        ("GET", "/cdn/files/0123/name.png", 404),
+        ("GET", "/cdn/{instance}/files/0123/name.png", 404),
+        ("POST", "/cdn/0badc0de/files/upload", 404),  # another simulator's CDN
     ],
 )
 def test_other_storage_calls_are_not_queue_calls(gate: Gate, method: str, path: str, status: int) -> None:
-    assert gate.client.request(method, f"{gate.sim.base_url}{path}", headers=AUTH).status_code == status
+    instance = new_token(gate.client, gate.sim, AUTH)["base_url"].rsplit("/", 1)[1]
+    url = f"{gate.sim.base_url}{path.replace('{instance}', instance)}"
+    assert gate.client.request(method, url, headers=AUTH).status_code == status
     assert gate.sim.stats()["submits"] == 0
 
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from PIL import Image
@@ -20,8 +21,8 @@ from PIL import Image
 from jobs.endpoints import WAN25_I2I
 from runner.embedded.server import EmbeddedRedis
 from runner.ledger.keys import Keys
-from runner.simulator import FaultRates
-from tests.test_run_e2e import WAN_BATCH, assert_report_matches_disk, cli_env, report_of, run_cli, write_manifest
+from runner.simulator import FaultRates, SimConfig, run_simulator
+from tests.test_run_e2e import KEY, WAN_BATCH, assert_report_matches_disk, cli_env, report_of, run_cli, write_manifest
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 
@@ -74,8 +75,8 @@ def test_an_expired_upload_is_uploaded_again(tmp_path: Path, sim_factory: Any) -
     assert sim.stats()["uploads"] == 1
     with EmbeddedRedis(tmp_path / "out" / ".wan-batch" / "redis") as server:  # what the run used, stopped now
         client = redis.Redis.from_url(server.url)
-        uploads = client.keys(f"{Keys().upload(sim.base_url, '')}*")
-        assert len(uploads) == 1 and client.ttl(uploads[0]) > 6 * 86400 - 7200 - 60, "kept for 7 days less 2 hours"
+        uploads = client.keys(f"{Keys().prefix}:upload:*")
+        assert len(uploads) == 1 and client.ttl(uploads[0]) > 6 * 86400 - 7200 - 60, "kept while fal keeps it"
         client.pexpire(uploads[0], 1)  # as if its days had passed
         deadline = time.monotonic() + 10
         while client.exists(uploads[0]) and time.monotonic() < deadline:
@@ -163,3 +164,17 @@ def test_a_file_name_that_is_not_ascii_uploads_and_a_lifetime_shorter_than_the_s
     short = run_into(tmp_path / "out2", manifest, sim, "--priority", "low", "--upload-ttl", "2h")
     assert short.returncode == 2 and "--upload-ttl: give at least 2.5h" in short.stderr
     assert sim.stats()["uploads"] == 1 and sim.stats()["submits"] == 1, "nothing uploaded or sent"
+
+
+def test_a_simulator_restarted_on_the_same_port_is_another_storage(tmp_path: Path) -> None:
+    """Its files went with the one before: uploads are kept per storage (its token's CDN URL), not per host."""
+    manifest = write_manifest(tmp_path, 1)
+    config = SimConfig(key=KEY, run_time="fixed:0.05")
+    with run_simulator(config) as first:
+        assert run_into(tmp_path / "out", manifest, first).returncode == 0
+        port = urlsplit(first.base_url).port
+    with run_simulator(config.model_copy(update={"port": port})) as second:
+        other = shutil.copy(manifest, tmp_path / "other.jsonl")
+        done = run_into(tmp_path / "out", Path(other), second)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert second.stats()["uploads"] == 1 and second.stats()["storage_fetches"] == 1

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
-from jobs.errors import ManifestError, UsageError
+from jobs.errors import ManifestError, StorageError, UsageError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.reconcile import start_timeout_s
 from jobs.record import JobRecord
@@ -33,6 +33,7 @@ from runner.batches.uploads import (
     read_images,
     refuse_or_skip,
     upload_images,
+    with_retries,
 )
 from runner.fal.history import NO_API, api_url_for
 from runner.fal.providers import FAL_QUEUE_URL, WORKERS_CREDENTIAL, Provider
@@ -116,11 +117,17 @@ def prepare_images(
         if request.upload_ttl_s < 2 * read_s:
             raise UsageError(f"--upload-ttl: give at least {2 * read_s / 3600:g}h: twice the start deadline of its"
                              " requests and 15 min, so that fal keeps an image until a request started late reads it")
-        storage_url = storage_url_for(request.storage_url, provider)
-        client = StorageClient(http, storage_url, provider)
-        uploads = Uploads(ledger.redis, ledger.keys, storage_url)
-        tally = upload_images(images, base_dir, uploads, client, int(request.upload_ttl_s), on_progress, check_stop)
-        problems |= tally.problems
+        client = StorageClient(http, storage_url_for(request.storage_url, provider), provider)
+        try:
+            cdn_url = with_retries(client.cdn_url, "fal storage's token")
+        except StorageError as exc:
+            problems |= {ref: f"upload to fal storage failed: {exc}" for ref in images}
+        else:
+            uploads = Uploads(ledger.redis, ledger.keys, cdn_url)
+            tally = upload_images(images, base_dir, uploads, client, int(request.upload_ttl_s), on_progress,
+                                  check_stop)  # fmt: skip
+            tally.storage = cdn_url
+            problems |= tally.problems
     kept = {ref: image for ref, image in images.items() if ref not in problems}
     return refuse_or_skip(batch, problems, request.skip_invalid), kept, tally
 
@@ -258,9 +265,10 @@ def batch_id_for(manifest: Path) -> str:
 
 def record_batch(
     ledger: Ledger, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None,
-    images: Mapping[str, LocalImage] | None = None,
+    images: Mapping[str, LocalImage] | None = None, storage: str | None = None,
 ) -> BatchInfo:
-    """Record the batch's settings (`images`: what its local paths held, from `prepare_images`)."""
+    """Record the batch's settings (`images`: what its local paths held; `storage`: where their uploads are;
+    both from `prepare_images`)."""
     batch_id = request.batch_id or batch_id_for(request.manifest)
     folder = unattended.folder if unattended and unattended.folder else request.out / batch_id
     existing = check_rerun(ledger, request, provider)
@@ -273,7 +281,7 @@ def record_batch(
         api_url=api_url_of(request, provider), max_image_bytes=int(request.max_image_mb * MIB),
         report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
         notify=request.notify if unattended else None,  # a run that follows its batch notifies itself
-        images=images_mode(request, provider), storage_url=storage_url_for(request.storage_url, provider),
+        images=images_mode(request, provider), storage_url=storage,
     )  # fmt: skip
     BatchImages(ledger.redis, ledger.keys).save(batch_id, images or {})  # before a job can be sent
     ledger.save_batch(info)
@@ -368,8 +376,8 @@ def enqueue_batch(
 
     Its local images are uploaded first (raises as `prepare_images`).
     """
-    batch, images, _ = prepare_images(context.ledger, request, batch, provider, context.http)
-    info = record_batch(context.ledger, request, batch, provider, unattended or Unattended(), images)
+    batch, images, uploads = prepare_images(context.ledger, request, batch, provider, context.http)
+    info = record_batch(context.ledger, request, batch, provider, unattended or Unattended(), images, uploads.storage)
     synced = context.ledger.sync_jobs(info.id, batch.jobs, time.time())
     resume_batch(context, info.id)
     return info, dict(synced)

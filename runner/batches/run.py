@@ -151,7 +151,7 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
         batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload,
                                                 watchers.check_stop)  # fmt: skip
         watchers.check_stop()  # nothing is recorded yet: a stop now leaves nothing behind
-        info = record_batch(ledger, request, batch, provider, images=images)
+        info = record_batch(ledger, request, batch, provider, images=images, storage=uploads.storage)
         synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         secret = provider.credential.get_secret_value()
         context = make_context(ledger, http, lambda _scheme: secret, settings)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from threading import Lock
+from typing import TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -42,6 +43,8 @@ DEFAULT_UPLOAD_TTL_S = 7 * 86400.0
 
 _STOP_CHECK_S = 0.2
 
+T = TypeVar("T")
+
 #: Called with the bytes uploaded so far and the bytes to upload.
 UploadProgress = Callable[[int, int], None]
 
@@ -55,6 +58,8 @@ class UploadTally:
     contents: int = 0
     uploaded: int = 0
     reused: int = 0
+    #: Where they are: the CDN base URL fal storage's token named (None: nothing was uploaded or reused).
+    storage: str | None = None
     bytes_uploaded: int = 0
     #: Local path -> why it could not be read or uploaded.
     problems: dict[str, str] = field(default_factory=dict)
@@ -152,15 +157,19 @@ def _upload_one(client: StorageClient, path: Path, image: LocalImage, lifetime_s
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != image.sha256:
         raise OSError(0, f"{path} changed while the batch was being recorded; run it again")
+    return with_retries(lambda: client.upload(data, image.mime, path.name, lifetime_s), f"upload of {path.name}")
+
+
+def with_retries(call: Callable[[], T], what: str) -> T:
+    """`call()`, tried again after a failure in passing (a transient StorageError) with the project's backoff."""
     for attempt in range(1, UPLOAD_TRIES + 1):
         try:
-            return client.upload(data, image.mime, path.name, lifetime_s)
+            return call()
         except StorageError as exc:
             if not exc.transient or attempt == UPLOAD_TRIES:
                 raise
             delay_s = backoff_delay_s(attempt, UPLOAD_BACKOFF, random.random())
-            log.info("upload of %s failed (%s), try %d of %d; again in %.1f s", path.name, exc, attempt,
-                     UPLOAD_TRIES, delay_s)  # fmt: skip
+            log.info("%s failed (%s), try %d of %d; again in %.1f s", what, exc, attempt, UPLOAD_TRIES, delay_s)
             time.sleep(delay_s)  # before the batch is recorded (a schedule's firing too): seconds, bounded
     raise AssertionError("unreachable: the last try raises or returns")
 

@@ -74,6 +74,11 @@ class StorageClient:
         self._token: _HeldToken | None = None
         self._lock = threading.Lock()
 
+    def cdn_url(self) -> str:
+        """Where this storage's files are (its token's `base_url`): what tells one storage from another, a
+        simulator from the one that ran on the same port before it. Raises StorageError."""
+        return self._held_token().base_url.rstrip("/")
+
     def upload(self, data: bytes, content_type: str, file_name: str, lifetime_s: int) -> str:
         """Upload `data`; the URL fal serves it at for `lifetime_s`. Raises StorageError."""
         token = self._held_token()

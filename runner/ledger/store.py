@@ -83,7 +83,8 @@ class BatchInfo(BaseModel):
     #: How its local images are sent: "upload": as the URLs of their uploads to fal storage, made when it was
     #: recorded (`runner.ledger.uploads`); "inline": as data URIs a worker makes of the files (which it must see).
     images: Literal["upload", "inline"] = "inline"
-    #: Where its uploads are (fal storage's URL, never a credential); their URLs are kept per storage.
+    #: Where its uploads are: the CDN base URL fal storage's token named (never a credential); uploads are
+    #: kept per storage. None: it has none (its images are inline, or it has no local image).
     storage_url: str | None = None
     #: A worker writes its report when it ends (batches nobody follows: submitted, scheduled).
     report_when_done: bool = False

@@ -251,6 +251,8 @@ class Service:
     # --- fal storage -----------------------------------------------------
 
     def _storage_call(self, call: Call, route: StorageRoute) -> Reply:
+        if route in (StorageRoute.FILE, StorageRoute.UPLOAD) and call.parts[1] != self._storage.instance:
+            return json_reply(404, {"detail": "File not found"})  # another simulator's: gone with it
         if route is StorageRoute.FILE:
             return self._stored_file(call)
         if route is StorageRoute.UNKNOWN:
@@ -291,7 +293,7 @@ class Service:
         return json_reply(200, {"access_url": f"{call.base_url}/{CDN_PREFIX}/{path}"})
 
     def _stored_file(self, call: Call) -> Reply:
-        found = self._storage.get(call.parts[2], call.parts[3])
+        found = self._storage.get(call.parts[3], call.parts[4])
         if found is None:
             return json_reply(404, {"detail": "File not found"})
         self._stats.count(Counter.STORAGE_FETCHES)

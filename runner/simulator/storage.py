@@ -1,11 +1,11 @@
 """fal storage as the simulator serves it: tokens for its CDN, uploads held in memory, served until they expire.
 
 `POST /storage/auth/token?storage_type=fal-cdn-v3` (a fal key) gives a token for the CDN at
-`{base_url}/cdn`; `POST /cdn/files/upload` with that token stores the body and answers its
-`access_url`, `{base_url}/cdn/files/<id>/<name>`, which a GET serves until the upload's
-lifecycle ends or it is evicted to keep within the byte budget (then 404, as fal's CDN answers
-an expired file). Simpler than fal: multipart uploads (`/files/upload/multipart`, which
-fal_client uses for files over 100 MiB) answer 404.
+`{base_url}/cdn/<instance>` (each simulator its own); `POST .../files/upload` with that token
+stores the body and answers its `access_url`, `{base_url}/cdn/<instance>/files/<id>/<name>`,
+which a GET serves until the upload's lifecycle ends (then 404, as fal's CDN answers an
+expired file); an upload past the byte budget answers 507. Simpler than fal: multipart uploads
+(`/files/upload/multipart`, which fal_client uses for files over 100 MiB) answer 404.
 """
 
 from __future__ import annotations
@@ -56,14 +56,18 @@ class StoredFile:
 
 
 def storage_route(method: str, parts: list[str]) -> StorageRoute | None:
-    """Which storage call a path's segments are, or None for a queue or Platform API call."""
+    """Which storage call a path's segments are, or None for a queue or Platform API call.
+
+    The CDN's paths are `/cdn/<instance>/...`: each simulator its own, so that a URL of one that stopped is
+    not served by the next on the same port (its files are gone, as they would be).
+    """
     if parts == ["storage", "auth", "token"]:
         return StorageRoute.TOKEN
     if parts[:1] != [CDN_PREFIX]:
         return None
-    if parts == [CDN_PREFIX, "files", "upload"]:
+    if parts[2:] == ["files", "upload"] and len(parts) == 4:
         return StorageRoute.UPLOAD
-    if method == "GET" and len(parts) == 4 and parts[1] == "files":
+    if method == "GET" and len(parts) == 5 and parts[2] == "files":
         return StorageRoute.FILE
     return StorageRoute.UNKNOWN
 
@@ -92,6 +96,8 @@ class Storage:
         self._token_ttl_s = token_ttl_s
         self._file_lifetime_s = file_lifetime_s
         self._budget_bytes = budget_bytes
+        #: The second segment of this simulator's CDN paths.
+        self.instance = secrets.token_hex(4)
         self._clock = clock
         self._wall_time = wall_time
         self._tokens: dict[str, float] = {}
@@ -110,7 +116,7 @@ class Storage:
         return {
             "token": token,
             "token_type": "Bearer",
-            "base_url": f"{base_url}/{CDN_PREFIX}",
+            "base_url": f"{base_url}/{CDN_PREFIX}/{self.instance}",
             "expires_at": datetime.fromtimestamp(self._wall_time(expires_at), UTC).isoformat(),
         }
 
@@ -146,7 +152,7 @@ class Storage:
                 return None
             self._files[file_id] = StoredFile(data, content_type, name, now + lifetime_s)
             self._held_bytes += len(data)
-        return f"files/{file_id}/{name}"
+        return f"{self.instance}/files/{file_id}/{name}"
 
     def get(self, file_id: str, name: str) -> StoredFile | None:
         """An upload by the last two segments of its access URL, or None when unknown, expired or evicted."""
@@ -165,9 +171,9 @@ class Storage:
             parts = [part for part in urlsplit(url).path.split("/") if part]
         except ValueError:  # not a URL at all
             return None
-        if len(parts) != 4 or parts[:2] != [CDN_PREFIX, "files"]:
+        if len(parts) != 5 or parts[:3] != [CDN_PREFIX, self.instance, "files"]:
             return None
-        held = self.get(parts[2], parts[3])
+        held = self.get(parts[3], parts[4])
         return held.data if held is not None else None
 
     def snapshot(self) -> dict[str, int]:
