@@ -281,7 +281,8 @@ def record_batch(
         api_url=api_url_of(request, provider), max_image_bytes=int(request.max_image_mb * MIB),
         report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
         notify=request.notify if unattended else None,  # a run that follows its batch notifies itself
-        images=images_mode(request, provider), storage_url=storage,
+        images=images_mode(request, provider),
+        storage_url=storage or (existing.storage_url if existing else None),  # a rerun that uploaded nothing
     )  # fmt: skip
     BatchImages(ledger.redis, ledger.keys).save(batch_id, images or {})  # before a job can be sent
     ledger.save_batch(info)
