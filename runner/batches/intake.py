@@ -354,8 +354,10 @@ def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: 
     for record in records:  # a final job has its sidecar (written before it became final): this is a net
         if record.status.is_final and not folder.sidecar_path(record.job.file_stem).exists():
             folder.write_sidecar(record)
-    sizes = image_sizes(BatchImages(ledger.redis, ledger.keys).of(info.id))
-    csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id), sizes)
+    images = BatchImages(ledger.redis, ledger.keys).of(info.id)
+    input_files = {ref: Path(info.manifest).parent / ref for ref in images}
+    csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id), image_sizes(images),
+                                                        input_files)  # fmt: skip
     failures = [r for r in records if r.status is JobStatus.FAILED]
     return RunResult(info.id, folder.path, ledger.counts(info.id), csv_path, json_path, summary, synced, failures)
 

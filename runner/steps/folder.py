@@ -16,6 +16,7 @@ from typing import Any
 
 from jobs.record import JobRecord
 from jobs.report import COLUMNS, MATRIX_PREFIX, invalid_rows, report_rows, summarize
+from runner.steps.gallery import gallery_html
 
 
 class BatchFolder:
@@ -73,10 +74,11 @@ class BatchFolder:
 
     def write_reports(
         self, records: Sequence[JobRecord], extra: dict[str, Any], skipped: Sequence[Sequence[dict[str, Any]]] = (),
-        image_sizes: Mapping[str, str] | None = None,
+        image_sizes: Mapping[str, str] | None = None, input_files: Mapping[str, Path] | None = None,
     ) -> tuple[Path, Path, dict[str, Any]]:
-        """`report.csv` (a row per image, per job without one, and per row skipped as invalid) and `report.json`
-        (the rows and a summary); `skipped`: the errors of each row skipped; `image_sizes`: see `report_rows`."""
+        """`report.csv` (a row per image, per job without one, and per row skipped as invalid), `report.json`
+        (the rows and a summary) and `report.html` (see `gallery`); `skipped`: the errors of each row skipped;
+        `image_sizes`: see `report_rows`; `input_files`: where the local input images are, for thumbnails."""
         rows = report_rows(records, image_sizes) + invalid_rows(skipped)
         more = {key for row in rows for key in row} - set(COLUMNS)  # a matrix's values, then the user's own
         columns = list(COLUMNS) + sorted(more, key=lambda name: (not name.startswith(MATRIX_PREFIX), name))
@@ -89,6 +91,8 @@ class BatchFolder:
         summary = summarize(records, extra.get("wall_s"), invalid=len(skipped))
         report = {**extra, "summary": summary, "rows": rows}
         write_atomically(json_path, json.dumps(report, indent=2, default=str).encode())
+        page = gallery_html(records, summary, extra, self.path, input_files or {})
+        write_atomically(self.path / "report.html", page.encode())
         return csv_path, json_path, summary
 
 
