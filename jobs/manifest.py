@@ -18,7 +18,7 @@ from typing import Any
 
 from jobs.diagnostics import Diagnostic, Severity, dedupe
 from jobs.endpoints import Endpoint, FieldKind, close_known_endpoint, resolve_endpoint
-from jobs.formats import Layer, ManifestFile, Record, open_manifest
+from jobs.formats import open_manifest
 from jobs.images import ImageRefKind, classify_image_ref, image_ref_values
 from jobs.job import (
     Job,
@@ -29,6 +29,7 @@ from jobs.job import (
     variant_job_id,
     variant_name,
 )
+from jobs.manifest_file import Layer, ManifestFile, Record
 from jobs.values import load_json, value_problem
 
 #: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.

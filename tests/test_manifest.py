@@ -449,7 +449,7 @@ def test_a_manifest_not_read_to_its_end_is_incomplete(data: bytes, message: str)
 
 
 def test_a_long_yaml_jobs_list_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("jobs.formats.YAML_LIST_ADVISED", 2)
+    monkeypatch.setattr("jobs.yaml_format.YAML_LIST_ADVISED", 2)
     text = f"endpoint: {WAN22_I2I}\njobs:\n" + "".join(f"  - {{prompt: p{n}, image_url: {URL}}}\n" for n in range(3))
     batch = parse_manifest("m.yaml", text.encode())
     assert messages(batch) == ["m.yaml:2: warning: jobs: a YAML list of 3 jobs is read whole, about 5 times slower"

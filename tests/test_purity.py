@@ -26,4 +26,4 @@ def test_jobs_modules_import_no_io_libraries(module: Path) -> None:
 
 def test_the_check_sees_imports() -> None:
     assert {"click", "runner"} <= imported_roots(Path(__file__).parent / "test_cli.py")
-    assert "yaml" in imported_roots(JOBS / "formats.py")
+    assert "yaml" in imported_roots(JOBS / "yaml_format.py")
