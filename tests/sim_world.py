@@ -21,7 +21,8 @@ from jobs.status import JobStatus
 from runner.fal.history import HistoryClient
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.batch_info import BatchInfo
+from runner.ledger.store import Ledger
 from runner.ledger.timers import Timer, TimerKind
 from runner.settings import WorkerSettings
 from runner.simulator import SimConfig, run_simulator

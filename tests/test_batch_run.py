@@ -18,7 +18,8 @@ from runner.batches.intake import RunRequest, batch_id_for, check_same_provider,
 from runner.batches.run import StallWatch, Watchers, hold_folder, run_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.fal.providers import FAL_QUEUE_URL, Provider
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.batch_info import BatchInfo
+from runner.ledger.store import Ledger
 from runner.tasks import create_app
 from tests.test_run_e2e import write_manifest
 

@@ -11,7 +11,8 @@ from jobs.job import Job
 from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.record import JobRecord
 from jobs.status import JobStatus
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.batch_info import BatchInfo
+from runner.ledger.store import Ledger
 from runner.ledger.timers import Timer, Timers, worker_mark
 
 S = JobStatus

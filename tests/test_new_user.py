@@ -156,7 +156,8 @@ def test_a_trial_of_a_batch_with_other_unfinished_jobs_is_refused(redis_client: 
     from jobs.manifest import Batch
     from runner.batches.intake import RunRequest
     from runner.batches.run import _check_trial
-    from runner.ledger.store import BatchInfo, Ledger
+    from runner.ledger.batch_info import BatchInfo
+    from runner.ledger.store import Ledger
 
     jobs = [Job(f"j{n}", "fal-ai/x/y", {"prompt": str(n)}, f"f{n}", "m.csv", n + 2, n + 1) for n in range(3)]
     ledger = Ledger(redis_client)

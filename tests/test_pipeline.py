@@ -13,7 +13,7 @@ from jobs.errors import TransientQueueError
 from jobs.lifecycle import Move
 from jobs.status import JobStatus
 from runner.fal.queue_api import QueueClient, QueueOptions
-from runner.ledger.store import BatchInfo
+from runner.ledger.batch_info import BatchInfo
 from runner.ledger.timers import Timer, worker_mark
 from runner.settings import WorkerSettings
 from runner.simulator import FaultRates

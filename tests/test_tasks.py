@@ -17,8 +17,9 @@ import redis
 from jobs.decisions import Limits
 from jobs.job import Job
 from jobs.status import JobStatus
+from runner.ledger.batch_info import BatchInfo
 from runner.ledger.connection import redis_py_url
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.store import Ledger
 from runner.ledger.timers import Timer
 from runner.settings import TimerSettings, WorkerSettings
 from runner.steps.context import Context

@@ -38,7 +38,8 @@ from runner.batches.uploads import (
 from runner.fal.history import NO_API, api_url_for
 from runner.fal.providers import FAL_QUEUE_URL, WORKERS_CREDENTIAL, Provider
 from runner.fal.storage import StorageClient, storage_url_for
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.batch_info import BatchInfo
+from runner.ledger.store import Ledger
 from runner.ledger.uploads import READ_MARGIN_S, BatchImages, LocalImage, Uploads, image_sizes
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
 from runner.simulator.config import SIM_CONCURRENCY, SimConfig

@@ -21,7 +21,7 @@ import httpx
 
 from jobs.backoff import Backoff, backoff_delay_s
 from jobs.errors import UsageError
-from runner.ledger.store import BatchInfo
+from runner.ledger.batch_info import BatchInfo
 from runner.steps.context import Context
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from jobs.errors import QueueAPIError, UsageError
 from jobs.lifecycle import AT_FAL, JobUpdate, Move
 from jobs.record import Attempt, JobRecord
 from jobs.status import ACTIVE, JobStatus
-from runner.ledger.store import LEDGER_FORMAT, BatchInfo, Ledger
+from runner.ledger.batch_info import LEDGER_FORMAT, BatchInfo
+from runner.ledger.store import Ledger
 from runner.ledger.timers import Timer
 from runner.steps.context import Context
 from runner.steps.moves import move

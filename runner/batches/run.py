@@ -42,8 +42,9 @@ from runner.batches.uploads import UploadProgress
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
 from runner.fal.providers import Provider
+from runner.ledger.batch_info import BatchInfo
 from runner.ledger.connection import redis_client
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.store import Ledger
 from runner.settings import WorkerSettings, worker_settings
 from runner.simulator import SimConfig, run_simulator
 from runner.steps.context import Context, make_context

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from jobs.outputs import ModelOutput
 from jobs.record import JobRecord, OutputFile
 from runner.fal.downloads import download_file, extension_for_content_type
-from runner.ledger.store import BatchInfo
+from runner.ledger.batch_info import BatchInfo
 from runner.steps.folder import BatchFolder
 
 

@@ -17,8 +17,9 @@ from jobs.reconcile import start_timeout_s
 from runner.fal.history import HistoryClient, api_url_for
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient, QueueOptions
+from runner.ledger.batch_info import BatchInfo
 from runner.ledger.connection import redis_client
-from runner.ledger.store import BatchInfo, Ledger
+from runner.ledger.store import Ledger
 from runner.ledger.timers import Timers
 from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env, worker_settings
 

@@ -17,7 +17,8 @@ from jobs.errors import AuthError, QueueAPIError, ResultNotReadyError, SubmitUnc
 from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.record import Attempt, JobRecord
 from jobs.report import brief
-from runner.ledger.store import Applied, BatchInfo
+from runner.ledger.batch_info import BatchInfo
+from runner.ledger.store import Applied
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
 

@@ -30,7 +30,7 @@ from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.fal.local_images import inline_local_images, local_refs, uploaded_local_images
 from runner.fal.queue_api import QueueStatus, Submission
-from runner.ledger.store import BatchInfo
+from runner.ledger.batch_info import BatchInfo
 from runner.ledger.uploads import READ_MARGIN_S, BatchImages, Uploads
 from runner.steps.collect import save_outputs
 from runner.steps.context import Context

@@ -19,7 +19,7 @@ from jobs.record import Attempt, JobRecord, Reconciled
 from jobs.status import JobStatus
 from runner.fal.history import HistoryClient
 from runner.fal.queue_api import Submission
-from runner.ledger.store import BatchInfo
+from runner.ledger.batch_info import BatchInfo
 from runner.steps.context import Context
 from runner.steps.moves import Outcome, call_failed, decide_and_apply, give_up, move
 
