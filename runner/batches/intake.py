@@ -225,27 +225,26 @@ def api_url_of(request: RunRequest, provider: Provider) -> str:
         return api_url_for(None, provider.auth_scheme) or NO_API
     if given.lower() == NO_API:
         return NO_API
-    try:
-        checked = Provider(base_url=given, auth_scheme=provider.auth_scheme, credential=provider.credential).base_url
-        port_ok = urlsplit(checked).port != 0
-    except (ValidationError, ValueError):
-        port_ok = False
-    if not port_ok:
+    checked = _plain_url(given)
+    if checked is None:
         raise UsageError("--api-url: give a plain http(s) URL, or none (credentials go in the environment)")
     return checked
 
 
 def check_storage_url(request: RunRequest) -> None:
     """Raise UsageError unless `--storage-url` is unset or a plain http(s) URL (never shown: it may hold a password)."""
-    if request.storage_url is None:
-        return
-    try:
-        Provider(base_url=request.storage_url, auth_scheme="Key", credential="checked-here")
-        port_ok = urlsplit(request.storage_url).port != 0
-    except (ValidationError, ValueError):
-        port_ok = False
-    if not port_ok:
+    if request.storage_url is not None and _plain_url(request.storage_url) is None:
         raise UsageError("--storage-url: give a plain http(s) URL (credentials go in the environment)")
+
+
+def _plain_url(url: str) -> str | None:
+    """`url` as a queue's base URL is kept, if it is a plain http(s) URL (no user info, query or fragment, a
+    port that is a port); else None."""
+    try:
+        checked = Provider(base_url=url, auth_scheme="Key", credential="checked-here").base_url
+        return checked if urlsplit(checked).port != 0 else None
+    except (ValidationError, ValueError):  # urllib's complaint about a port quotes the URL
+        return None
 
 
 def _describe_invalid(exc: ValidationError, scheme: Literal["Key", "Bearer"]) -> str:
