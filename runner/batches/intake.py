@@ -39,6 +39,7 @@ from runner.fal.history import NO_API, api_url_for
 from runner.fal.providers import FAL_QUEUE_URL, WORKERS_CREDENTIAL, Provider
 from runner.fal.storage import StorageClient, storage_url_for
 from runner.ledger.batch_info import BatchInfo
+from runner.ledger.metrics import Metrics
 from runner.ledger.store import Ledger
 from runner.ledger.uploads import READ_MARGIN_S, BatchImages, LocalImage, Uploads, image_sizes
 from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
@@ -128,6 +129,9 @@ def prepare_images(
             tally = upload_images(images, base_dir, uploads, client, int(request.upload_ttl_s), on_progress,
                                   check_stop)  # fmt: skip
             tally.storage = cdn_url
+            metrics = Metrics(ledger.redis, ledger.keys)
+            metrics.count("uploads", {}, tally.uploaded)
+            metrics.count("upload_bytes", {}, tally.bytes_uploaded)
             problems |= tally.problems
     kept = {ref: image for ref, image in images.items() if ref not in problems}
     return refuse_or_skip(batch, problems, request.skip_invalid), kept, tally

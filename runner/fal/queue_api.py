@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata
@@ -117,13 +118,19 @@ def user_agent() -> str:
     return f"wan-batch/{version}"
 
 
+#: Told of every call made to fal: its name (`submit`, `status`...) and its HTTP status, or `unanswered`.
+CallObserver = Callable[[str, str], None]
+
+
 class FalHttp:
     """One HTTP call to one of a provider's APIs, its failures classified; the credential goes only to its host."""
 
-    def __init__(self, http: httpx.Client, provider: Provider, options: QueueOptions | None = None) -> None:
+    def __init__(self, http: httpx.Client, provider: Provider, options: QueueOptions | None = None,
+                 on_call: CallObserver | None = None) -> None:  # fmt: skip
         self._http = http
         self._provider = provider
         self._options = options or QueueOptions()
+        self._on_call = on_call
 
     def __repr__(self) -> str:
         """Where and how it authenticates; never the credential."""
@@ -143,11 +150,18 @@ class FalHttp:
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._options.connect_timeout_s))
         try:
             request = self._http.build_request(method, own_url, headers=headers, timeout=timeout, **kwargs)
-            return self._http.send(request, auth=None, follow_redirects=False)
+            response = self._http.send(request, auth=None, follow_redirects=False)
         except httpx.HTTPError as exc:
+            self._observe(call, "unanswered")
             raise self._transport_error(call, own_url, exc) from None
         except httpx.InvalidURL as exc:
             raise PermanentQueueError(f"{call} {_display_url(own_url)}: invalid URL: {exc}") from None
+        self._observe(call, str(response.status_code))
+        return response
+
+    def _observe(self, call: str, code: str) -> None:
+        if self._on_call is not None:
+            self._on_call(call, code)
 
     def _transport_error(self, call: str, url: str, exc: httpx.HTTPError) -> QueueAPIError:
         what = self._provider.redact(f"{call} {_display_url(url)}: {type(exc).__name__}: {exc}")

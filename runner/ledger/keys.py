@@ -104,6 +104,16 @@ class Keys:
         return f"{self.prefix}:requests"
 
     @property
+    def metrics(self) -> str:
+        """Hash: what workers did, as counters for `/metrics` (JSON [name, labels] -> count)."""
+        return f"{self.prefix}:metrics"
+
+    @property
+    def metric_histograms(self) -> str:
+        """Hash: observed durations, per bucket with their sum and count (JSON [name, labels, bucket] -> value)."""
+        return f"{self.prefix}:metrics:histograms"
+
+    @property
     def timers(self) -> str:
         """Sorted set: what must happen later (see `Timer`), scored by when it is due."""
         return f"{self.prefix}:timers"

@@ -16,9 +16,10 @@ from jobs.errors import AuthError
 from jobs.reconcile import start_timeout_s
 from runner.fal.history import HistoryClient, api_url_for
 from runner.fal.providers import Provider
-from runner.fal.queue_api import QueueClient, QueueOptions
+from runner.fal.queue_api import CallObserver, QueueClient, QueueOptions
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.connection import redis_client
+from runner.ledger.metrics import Metrics
 from runner.ledger.store import Ledger
 from runner.ledger.timers import Timers
 from runner.settings import CREDENTIAL_ENV, WorkerSettings, credential_from_env, worker_settings
@@ -41,9 +42,12 @@ class Context:
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
     timers: Timers = field(init=False)
+    #: What `/metrics` shows: counted by the steps and by the clients' calls to fal.
+    metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.timers = Timers(self.ledger.redis, self.ledger.keys)
+        self.metrics = Metrics(self.ledger.redis, self.ledger.keys)
 
 
 def make_context(
@@ -57,8 +61,18 @@ def make_context(
 
     `api_url`: where the request history of a batch that stored no API URL is read (see `api_url_for`).
     """
-    return Context(ledger, http, queue_clients(http, credential), history_clients(http, credential, api_url),
-                   settings or worker_settings())  # fmt: skip
+    on_call = counted_calls(Metrics(ledger.redis, ledger.keys))
+    return Context(ledger, http, queue_clients(http, credential, on_call),
+                   history_clients(http, credential, api_url, on_call), settings or worker_settings())  # fmt: skip
+
+
+def counted_calls(metrics: Metrics) -> CallObserver:
+    """Counts each call to fal by kind and answer (`fal_calls` in `/metrics`)."""
+
+    def on_call(call: str, code: str) -> None:
+        metrics.count("fal_calls", {"call": call, "code": code})
+
+    return on_call
 
 
 def context_from_env(redis_url: str, settings: WorkerSettings | None = None, api_url: str | None = None) -> Context:
@@ -67,7 +81,9 @@ def context_from_env(redis_url: str, settings: WorkerSettings | None = None, api
     return make_context(Ledger(redis_client(redis_url)), http, credential_from_env, settings, api_url)
 
 
-def queue_clients(http: httpx.Client, credential: CredentialSource) -> Callable[[BatchInfo], QueueClient]:
+def queue_clients(
+    http: httpx.Client, credential: CredentialSource, on_call: CallObserver | None = None
+) -> Callable[[BatchInfo], QueueClient]:
     """A cached QueueClient per provider and options; the credential comes from this side."""
     cache: dict[tuple[Any, ...], QueueClient] = {}
     lock = threading.Lock()
@@ -79,14 +95,14 @@ def queue_clients(http: httpx.Client, credential: CredentialSource) -> Callable[
                 provider = _provider(batch.provider_url, batch.auth_scheme, credential)
                 options = QueueOptions(priority=batch.priority,
                                        start_timeout_s=start_timeout_s(batch.priority, batch.start_timeout_s))
-                cache[key] = QueueClient(http, provider, options)
+                cache[key] = QueueClient(http, provider, options, on_call)
             return cache[key]
 
     return client_for
 
 
 def history_clients(
-    http: httpx.Client, credential: CredentialSource, fallback_api_url: str | None
+    http: httpx.Client, credential: CredentialSource, fallback_api_url: str | None, on_call: CallObserver | None = None
 ) -> Callable[[BatchInfo], HistoryClient | None]:
     """A cached HistoryClient per API URL; None for a batch with no request history to look in."""
     cache: dict[tuple[str, str], HistoryClient] = {}
@@ -99,7 +115,7 @@ def history_clients(
         key = (api_url, batch.auth_scheme)
         with lock:
             if key not in cache:
-                cache[key] = HistoryClient(http, _provider(api_url, batch.auth_scheme, credential))
+                cache[key] = HistoryClient(http, _provider(api_url, batch.auth_scheme, credential), on_call=on_call)
             return cache[key]
 
     return client_for

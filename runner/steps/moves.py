@@ -67,6 +67,7 @@ def move(
         if planned.target.is_final:
             _rewrite_sidecar(ctx, batch, record.job.id)
         return Outcome()
+    ctx.metrics.moved(what, applied.record)
     if what is Move.FAIL:  # the run's summary lists failures; this is for worker logs
         log.info("job %s failed: %s: %s", record.job.id, applied.record.error_type, applied.record.error_message)
     return Outcome(applied, inline=bool(mark) and planned.step is not None)
