@@ -1,4 +1,4 @@
-# wan-batch: one image for the worker, beat and flower services of docker-compose.yml.
+# wan-batch: one image for the worker, beat, flower and web (dashboard) services of docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

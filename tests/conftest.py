@@ -44,6 +44,24 @@ def redis_client(redis_server):  # type: ignore[no-untyped-def]
     client.close()
 
 
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless chromium driven by Selenium; the README's test command installs it (`scripts/test`), so it is
+    never skipped."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    options.binary_location = shutil.which("chromium") or "chromium"
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture
 def sim_factory() -> Iterator[Any]:
     """Start simulators of fal (real HTTP, real clock) that accept the e2e tests' key."""

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -17,18 +13,6 @@ from jobs.report import summarize
 from runner.steps.gallery import gallery_html
 from tests.test_gallery import EVIL, records
 from tests.test_run_e2e import ROOT, run_cli
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless chromium; the README's test command installs it (`scripts/test`), so it is never skipped."""
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(argument)
-    options.binary_location = shutil.which("chromium") or "chromium"
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
-    yield driver
-    driver.quit()
 
 
 def image_widths(browser: Any) -> list[int]:

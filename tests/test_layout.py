@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"simulator"},
     {"steps"},
     {"batches"},
-    {"schedules"},
+    {"schedules", "web"},
     {"tasks"},
     {"cli", "__main__"},
 ]

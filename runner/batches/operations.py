@@ -83,8 +83,9 @@ def _error_row(record: JobRecord) -> dict[str, Any]:
     return {"job_id": record.job.id, "row": record.job.row, "message": record.error_message}
 
 
-def view_batch(ledger: Ledger, batch_id: str) -> BatchView | None:
-    """Counters, the jobs holding a slot (at most the window) and the latest failures; None for an unknown batch."""
+def view_batch(ledger: Ledger, batch_id: str, latest_failures: int = LATEST_FAILURES) -> BatchView | None:
+    """Counters, the jobs holding a slot (at most the window) and the latest failures (that many, each read whole);
+    None for an unknown batch."""
     info = ledger.batch(batch_id)
     if info is None:
         return None
@@ -93,7 +94,7 @@ def view_batch(ledger: Ledger, batch_id: str) -> BatchView | None:
                      tallies=ledger.tallies(batch_id))  # fmt: skip
     order = {status: n for n, status in enumerate(JobStatus)}
     view.in_flight = sorted(ledger.records_with(batch_id, ACTIVE), key=lambda r: (order[r.status], r.job.row))
-    for record in reversed(ledger.records_with(batch_id, [S.FAILED], latest=LATEST_FAILURES)):
+    for record in reversed(ledger.records_with(batch_id, [S.FAILED], latest=latest_failures)):
         view.errors.setdefault(record.error_type or "unknown", []).append(record)
     return view
 

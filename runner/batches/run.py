@@ -13,7 +13,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +93,8 @@ class Watchers:
     check_stop: Callable[[], None] = lambda: None
     #: Called with the bytes of local images uploaded so far, and in all, while they are.
     on_upload: UploadProgress | None = None
+    #: Entered with the run's ledger as soon as it is open, left when the run ends (`run --serve`).
+    with_ledger: Callable[[Ledger], AbstractContextManager[object]] | None = None
 
 
 def check_run(request: RunRequest) -> None:
@@ -147,6 +149,8 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
             stack.enter_context(hold_folder(request.out))
         client, broker_url = _redis(request, stack)
         ledger = Ledger(client)
+        if watchers.with_ledger is not None:
+            stack.enter_context(watchers.with_ledger(ledger))
         _check_trial(ledger, request, batch)
         http = stack.enter_context(httpx.Client(timeout=HTTP_TIMEOUT))
         batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload,

@@ -11,7 +11,7 @@ import redis
 
 from jobs.errors import UsageError, WanBatchError
 from runner.batches.intake import shown_url
-from runner.cli import batch, operate, schedule, sim
+from runner.cli import batch, operate, schedule, sim, web
 from runner.settings import credential_from_env
 
 
@@ -72,6 +72,7 @@ def main() -> None:
 for _command in (
     batch.validate, batch.run, batch.report, batch.worker, sim.sim,
     operate.submit, operate.batches, operate.status, operate.watch,
-    operate.cancel, operate.retry, operate.resume, operate.export, operate.purge, operate.beat, schedule.schedule,
+    operate.cancel, operate.retry, operate.resume, operate.export, operate.purge, operate.beat,
+    schedule.schedule, web.serve,
 ):  # fmt: skip
     main.add_command(_command)

@@ -29,6 +29,7 @@ from runner.batches.urlcheck import check_urls
 from runner.cli import options
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
+from runner.cli.web import served_run
 from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
 from runner.simulator.config import SIM_CONCURRENCY
@@ -177,9 +178,11 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
 @options.images
 @options.storage_url
 @options.upload_ttl
+@click.option("--serve", "listen", metavar="[HOST:]PORT",
+              help="Serve the dashboard (as `wan-batch serve`) while it runs, e.g. 8000; 0 picks a free port.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --quiet).")
-def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
+def run(quiet: bool, as_json: bool, listen: str | None, **options: Any) -> None:  # fmt: skip
     """Validate MANIFEST and run every job to the end; rerun the same command to resume.
 
     Exits 0 when every job succeeded, 1 when some failed, 2 on bad usage
@@ -207,7 +210,9 @@ def run(quiet: bool, as_json: bool, **options: Any) -> None:  # fmt: skip
                    err=True)  # fmt: skip
     try:
         with _stop_on_signals() as check_stop, ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
-            watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop, bar.uploads)
+            serving = served_run(listen, bar.note)  # bound now: a port in use is said before anything starts
+            watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop, bar.uploads,
+                                serving)  # fmt: skip
             result = run_batch(request, batch, create_app, watchers)
             check_stop()  # a stop asked for as the batch ended is still a stop
     except UsageError as exc:

@@ -50,9 +50,12 @@ def find_redis_server() -> str:
 class EmbeddedRedis:
     """redis-server serving `folder` on a unix socket; a context manager that stops it on exit."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, tied_to_parent: bool = True) -> None:
+        """`tied_to_parent`: a server this starts stops when this process dies (else it outlives it, for a run that
+        may have adopted it; the next start finds it)."""
         self.folder = folder.resolve()
         self.socket_path = _socket_path(self.folder)
+        self._tied = tied_to_parent
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,7 +89,7 @@ class EmbeddedRedis:
             cwd=self.folder,
             # Its own session: a Ctrl-C at the terminal reaches the run, which then stops Redis last.
             start_new_session=True,
-            preexec_fn=_exit_with_parent,
+            preexec_fn=_exit_with_parent if self._tied else None,
         )
         log.close()
         deadline = time.monotonic() + _START_TIMEOUT_S
@@ -135,6 +138,10 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--pidfile", str(self.folder / "redis.pid"),
         ]  # fmt: skip
+
+    def answers(self) -> bool:
+        """Whether a server answers on the socket (this one's, or one another process started)."""
+        return self._answers()
 
     def _answers(self) -> bool:
         try:

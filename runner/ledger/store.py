@@ -26,7 +26,7 @@ from jobs.errors import IllegalMoveError
 from jobs.job import Job
 from jobs.lifecycle import Guard, JobUpdate, Move, Plan, Slot
 from jobs.record import JobRecord
-from jobs.status import ACTIVE, JobStatus
+from jobs.status import ACTIVE, FINAL, JobStatus
 from runner.ledger import scripts
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.keys import Keys
@@ -146,6 +146,13 @@ class Ledger:
         raw = self.redis.hgetall(self.keys.errors(batch_id))
         found = {json.loads(k) or "unknown": int(v) for k, v in raw.items() if int(v) > 0}
         return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+
+    def ended_since(self, batch_id: str, since: float) -> int:
+        """How many jobs ended (a final status) at `since` or later: a count per status index, no job read."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for status in FINAL:
+                pipe.zcount(self.keys.status_index(batch_id, status.value), since, "+inf")
+            return sum(int(n) for n in pipe.execute())
 
     def record(self, batch_id: str, job_id: str) -> JobRecord | None:
         return next(self._load(batch_id, [job_id]), None)

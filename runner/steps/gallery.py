@@ -50,13 +50,13 @@ def _job(record: JobRecord, folder: Path, input_files: Mapping[str, Path]) -> di
         source = input_files.get(ref) if ref in local else None
         thumb = None
         if source is not None:
-            thumb = _thumbnail(source, folder, f"in-{hashlib.sha256(str(source).encode()).hexdigest()[:16]}")
+            thumb = thumbnail(source, folder, f"in-{hashlib.sha256(str(source).encode()).hexdigest()[:16]}")
         text = ref if not ref.startswith("data:") else ref.partition(",")[0] + ",..."
         inputs.append({"thumb": thumb, "href": thumb, "text": text})
     outputs = []
     for output in record.outputs:
         path = folder / output.path
-        outputs.append({"thumb": _thumbnail(path, folder, f"out-{path.stem}") or output.path, "href": output.path})
+        outputs.append({"thumb": thumbnail(path, folder, f"out-{path.stem}") or output.path, "href": output.path})
     return {
         "name": job.file_stem, "row": job.row, "endpoint": job.endpoint, "prompt": job.input.get("prompt"),
         "status": record.status.value, "error_type": record.error_type, "error_message": record.error_message,
@@ -66,7 +66,7 @@ def _job(record: JobRecord, folder: Path, input_files: Mapping[str, Path]) -> di
     }  # fmt: skip
 
 
-def _thumbnail(source: Path, folder: Path, stem: str) -> str | None:
+def thumbnail(source: Path, folder: Path, stem: str) -> str | None:
     """The thumbnail of `source` (made if missing or older), relative to `folder`; None if it cannot be read."""
     relative = f"thumbs/{stem}.jpg"
     target = folder / relative

@@ -1,0 +1,75 @@
+"""`wan-batch serve`, and the `--serve` of `wan-batch run`: the dashboard, its JSON API and `/metrics`."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import click
+
+from runner.ledger.store import Ledger
+from runner.web.access import TOKEN_ENV, Access
+from runner.web.app import create_app
+from runner.web.serving import bind, parse_listen, serve_forever, serving_in_background, url_of
+from runner.web.source import LedgerSource
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help=f"Where to listen; beyond this machine (e.g. 0.0.0.0) every page needs {TOKEN_ENV}.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free one.")
+@click.option("--redis", "redis_url", envvar="REDIS_URL", help="The shared Redis (or REDIS_URL).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
+              help="Output folder of `wan-batch run` (without --redis).")
+@click.option("--allow-actions", is_flag=True, help=f"Show cancel and retry buttons, for whoever holds {TOKEN_ENV}.")
+def serve(host: str, port: int, redis_url: str | None, out: Path, allow_actions: bool) -> None:
+    """Serve a dashboard of the batches: their progress live, failures, outputs so far, and /metrics.
+
+    Read-only unless --allow-actions. Pages refresh themselves; the same data is JSON under /api/.
+    Stops on Ctrl-C.
+    """
+    access = Access.for_host(host, os.environ.get(TOKEN_ENV), allow_actions)
+    source = LedgerSource.open(redis_url, out)
+    try:
+        source.read(lambda ledger: ledger.redis.ping())  # an unreachable Redis is said now, not on each page
+        sock = bind(host, port)
+        click.echo(f"serving {source.where} at {url_of(sock)}/ (metrics at /metrics); Ctrl-C stops", err=True)
+        # uvicorn finishes the requests under way on SIGTERM, then raises it again: here, so this cleans up.
+        signal.signal(signal.SIGTERM, _terminated)
+        serve_forever(create_app(source, access), sock)
+    finally:
+        source.close()
+
+
+def _terminated(_signum: int, _frame: FrameType | None) -> NoReturn:
+    raise SystemExit(143)
+
+
+def served_run(listen: str | None, say: Callable[[str], None]) -> Callable[[Ledger], AbstractContextManager[object]]:
+    """What `run --serve [HOST:]PORT` does with its ledger: serve it while it runs.
+
+    Checks the address and binds it at once, before the run starts (raises UsageError).
+    """
+    if listen is None:
+        return _nothing
+    host, port = parse_listen(listen)
+    access = Access.for_host(host, os.environ.get(TOKEN_ENV), allow_actions=False)
+    sock = bind(host, port)
+
+    @contextmanager
+    def serving(ledger: Ledger) -> Iterator[object]:
+        with serving_in_background(create_app(LedgerSource(ledger, "this run"), access), sock) as url:
+            say(f"dashboard: {url}/")
+            yield url
+
+    return serving
+
+
+@contextmanager
+def _nothing(_ledger: Ledger) -> Iterator[object]:
+    yield None
