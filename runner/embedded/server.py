@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -76,26 +80,48 @@ class EmbeddedRedis:
         self.stop()
 
     def start(self) -> None:
-        """Start the server, or adopt the one a killed run left on the socket."""
+        """Start the server, or adopt the one a killed run (or `wan-batch serve`) left on the socket.
+
+        Processes that start the same folder's server at once take turns (a lock file beside its data): the
+        first starts it, the others adopt it. A server still shutting down is waited for, never doubled.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self._answers():
-            return
-        Path(self.socket_path).unlink(missing_ok=True)
-        log = (self.folder / "redis.log").open("ab")
-        self._process = subprocess.Popen(
-            [find_redis_server(), *self._arguments()],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.folder,
-            # Its own session: a Ctrl-C at the terminal reaches the run, which then stops Redis last.
-            start_new_session=True,
-            preexec_fn=_exit_with_parent if self._tied else None,
-        )
-        log.close()
+        with _starting(self.folder):
+            if self._answers():
+                return
+            self._wait_for_exit_of_last()
+            Path(self.socket_path).unlink(missing_ok=True)
+            log = (self.folder / "redis.log").open("ab")
+            self._process = subprocess.Popen(
+                [find_redis_server(), *self._arguments()],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                # Its own session: a Ctrl-C at the terminal reaches the run, which then stops Redis last.
+                start_new_session=True,
+                preexec_fn=_exit_with_parent if self._tied else None,
+            )
+            log.close()
+            deadline = time.monotonic() + _START_TIMEOUT_S
+            while not self._answers():
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise EmbeddedRedisError(f"redis-server did not start; see {self.folder / 'redis.log'}")
+                time.sleep(0.02)
+
+    def _wait_for_exit_of_last(self) -> None:
+        """Wait while the server last started here (its pid file) still runs: it is shutting down."""
+        try:
+            pid = int((self.folder / "redis.pid").read_text().strip())
+        except (OSError, ValueError):
+            return  # none, or it removed its pid file as it exited
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not self._answers():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise EmbeddedRedisError(f"redis-server did not start; see {self.folder / 'redis.log'}")
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return  # another user's process: that pid was reused
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -157,6 +183,17 @@ class EmbeddedRedis:
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+
+
+@contextmanager
+def _starting(folder: Path) -> Iterator[None]:
+    """Hold the folder's start lock (blocking) while a server is looked for and started."""
+    fd = os.open(folder / "start.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _exit_with_parent() -> None:

@@ -2,14 +2,14 @@
 
 An output folder's Redis belongs to whichever `wan-batch run` holds the folder:
 the app adopts it while a run serves it, and when no run does (the run ended
-and stopped it) starts it again, holding the folder's lock only while it
-does, so that a run started meanwhile finds the server and adopts it in turn.
+and stopped it) starts it again; a run started then adopts it in turn
+(`EmbeddedRedis.start` has the processes take turns). The app never takes the
+run's folder lock but for a moment when it stops, so it never keeps a run out.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -26,8 +26,6 @@ from runner.ledger.connection import redis_client
 from runner.ledger.store import Ledger
 
 T = TypeVar("T")
-#: How long a run that holds the folder may take to bring its Redis up.
-_RUN_SERVER_WAIT_S = 15.0
 
 
 class LedgerSource:
@@ -79,14 +77,6 @@ class LedgerSource:
         self.ledger.redis.close()
 
     def _revive(self) -> None:
-        assert self._server is not None and self._out is not None
+        assert self._server is not None
         with self._lock:
-            try:
-                with hold_folder(self._out):  # no run holds it: no other process starts this server now
-                    self._server.start()
-            except FolderInUseError:  # a run holds it: its Redis is, or is about to be, up
-                deadline = time.monotonic() + _RUN_SERVER_WAIT_S
-                while not self._server.answers():
-                    if time.monotonic() > deadline:
-                        raise redis.ConnectionError(f"the Redis of the run in {self._out} does not answer") from None
-                    time.sleep(0.05)
+            self._server.start()  # adopts the server of a run that serves the folder, else starts it
