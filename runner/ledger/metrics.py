@@ -1,15 +1,19 @@
 """What the runner did, kept as counters in Redis for `/metrics`: every worker and machine adds to the same ones.
 
-Workers count as things happen (a submit, a call to fal, a job that ends, the
-bytes of its outputs); a scrape then reads a few hashes, never a job.
-Counting is best effort: a counter that Redis did not take is logged and
-lost, never the step that counted it.
+Workers count as things happen (a request fal accepted, a call to fal, a job
+that ends, the bytes of its outputs); a scrape then reads a few hashes, never
+a job. Calls to fal are counted in memory and written with the next move of a
+job, so nothing is written between fal's answer and the move that stores it.
+Counting is best effort: a counter that Redis did not take is logged and lost,
+never the step that counted it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -50,38 +54,55 @@ class Metrics:
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
         self.redis = client
         self.keys = keys or Keys()
+        self._pending: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def count(self, name: str, labels: Labels, by: int = 1) -> None:
         self._write(lambda pipe: pipe.hincrby(self.keys.metrics, _field(name, labels), by))
 
-    def observe(self, name: str, labels: Labels, value_s: float) -> None:
-        """Add one duration to histogram `name`."""
-        bucket = next((str(b) for b in BUCKETS_S if value_s <= b), _INF)
+    def count_later(self, name: str, labels: Labels) -> None:
+        """Count in memory now; written with the next `moved` (or `flush`)."""
+        with self._lock:
+            self._pending[_field(name, labels)] += 1
+
+    def flush(self) -> None:
+        self._write(lambda _pipe: None)
+
+    def moved(self, what: Move, record: JobRecord) -> None:
+        """Count a job's move (`runner.steps.moves.move`, after it applied), and what was counted for later, in one
+        write; `record` is the job after the move."""
+        endpoint = {"endpoint": record.job.endpoint}
+        counts: list[tuple[str, Labels, int]] = []
+        durations: list[tuple[str, float | None]] = []
+        if what in (Move.ACCEPT, Move.ADOPT):  # fal has it (an answer, or its history): a request that may be billed
+            counts.append(("submits", {**endpoint, "attempt": "first" if record.attempts <= 1 else "retry"}, 1))
+        elif what is Move.SUCCEED:
+            counts += [("jobs_succeeded", endpoint, 1), ("outputs", endpoint, len(record.outputs)),
+                       ("download_bytes", endpoint, sum(o.size_bytes for o in record.outputs))]  # fmt: skip
+            durations += [("queue_wait_seconds", record.queue_wait_s), ("run_seconds", record.run_s)]
+        elif what is Move.FAIL:
+            counts.append(("jobs_failed", {**endpoint, "error_type": record.error_type or "unknown"}, 1))
+        elif what is Move.CANCEL:
+            counts.append(("jobs_cancelled", endpoint, 1))
 
         def write(pipe: redis.client.Pipeline) -> None:
-            pipe.hincrby(self.keys.metric_histograms, _field(name, labels, bucket), 1)
-            pipe.hincrbyfloat(self.keys.metric_histograms, _field(name, labels, "sum"), value_s)
-            pipe.hincrby(self.keys.metric_histograms, _field(name, labels, "count"), 1)
+            for name, labels, by in counts:
+                pipe.hincrby(self.keys.metrics, _field(name, labels), by)
+            for name, value_s in durations:
+                if value_s is not None:
+                    self._observe(pipe, name, endpoint, value_s)
 
         self._write(write)
 
-    def moved(self, what: Move, record: JobRecord) -> None:
-        """Count a job's move (`runner.steps.moves.move`, after it applied); `record` is the job after it."""
-        endpoint = {"endpoint": record.job.endpoint}
-        if what is Move.SEND:
-            self.count("submits", {**endpoint, "attempt": "first" if record.attempts <= 1 else "retry"})
-        elif what is Move.SUCCEED:
-            self.count("jobs_succeeded", endpoint)
-            self.count("outputs", endpoint, len(record.outputs))
-            self.count("download_bytes", endpoint, sum(o.size_bytes for o in record.outputs))
-            if record.queue_wait_s is not None:
-                self.observe("queue_wait_seconds", endpoint, record.queue_wait_s)
-            if record.run_s is not None:
-                self.observe("run_seconds", endpoint, record.run_s)
-        elif what is Move.FAIL:
-            self.count("jobs_failed", {**endpoint, "error_type": record.error_type or "unknown"})
-        elif what is Move.CANCEL:
-            self.count("jobs_cancelled", endpoint)
+    def observe(self, name: str, labels: Labels, value_s: float) -> None:
+        """Add one duration to histogram `name`."""
+        self._write(lambda pipe: self._observe(pipe, name, labels, value_s))
+
+    def _observe(self, pipe: redis.client.Pipeline, name: str, labels: Labels, value_s: float) -> None:
+        bucket = next((str(b) for b in BUCKETS_S if value_s <= b), _INF)
+        pipe.hincrby(self.keys.metric_histograms, _field(name, labels, bucket), 1)
+        pipe.hincrbyfloat(self.keys.metric_histograms, _field(name, labels, "sum"), value_s)
+        pipe.hincrby(self.keys.metric_histograms, _field(name, labels, "count"), 1)
 
     def counters(self) -> Iterator[tuple[str, dict[str, str], float]]:
         """Every counter: `(name, labels, value)`."""
@@ -104,12 +125,18 @@ class Metrics:
         return found
 
     def _write(self, write: Callable[[redis.client.Pipeline], object]) -> None:
+        """One round trip: `write`'s commands and the counts kept for later (lost with them if Redis refuses)."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
         try:
             with self.redis.pipeline(transaction=False) as pipe:
+                for field_name, by in pending.items():
+                    pipe.hincrby(self.keys.metrics, field_name, by)
                 write(pipe)
-                pipe.execute()
+                if len(pipe):
+                    pipe.execute()
         except redis.RedisError as exc:
-            log.debug("a metric was not counted: %s", exc)
+            log.debug("metrics not counted: %s", exc)
 
 
 def _field(name: str, labels: Labels, *rest: str) -> str:

@@ -147,12 +147,17 @@ class Ledger:
         found = {json.loads(k) or "unknown": int(v) for k, v in raw.items() if int(v) > 0}
         return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
 
-    def ended_since(self, batch_id: str, since: float) -> int:
-        """How many jobs ended (a final status) at `since` or later: a count per status index, no job read."""
+    def ended_since(self, batch_id: str, since: float) -> tuple[int, float | None]:
+        """How many jobs ended (a final status) at `since` or later, and when the first of them did (None: none);
+        read from the status indexes, no job read."""
         with self.redis.pipeline(transaction=False) as pipe:
             for status in FINAL:
-                pipe.zcount(self.keys.status_index(batch_id, status.value), since, "+inf")
-            return sum(int(n) for n in pipe.execute())
+                index = self.keys.status_index(batch_id, status.value)
+                pipe.zcount(index, since, "+inf")
+                pipe.zrangebyscore(index, since, "+inf", start=0, num=1, withscores=True)
+            found = pipe.execute()
+        firsts = [float(first[0][1]) for first in found[1::2] if first]
+        return sum(int(n) for n in found[0::2]), min(firsts, default=None)
 
     def record(self, batch_id: str, job_id: str) -> JobRecord | None:
         return next(self._load(batch_id, [job_id]), None)

@@ -61,16 +61,20 @@ def make_context(
 
     `api_url`: where the request history of a batch that stored no API URL is read (see `api_url_for`).
     """
-    on_call = counted_calls(Metrics(ledger.redis, ledger.keys))
-    return Context(ledger, http, queue_clients(http, credential, on_call),
-                   history_clients(http, credential, api_url, on_call), settings or worker_settings())  # fmt: skip
+    metrics = Metrics(ledger.redis, ledger.keys)
+    on_call = counted_calls(metrics)
+    ctx = Context(ledger, http, queue_clients(http, credential, on_call),
+                  history_clients(http, credential, api_url, on_call), settings or worker_settings())  # fmt: skip
+    ctx.metrics = metrics  # the one that holds the calls counted for later
+    return ctx
 
 
 def counted_calls(metrics: Metrics) -> CallObserver:
-    """Counts each call to fal by kind and answer (`fal_calls` in `/metrics`)."""
+    """Counts each call to fal by kind and answer (`fal_calls` in `/metrics`), in memory: written with the next move,
+    never between fal's answer and the move that stores it."""
 
     def on_call(call: str, code: str) -> None:
-        metrics.count("fal_calls", {"call": call, "code": code})
+        metrics.count_later("fal_calls", {"call": call, "code": code})
 
     return on_call
 

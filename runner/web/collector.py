@@ -20,7 +20,7 @@ from runner.web.source import LedgerSource
 PREFIX = "wan_batch_"
 #: What each counter the workers keep counts.
 COUNTERS = {
-    "submits": "Submits sent to fal (attempt: first, or retry of a job that failed before)",
+    "submits": "Requests fal accepted (attempt: first, or a retry of a job that failed before)",
     "fal_calls": "HTTP calls made to fal by kind (submit, status, result, cancel, history) and HTTP status",
     "jobs_succeeded": "Jobs that ended with their outputs on disk",
     "jobs_failed": "Jobs that failed, by error type",
@@ -97,4 +97,3 @@ def _counted(ledger: Ledger) -> list[Metric]:
                 durations.add_metric([dict(found_labels).get("endpoint", "")], histogram.cumulative(), histogram.sum)
         families.append(durations)
     return families
-

@@ -28,8 +28,8 @@ def batch_row(ledger: Ledger, info: BatchInfo, counts: dict[JobStatus, int], now
     ended, total = progress(counts)
     eta = None
     if info.state == "open":
-        window = pace_window_s(now - info.created_at)
-        eta = eta_s(total - ended, ledger.ended_since(info.id, now - window), window)
+        recent, first_s = ledger.ended_since(info.id, now - pace_window_s(now - info.created_at))
+        eta = eta_s(total - ended, recent, now - (first_s or now))
     return {
         "batch_id": info.id, "url": batch_url(info.id), "state": info.state, "manifest": info.manifest,
         "schedule": info.schedule, "created_at": info.created_at, "ended_at": info.ended_at, "jobs": total,
