@@ -26,7 +26,7 @@ COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text
 SERVICES: dict[str, Any] = COMPOSE["services"]
 BIN = Path(sys.executable).parent
 PROJECT_SERVICES = ["worker", "beat", "flower", "web"]
-TOKEN = "s3rve-t0ken"
+TOKEN = "s3rve-t0ken-for-the-compose-test"
 
 
 def test_the_services_are_there() -> None:

@@ -15,6 +15,7 @@ from jobs.errors import UsageError
 from jobs.lifecycle import Move
 from runner.ledger.metrics import Metrics
 from runner.ledger.store import Ledger
+from runner.simulator import FaultRates
 from runner.steps.context import counted_calls, queue_clients
 from runner.web.access import COOKIE, Access, is_loopback
 from runner.web.app import create_app
@@ -82,6 +83,23 @@ def test_an_unknown_batch_and_files_outside_its_images_are_not_found(reader: htt
         assert reader.get(f"/batches/b/thumbs/{path}").status_code == 404, path
 
 
+def test_an_open_app_answers_only_to_a_loopback_name(reader: httpx.Client) -> None:
+    """A site elsewhere that points its own name at 127.0.0.1 (DNS rebinding) reads nothing."""
+    assert reader.get("/api/batches", headers={"Host": "localhost"}).status_code == 200
+    for host in ("evil.example", "evil.example:80", "192.168.1.5"):
+        assert reader.get("/api/batches", headers={"Host": host}).status_code == 401, host
+
+
+def test_odd_requests_are_refused_without_a_traceback(reader: httpx.Client, actor: httpx.Client) -> None:
+    assert reader.get("/batches/b/files/images/a%00.png").status_code == 404
+    assert reader.get("/batches/b/thumbs/%00").status_code == 404
+    assert actor.get("/api/batches", headers={"Cookie": "wan_batch_session=\u00e9t\u00e9".encode()}).status_code == 401
+    assert actor.get("/api/batches", headers={"Authorization": "Bearer \u00e9t\u00e9".encode()}).status_code == 401
+    assert actor.post("/login", content=b"token=" + b"x" * 10_000).status_code == 413
+    with pytest.raises(UsageError, match="shorter than 16"):
+        Access.for_host("0.0.0.0", "short", allow_actions=False)
+
+
 def test_a_loopback_app_without_a_token_is_read_only(reader: httpx.Client) -> None:
     answer = reader.post("/api/batches/b/cancel", json={})
     assert answer.status_code == 403 and "--allow-actions" in answer.json()["error"]
@@ -132,8 +150,9 @@ def test_actions_need_the_token_a_json_post_and_this_origin(actor: httpx.Client,
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     assert actor.post("/api/batches/b/retry", json={}).status_code == 401, "no token: not even read"
     assert actor.post("/api/batches/b/retry", data={"x": "1"}, headers=bearer).status_code == 403, "a form post"
-    foreign = {**bearer, "Origin": "https://evil.example"}
-    assert actor.post("/api/batches/b/retry", json={}, headers=foreign).status_code == 403
+    for foreign in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": str(actor.base_url).rstrip("/")}):  # fmt: skip
+        assert actor.post("/api/batches/b/retry", json={}, headers={**bearer, **foreign}).status_code == 403, foreign
     waiting.force("j1", Move.FAIL, error_type="runner_server_error", error_message="boom")
     retried = actor.post("/api/batches/b/retry", json={"error_types": ["other"]}, headers=bearer)
     assert retried.json() == {"requeued": 0}
@@ -167,6 +186,22 @@ def test_metrics_count_what_fal_saw(reader: httpx.Client, world: World) -> None:
     assert found[("wan_batch_run_seconds_bucket", (endpoint, ("le", "+Inf")))] == 3
     assert found[("wan_batch_download_bytes_total", (endpoint,))] == sum(
         path.stat().st_size for path in (world.folder / "images").iterdir())
+
+
+def test_submits_count_the_requests_fal_has_through_faults_before_and_after_sending(world_factory: Any) -> None:
+    made: World = world_factory(jobs=4, max_in_flight=2, faults=FaultRates(proxy_5xx=0.3, lost_submit_response=0.3),
+                                fault_limit=4)  # fmt: skip
+    made.ctx.queue_client = queue_clients(made.http, lambda _scheme: KEY, counted_calls(made.ctx.metrics))
+    made.ctx.ledger.admit("b")
+    run_until_quiet(made)
+    stats = made.stats()
+    assert stats["faults"]["proxy_5xx"] and stats["faults"]["lost_submit_response"], "both faults struck"
+    made.ctx.metrics.flush()
+    counted = list(made.ctx.metrics.counters())
+    submits = {labels["attempt"]: n for name, labels, n in counted if name == "submits"}
+    assert submits == {"first": 4} and stats["submits"] == 4, "a 502 before sending is no submit; a lost answer found is"
+    proxy = sum(n for name, labels, n in counted if name == "fal_calls" and labels["code"] in ("502", "503", "504"))
+    assert proxy == stats["faults"]["proxy_5xx"], "every call is counted, answered or not"
 
 
 def test_a_histogram_is_cumulative_and_a_counter_is_lost_rather_than_a_step(redis_client: redis.Redis) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -38,10 +39,14 @@ def manifest(folder: Path, jobs: int) -> Path:
 def started() -> Iterator[list[subprocess.Popen[str]]]:
     processes: list[subprocess.Popen[str]] = []
     yield processes
-    for process in processes:
+    for process in processes:  # stopped as a user would, so what it started stops with it; killed if it hangs
         if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             process.kill()
-        process.wait()
+            process.wait()
 
 
 def start(args: list[str], cwd: Path, processes: list[subprocess.Popen[str]]) -> tuple[subprocess.Popen[str], str]:
@@ -53,9 +58,9 @@ def start(args: list[str], cwd: Path, processes: list[subprocess.Popen[str]]) ->
     processes.append(process)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = re.search(r"http://127\.0\.0\.1:\d+", log.read_text())
+        found = re.search(r"(http://127\.0\.0\.1:\d+)/", log.read_text())
         if found:
-            return process, found.group(0)
+            return process, found.group(1)
         assert process.poll() is None, log.read_text()
         time.sleep(0.05)
     raise AssertionError(f"no URL printed: {log.read_text()}")
@@ -77,16 +82,13 @@ def test_the_dashboard_of_a_running_batch_updates_without_reload(
 ) -> None:
     path = manifest(tmp_path / "in", jobs=6)
     run, url = start(["run", str(path), "--sim", "--out", str(tmp_path / "out"), "--serve", "0", "--quiet",
-                      "--sim-run-time", "uniform:1,2", "--sim-concurrency", "2", "--max-in-flight", "2"],
+                      "--sim-run-time", "uniform:2,3", "--sim-concurrency", "2", "--max-in-flight", "2"],
                      tmp_path, started)  # fmt: skip
     with httpx.Client(base_url=url, timeout=30) as http:  # the app serves from the start; the batch is recorded next
         deadline = time.monotonic() + 60
         while http.get("/api/batches/batch").status_code == 404:
             assert time.monotonic() < deadline and run.poll() is None
             time.sleep(0.05)
-    browser.get(url)
-    WebDriverWait(browser, 30).until(lambda b: "/6" in text_of(b, '#batches tr[data-batch="batch"]'))
-    browser.save_screenshot(str(tmp_path / "dashboard-batches.png"))
     browser.get(f"{url}/batches/batch")
     WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "jobs").text == "6")
     first = counts(browser)
@@ -118,6 +120,10 @@ def test_serve_shows_an_output_folder_and_outlives_the_runs_into_it(
                        FAL_KEY="").returncode == 0  # fmt: skip
         assert [b["batch_id"] for b in http.get("/api/batches").json()] == ["second", "first"]
         assert 'wan_batch_jobs{batch="second",status="succeeded"} 2.0' in http.get("/metrics").text
+    browser.get(url)
+    WebDriverWait(browser, 30).until(lambda b: "2/2" in text_of(b, '#batches tr[data-batch="second"]'))
+    assert "2/2" in text_of(browser, '#batches tr[data-batch="first"]')
+    browser.save_screenshot(str(tmp_path / "dashboard-batches.png"))
     browser.get(f"{url}/batches/second")
     loaded = "return Array.from(document.querySelectorAll('#gallery img')).map(i => i.complete && i.naturalWidth > 0)"
     WebDriverWait(browser, 30).until(lambda b: b.execute_script(loaded) == [True, True])  # thumbnails made on demand
@@ -133,7 +139,15 @@ def test_serve_refuses_what_would_open_too_much_before_it_listens(tmp_path: Path
     assert beyond.returncode == 2 and "WAN_BATCH_SERVE_TOKEN" in beyond.stderr
     actions = run_cli(["serve", "--out", str(tmp_path / "out"), "--port", "0", "--allow-actions"], tmp_path)
     assert actions.returncode == 2 and "WAN_BATCH_SERVE_TOKEN" in actions.stderr
-    bad = run_cli(["run", "x.csv", "--serve", "host:port"], tmp_path)
-    assert bad.returncode == 2
+    path = manifest(tmp_path / "in", jobs=1)
+    bad = run_cli(["run", str(path), "--sim", "--out", str(tmp_path / "o1"), "--serve", "host:port"], tmp_path)
+    assert bad.returncode == 2 and "not [HOST:]PORT" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli(["run", str(path), "--sim", "--out", str(tmp_path / "o2"), "--serve", str(port)], tmp_path)
+    assert busy.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in busy.stderr
+    assert not (tmp_path / "o2" / "batch").exists(), "nothing ran"
     nowhere = run_cli(["serve", "--out", str(tmp_path / "nothing"), "--port", "0"], tmp_path)
     assert nowhere.returncode == 2 and "holds no batches" in nowhere.stderr

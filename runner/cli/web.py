@@ -27,7 +27,8 @@ from runner.web.source import LedgerSource
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
               help="Output folder of `wan-batch run` (without --redis).")
 @click.option("--allow-actions", is_flag=True, help=f"Show cancel and retry buttons, for whoever holds {TOKEN_ENV}.")
-def serve(host: str, port: int, redis_url: str | None, out: Path, allow_actions: bool) -> None:
+@click.option("--access-log", is_flag=True, help="Log every request (pages ask for updates every 1.5 s).")
+def serve(host: str, port: int, redis_url: str | None, out: Path, allow_actions: bool, access_log: bool) -> None:
     """Serve a dashboard of the batches: their progress live, failures, outputs so far, and /metrics.
 
     Read-only unless --allow-actions. Pages refresh themselves; the same data is JSON under /api/.
@@ -41,7 +42,10 @@ def serve(host: str, port: int, redis_url: str | None, out: Path, allow_actions:
         click.echo(f"serving {source.where} at {url_of(sock)}/ (metrics at /metrics); Ctrl-C stops", err=True)
         # uvicorn finishes the requests under way on SIGTERM, then raises it again: here, so this cleans up.
         signal.signal(signal.SIGTERM, _terminated)
-        serve_forever(create_app(source, access), sock)
+        if allow_actions and redis_url is None:
+            click.echo(f"cancel and retry in {out} are carried out by the `wan-batch run` in it: now if one runs, else"
+                       " when it is run again", err=True)  # fmt: skip
+        serve_forever(create_app(source, access), sock, access_log)
     finally:
         source.close()
 

@@ -11,6 +11,8 @@ escaping everything that came from a manifest or from fal.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,7 @@ def thumbnail(source: Path, folder: Path, stem: str) -> str | None:
         with Image.open(source) as image:
             image.thumbnail((THUMB_PX, THUMB_PX))
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.part")
+            partial = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.part")  # its own
             image.convert("RGB").save(partial, "JPEG", quality=80)
             partial.replace(target)
     except (OSError, UnidentifiedImageError, ValueError):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import httpx
 import redis
@@ -49,6 +49,8 @@ _HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }  # fmt: skip
+#: A login form is a token and a path: anything longer is refused unread.
+_LOGIN_BYTES = 4096
 #: A cancel or retry: run with the ledger, an HTTP client, the batch id and the request's JSON body.
 Action = Callable[[Ledger, httpx.Client, str, dict[str, Any]], dict[str, Any]]
 #: Paths anyone may reach: the login page and the page's own script.
@@ -91,7 +93,7 @@ class _Web:
                 response: Response = JSONResponse({"error": "this needs the serve token"}, 401,
                                                   {"WWW-Authenticate": "Bearer"})  # fmt: skip
             else:
-                response = RedirectResponse(f"/login?next={path}", 303)
+                response = RedirectResponse(f"/login?next={quote(path, safe='/')}", 303)
         else:
             response = await call_next(request)
         response.headers.update(_HEADERS)
@@ -111,20 +113,26 @@ class _Web:
 
     def file(self, request: Request) -> Response:
         found = self._output_file(request)
-        return found if isinstance(found, Response) else FileResponse(found)
+        return found if isinstance(found, Response) else FileResponse(found[1])
 
     def thumb(self, request: Request) -> Response:
+        """The thumbnail `report.html` shows, made now if it is not there yet."""
         found = self._output_file(request)
         if isinstance(found, Response):
             return found
-        folder = found.parents[1]
-        made = thumbnail(found, folder, f"out-{found.stem}")
-        return FileResponse(folder / made if made else found)
+        folder, image = found
+        made = thumbnail(image, folder, f"out-{image.stem}")
+        return FileResponse(folder / made if made else image)
 
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return self._page("login.html.j2", request, next=_safe_next(request.query_params.get("next")))
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _LOGIN_BYTES:
+                return JSONResponse({"error": "too large"}, 413)
+        form = parse_qs(body.decode("utf-8", "replace"))
         next_path = _safe_next((form.get("next") or ["/"])[0])
         if not self.access.check_token((form.get("token") or [""])[0]):
             return self._page("login.html.j2", request, status=401, next=next_path, wrong=True)
@@ -212,17 +220,20 @@ class _Web:
         except UsageError as exc:
             return JSONResponse({"error": str(exc)}, 409)
 
-    def _output_file(self, request: Request) -> Path | Response:
-        """An output image of the batch (under its `images/`), or the answer that refuses it."""
+    def _output_file(self, request: Request) -> tuple[Path, Path] | Response:
+        """The batch's folder and an output image of it (under its `images/`), or the answer that refuses it."""
         batch_id, path = request.path_params["batch_id"], str(request.path_params["path"])
         info = self.source.read(lambda ledger: ledger.batch(batch_id))
         if info is None:
             return JSONResponse({"error": f"no batch {batch_id!r}"}, 404)
         images = (Path(info.folder) / "images").resolve()
-        found = (Path(info.folder) / path).resolve()  # as the job's record names it: `images/<name>`
-        if not found.is_relative_to(images) or not found.is_file():
-            return JSONResponse({"error": "no such output"}, 404)
-        return found
+        try:
+            found = (Path(info.folder) / path).resolve()  # as the job's record names it: `images/<name>`
+            if found.is_relative_to(images) and found.is_file():
+                return Path(info.folder), found
+        except (OSError, ValueError):  # a NUL in the path, say
+            pass
+        return JSONResponse({"error": "no such output"}, 404)
 
     def _page(self, template: str, request: Request, status: int = 200, **values: Any) -> Response:
         html = _ENV.get_template(template).render(

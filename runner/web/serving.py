@@ -55,7 +55,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{'127.0.0.1' if host == '0.0.0.0' else shown}:{port}"
 
 
-def serve_forever(app: Starlette, sock: socket.socket, access_log: bool = True) -> None:
+def serve_forever(app: Starlette, sock: socket.socket, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM (uvicorn handles them, finishing the requests under way)."""
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", access_log=access_log, lifespan="off"))
     server.run(sockets=[sock])

@@ -3,6 +3,8 @@
 "use strict";
 
 const REFRESH_MS = 1500;
+// The gallery keeps the latest this many, as the server sends them: a tab left open on a big batch stays small.
+const GALLERY_KEPT = 48;
 
 function el(tag, attributes, ...children) {
   const node = document.createElement(tag);
@@ -28,9 +30,9 @@ function showTimes(root) {
   }
 }
 
-function stamp() {
+function stamp(text) {
   const updated = document.getElementById("updated");
-  if (updated) updated.textContent = new Date().toLocaleTimeString();
+  if (updated) updated.textContent = text;
 }
 
 function countsText(counts) {
@@ -82,6 +84,7 @@ function renderBatch(b) {
     gallery.prepend(el("figure", {class: "job", "data-job": job.job_id}, ...links,
       el("figcaption", {}, el("b", {}, job.name), " ", el("span", {class: "prompt"}, job.prompt || ""))));
   }
+  while (gallery.children.length > GALLERY_KEPT) gallery.lastElementChild.remove();
 }
 
 async function refresh(render) {
@@ -90,14 +93,19 @@ async function refresh(render) {
     const answer = await fetch(api, {headers: {Accept: "application/json"}, credentials: "same-origin"});
     if (answer.ok) {
       render(await answer.json());
-      stamp();
+      stamp(new Date().toLocaleTimeString());
+    } else {
+      stamp("not updated: " + answer.status + " " + answer.statusText);
     }
+  } catch (error) {
+    stamp("not updated: the server does not answer (a run that served this page has ended?)");
   } finally {
     setTimeout(() => refresh(render), REFRESH_MS);
   }
 }
 
 async function act(button) {
+  if (button.id === "cancel" && !window.confirm("Cancel this batch? Its requests at fal are cancelled too.")) return;
   const result = document.getElementById("action-result");
   button.disabled = true;
   try {
