@@ -74,6 +74,17 @@ def test_the_api_lists_batches_and_shows_a_batch_with_its_outputs(reader: httpx.
     assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self': no inline script
 
 
+def test_every_batch_is_listed_newest_first_and_measured(reader: httpx.Client, world: World) -> None:
+    ledger = world.ctx.ledger
+    info = ledger.batch("b")
+    assert info is not None
+    ledger.save_batch(info.model_copy(update={"id": "later", "created_at": info.created_at + 60, "state": "open"}))
+    assert [row["batch_id"] for row in reader.get("/api/batches").json()] == ["later", "b"]
+    found = samples(reader.get("/metrics").text)
+    assert found[("wan_batch_batches", (("state", "open"),))] == 1 and found[("wan_batch_batches", (("state", "done"),))] == 1
+    assert found[("wan_batch_jobs", (("batch", "later"), ("status", "waiting")))] == 0
+
+
 def test_an_unknown_batch_and_files_outside_its_images_are_not_found(reader: httpx.Client, world: World) -> None:
     assert reader.get("/api/batches/nope").status_code == 404
     assert reader.get("/batches/nope").status_code == 404

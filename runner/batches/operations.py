@@ -21,6 +21,7 @@ from jobs.lifecycle import AT_FAL, JobUpdate, Move
 from jobs.record import Attempt, JobRecord
 from jobs.status import ACTIVE, JobStatus
 from runner.ledger.batch_info import LEDGER_FORMAT, BatchInfo
+from runner.ledger.overview import overviews
 from runner.ledger.store import Ledger
 from runner.ledger.timers import Timer
 from runner.steps.context import Context
@@ -100,13 +101,8 @@ def view_batch(ledger: Ledger, batch_id: str, latest_failures: int = LATEST_FAIL
 
 
 def list_batches(ledger: Ledger) -> list[tuple[BatchInfo, dict[JobStatus, int]]]:
-    """Every batch with its counts, oldest first."""
-    found = []
-    for batch_id in ledger.batch_ids():
-        info = ledger.batch(batch_id)
-        if info is not None:
-            found.append((info, ledger.counts(batch_id)))
-    return found
+    """Every batch with its counts, oldest first (one read for all)."""
+    return [(seen.info, seen.counts) for seen in overviews(ledger)]
 
 
 #: What `cancel_batch` counts, and what `status` shows of a cancelled batch.

@@ -84,10 +84,7 @@ class Ledger:
             pipe.execute()
 
     def batch(self, batch_id: str) -> BatchInfo | None:
-        raw = self.redis.hgetall(self.keys.batch(batch_id))
-        if not raw:
-            return None
-        return BatchInfo.model_validate({"ledger_format": 1} | {_text(k): json.loads(v) for k, v in raw.items()})
+        return decode_batch(self.redis.hgetall(self.keys.batch(batch_id)))
 
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
@@ -137,15 +134,11 @@ class Ledger:
     # --- jobs ----------------------------------------------------------------
 
     def counts(self, batch_id: str) -> dict[JobStatus, int]:
-        raw = self.redis.hgetall(self.keys.counts(batch_id))
-        found = {_text(k): int(v) for k, v in raw.items()}
-        return {status: found.get(status.value, 0) for status in JobStatus}
+        return decode_counts(self.redis.hgetall(self.keys.counts(batch_id)))
 
     def failures_by_type(self, batch_id: str) -> dict[str, int]:
         """Failed jobs per error type, most first (kept by every move: no job is read)."""
-        raw = self.redis.hgetall(self.keys.errors(batch_id))
-        found = {json.loads(k) or "unknown": int(v) for k, v in raw.items() if int(v) > 0}
-        return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+        return decode_failures(self.redis.hgetall(self.keys.errors(batch_id)))
 
     def ended_since(self, batch_id: str, since: float) -> tuple[int, float | None]:
         """How many jobs ended (a final status) at `since` or later, and when the first of them did (None: none);
@@ -395,6 +388,23 @@ class Ledger:
             "cancelled_state": json.dumps("cancelled"), "now": now,
             "now_json": json.dumps(now),
         }  # fmt: skip
+
+
+def decode_batch(raw: dict[Any, Any]) -> BatchInfo | None:
+    """A batch's hash as stored (None: no such batch)."""
+    if not raw:
+        return None
+    return BatchInfo.model_validate({"ledger_format": 1} | {_text(k): json.loads(v) for k, v in raw.items()})
+
+
+def decode_counts(raw: dict[Any, Any]) -> dict[JobStatus, int]:
+    found = {_text(k): int(v) for k, v in raw.items()}
+    return {status: found.get(status.value, 0) for status in JobStatus}
+
+
+def decode_failures(raw: dict[Any, Any]) -> dict[str, int]:
+    found = {json.loads(k) or "unknown": int(v) for k, v in raw.items() if int(v) > 0}
+    return dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _decode_record(raw: dict[Any, Any], side: dict[str, Any], bases: dict[str, str]) -> JobRecord:

@@ -1,7 +1,7 @@
 """`/metrics`: what the ledger counts, in Prometheus' text format (the `prometheus_client` library).
 
 A scrape reads counters, never jobs: each batch's counts per status and per
-error type and its window (a few small reads each), and what workers counted
+error type and its window (one pipeline for all), and what workers counted
 as they went (`runner.ledger.metrics`), however many processes and machines
 they run on.
 """
@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from runner.ledger.metrics import Metrics
+from runner.ledger.overview import overviews
 from runner.ledger.store import Ledger
 from runner.web.source import LedgerSource
 
@@ -61,17 +62,15 @@ def _batch_gauges(ledger: Ledger) -> list[Metric]:
     window = GaugeMetricFamily(f"{PREFIX}window", "The batch's in-flight window (--max-in-flight)", labels=["batch"])
     states = GaugeMetricFamily(f"{PREFIX}batches", "Batches in the ledger by state", labels=["state"])
     by_state = {"open": 0, "done": 0, "cancelled": 0}
-    for batch_id in ledger.batch_ids():
-        info = ledger.batch(batch_id)
-        if info is None:
-            continue
-        by_state[info.state] = by_state.get(info.state, 0) + 1
-        for status, n in ledger.counts(batch_id).items():
+    for seen in overviews(ledger):
+        batch_id = seen.info.id
+        by_state[seen.info.state] = by_state.get(seen.info.state, 0) + 1
+        for status, n in seen.counts.items():
             jobs.add_metric([batch_id, status.value], n)
-        for error_type, n in ledger.failures_by_type(batch_id).items():
+        for error_type, n in seen.failures.items():
             failed.add_metric([batch_id, error_type], n)
-        in_flight.add_metric([batch_id], ledger.in_flight(batch_id))
-        window.add_metric([batch_id], info.max_in_flight)
+        in_flight.add_metric([batch_id], seen.in_flight)
+        window.add_metric([batch_id], seen.info.max_in_flight)
     for state, n in by_state.items():
         states.add_metric([state], n)
     return [jobs, failed, in_flight, window, states]

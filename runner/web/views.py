@@ -15,6 +15,7 @@ from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.batches.operations import view_batch
 from runner.ledger.batch_info import BatchInfo
+from runner.ledger.overview import overviews
 from runner.ledger.store import Ledger
 
 #: A batch page shows this many of the latest jobs that succeeded.
@@ -23,7 +24,8 @@ GALLERY_LATEST = 48
 FAILURES_LATEST = 40
 
 
-def batch_row(ledger: Ledger, info: BatchInfo, counts: dict[JobStatus, int], now: float) -> dict[str, Any]:
+def batch_row(ledger: Ledger, info: BatchInfo, counts: dict[JobStatus, int], in_flight: int,
+              now: float) -> dict[str, Any]:  # fmt: skip
     """A batch as the list shows it: state, progress, counts, when it started and when it should end."""
     ended, total = progress(counts)
     eta = None
@@ -34,19 +36,13 @@ def batch_row(ledger: Ledger, info: BatchInfo, counts: dict[JobStatus, int], now
         "batch_id": info.id, "url": batch_url(info.id), "state": info.state, "manifest": info.manifest,
         "schedule": info.schedule, "created_at": info.created_at, "ended_at": info.ended_at, "jobs": total,
         "ended": ended, "counts": {status.value: n for status, n in counts.items()},
-        "in_flight": ledger.in_flight(info.id), "window": info.max_in_flight,
-        "eta_s": None if eta is None else round(eta, 1),
+        "in_flight": in_flight, "window": info.max_in_flight, "eta_s": None if eta is None else round(eta, 1),
     }  # fmt: skip
 
 
 def batch_rows(ledger: Ledger, now: float) -> list[dict[str, Any]]:
-    """Every batch, newest first."""
-    rows = []
-    for batch_id in reversed(ledger.batch_ids()):
-        info = ledger.batch(batch_id)
-        if info is not None:
-            rows.append(batch_row(ledger, info, ledger.counts(batch_id), now))
-    return rows
+    """Every batch, newest first (one read for all, and one more for each open batch's pace)."""
+    return [batch_row(ledger, seen.info, seen.counts, seen.in_flight, now) for seen in reversed(overviews(ledger))]
 
 
 def batch_page(ledger: Ledger, batch_id: str, now: float) -> dict[str, Any] | None:
@@ -55,7 +51,7 @@ def batch_page(ledger: Ledger, batch_id: str, now: float) -> dict[str, Any] | No
     if view is None:
         return None
     shown = view.to_dict()
-    data = {**shown, **batch_row(ledger, view.info, view.counts, now)}  # `in_flight`: how many
+    data = {**shown, **batch_row(ledger, view.info, view.counts, ledger.in_flight(batch_id), now)}  # how many
     data["in_flight_jobs"] = [{**row, "row": record.job.row, "endpoint": record.job.endpoint}
                               for row, record in zip(shown["in_flight"], view.in_flight, strict=True)]  # fmt: skip
     latest = ledger.records_with(batch_id, [JobStatus.SUCCEEDED], latest=GALLERY_LATEST)
