@@ -14,6 +14,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from runner.fal.local_images import job_image_refs, local_refs
 
 #: The longest side of a thumbnail, in pixels.
 THUMB_PX = 256
+#: Thumbnails made at once (decoding and scaling run outside the GIL).
+THUMB_THREADS = max(2, os.cpu_count() or 2)
 _ENV = Environment(loader=PackageLoader("runner.steps", "templates"), autoescape=select_autoescape(["j2"]))
 
 
@@ -35,7 +38,8 @@ def gallery_html(records: Sequence[JobRecord], summary: dict[str, Any], extra: d
     `input_files`: each local input image path as the manifest names it -> the file (its thumbnail is made from
     it; an input that is not local is shown as text, never fetched).
     """
-    jobs = [_job(record, folder, input_files) for record in records]
+    with ThreadPoolExecutor(THUMB_THREADS, thread_name_prefix="thumbs") as pool:  # Pillow lets go of the GIL
+        jobs = list(pool.map(lambda record: _job(record, folder, input_files), records))
     return _ENV.get_template("report.html.j2").render(
         batch_id=extra.get("batch_id"), manifest=extra.get("manifest"), provider_url=extra.get("provider_url"),
         summary=summary, jobs=jobs, statuses=sorted({job["status"] for job in jobs}),
