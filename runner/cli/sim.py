@@ -21,6 +21,8 @@ _FAULT_HELP = {
     "truncated_download": "an output file is cut short of its Content-Length",
     "slow_download": "an output file dribbles in with pauses",
     "upload_5xx": "an upload to fal storage answers a proxy's 503",
+    "webhook_drop": "a request's webhook is never delivered",
+    "webhook_duplicate": "a request's webhook is delivered twice",
 }
 #: The `--fault-*` flag of each FaultRates field.
 _FAULT_FLAGS = {
@@ -33,6 +35,8 @@ _FAULT_FLAGS = {
     "truncated_download": "--fault-truncated-download",
     "slow_download": "--fault-slow-download",
     "upload_5xx": "--fault-upload-5xx",
+    "webhook_drop": "--fault-webhook-drop",
+    "webhook_duplicate": "--fault-webhook-duplicate",
 }
 _SIM_DEFAULTS = SimConfig()
 

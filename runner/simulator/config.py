@@ -39,6 +39,10 @@ class FaultRates(BaseModel):
     lost_submit_response: Rate = 0.0
     #: A storage upload (`POST /cdn/files/upload`) answers a proxy's 503, storing nothing.
     upload_5xx: Rate = 0.0
+    #: A request submitted with `fal_webhook` ends, and its webhook is never delivered.
+    webhook_drop: Rate = 0.0
+    #: ... and its webhook is delivered twice.
+    webhook_duplicate: Rate = 0.0
 
 
 class SimConfig(BaseModel):
@@ -95,6 +99,10 @@ class SimConfig(BaseModel):
     storage_mb: Annotated[float, Field(gt=0)] = 256.0
     #: An upload's body larger than this answers 413 (fal: 100 MiB; fal_client sends larger files in parts).
     upload_max_mb: Annotated[float, Field(gt=0)] = 100.0
+
+    #: A webhook delivery that fails is tried again after this, doubling each time (fal: 10 tries in 2 hours).
+    webhook_retry_s: Annotated[float, Field(gt=0)] = 0.5
+    webhook_tries: Annotated[int, Field(ge=1)] = 10
 
     @field_validator("run_time")
     @classmethod

@@ -30,6 +30,10 @@ class FaultKind(str, Enum):
     LOST_SUBMIT_RESPONSE = "lost_submit_response"
     #: A storage upload answers 503 from a proxy, storing nothing.
     UPLOAD_5XX = "upload_5xx"
+    #: A request's webhook is never delivered.
+    WEBHOOK_DROP = "webhook_drop"
+    #: A request's webhook is delivered twice.
+    WEBHOOK_DUPLICATE = "webhook_duplicate"
 
 
 PROXY_STATUSES = (502, 503, 504)

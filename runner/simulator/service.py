@@ -40,6 +40,7 @@ from runner.simulator.storage import (
     lifecycle_ttl_s,
     storage_route,
 )
+from runner.simulator.webhooks import JWKS_PATH, WebhookSender
 
 _CANCEL_STATUS_CODES = {
     CancelResult.CANCELLATION_REQUESTED: 202,
@@ -88,10 +89,14 @@ class Service:
         self._outputs = Outputs(self._store, int(config.file_cache_mb * MIB), clock, self._storage.file_at)
         max_image_bytes = int(config.fetch_max_mb * MIB)
         self._inputs = InputReader(config.fetch_inputs, config.fetch_timeout_s, max_image_bytes, self._outputs.own_file)
+        self.webhooks = WebhookSender(self._store, self._webhook_says, lambda kind: self._strikes(FaultKind(kind)),
+                                      config.seed, config.webhook_retry_s, config.webhook_tries,
+                                      lambda n: self._stats.count(Counter.WEBHOOKS_SENT, n))  # fmt: skip
 
     def close(self) -> None:
-        """Release what the service holds open: the client that fetches input images."""
+        """Release what the service holds open: the client that fetches input images, the webhooks' sender."""
         self._inputs.close()
+        self.webhooks.close()
 
     def handle(self, call: Call) -> Reply:
         """The reply to `call`; /_stats and /files are never faulted nor authenticated.
@@ -102,6 +107,8 @@ class Service:
         """
         if call.parts[:1] == ["_stats"]:
             return self._stats_call(call)
+        if call.path == JWKS_PATH and call.method == "GET":
+            return json_reply(200, self.webhooks.jwks())
         if call.parts[:1] == ["files"] and call.method == "GET":
             return self._download(call)
         route = storage_route(call.method, call.parts)
@@ -337,6 +344,14 @@ class Service:
         request.result_bytes = result_size_bytes(request)
         return Outcome.OK
 
+    def _webhook_says(self, request: SimRequest) -> tuple[str, Any, str | None]:
+        """A request's webhook: its result when it ended OK, else the error its result call answers."""
+        if request.outcome is Outcome.OK and not request.purged:
+            return "OK", self._outputs.result(request, request.submission.base_url), None
+        failed = failure_reply(request)
+        payload = json.loads(failed.body) if failed.body else None
+        return "ERROR", payload, f"request failed with status {failed.status}"
+
     def _purged(self, request: SimRequest) -> None:
         """The store dropped a request past retention: drop its result and files too."""
         self._outputs.forget(request)
@@ -353,6 +368,7 @@ def _submission(call: Call, endpoint: str, app: str, body: dict[str, Any]) -> Su
         start_timeout_s=_positive_float(call.headers.get("x-fal-request-timeout")),
         files_ttl_s=lifecycle_ttl_s(call.headers.get("x-fal-object-lifecycle-preference")),
         webhook_url=call.query_value("fal_webhook"),
+        base_url=call.base_url,
     )
 
 

@@ -73,6 +73,8 @@ class Submission:
     start_timeout_s: float | None = None
     files_ttl_s: float | None = None
     webhook_url: str | None = None
+    #: The simulator's URL as the submit addressed it: where a webhook's payload points for its files.
+    base_url: str = ""
     #: The 422 `detail` entries of input images that could not be read, found at submit: fal reads
     #: them when the request starts, but the store starts requests under its lock.
     image_errors: tuple[dict[str, Any], ...] = ()
@@ -254,6 +256,12 @@ class RequestStore:
             now = self._advance()
             count = bisect.bisect_right(self._finished, now - lag_s, key=lambda done: done.completed_at)
             return self._finished[:count], now
+
+    def finished_from(self, index: int) -> tuple[list[FinishedRequest], int]:
+        """Requests that completed since the first `index` of them, and the index to ask from next."""
+        with self._lock:
+            self._advance()
+            return self._finished[index:], len(self._finished)
 
     def wall_time(self, monotonic_s: float) -> float:
         """A monotonic instant of this store as Unix time."""

@@ -38,6 +38,8 @@ class Counter(str, Enum):
     UPLOAD_BYTES = "upload_bytes"
     #: Uploaded files served (a GET answered 200; the simulator's own fetches of input images too).
     STORAGE_FETCHES = "storage_fetches"
+    #: Webhook deliveries tried (each try, answered or not).
+    WEBHOOKS_SENT = "webhooks_sent"
 
 
 def input_key(endpoint: str, body: Any) -> str:
