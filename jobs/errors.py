@@ -47,6 +47,14 @@ class ScheduleError(WanBatchError):
     """A schedule that cannot be: the message names the option (--cron, --at, --tz) and what is wrong."""
 
 
+class WebhookRejected(WanBatchError):
+    """A delivery to the webhook receiver that is not fal's, or not fresh; `status_code` is the answer."""
+
+    def __init__(self, message: str, status_code: int = 401) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class IllegalMoveError(WanBatchError):
     """A move of a job that `jobs.lifecycle.TRANSITIONS` does not allow from its status: a bug, never a user's."""
 

@@ -5,6 +5,10 @@ time, plus its wait in fal's queue); a job still queued is not expected before
 it has run; past the expected end, polls back off geometrically with how
 overdue the job is, capped far below the broker's
 visibility timeout so a scheduled poll is never redelivered as lost.
+
+With webhooks, fal says when a job ends and its step is due then: a poll is
+only the safety net for a delivery that never came (dropped, or the receiver
+was down), due a generous while after the job's expected end.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ class PollPolicy:
     jitter: float = 0.05
     #: Added to the expected end, so that the first poll rarely comes too early.
     margin_s: float = 0.05
+    #: With webhooks: the safety poll waits this many times the expected wait, plus the grace below.
+    webhook_factor: float = 2.0
+    webhook_grace_s: float = 30.0
+    #: ... and at most this long (a job fal keeps queued for hours is still looked at now and then).
+    webhook_max_delay_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -45,11 +54,15 @@ class PollState:
     queue_position: int | None = None
     #: Requests fal runs at once for this batch, at most: how fast its queue drains.
     concurrency: int = 1
+    #: fal delivers a webhook when the job ends: polls are only a safety net.
+    webhooks: bool = False
 
 
 def next_poll_delay_s(state: PollState, policy: PollPolicy, rand: float) -> float:
     """Seconds until the next status poll; `rand` in [0, 1) draws the jitter."""
     stretch = 1.0 + policy.jitter * rand
+    if state.webhooks:
+        return _safety_delay_s(state, policy) * stretch
     typical_s = state.typical_run_s
     if typical_s is None:
         if state.polls_done == 0:
@@ -64,6 +77,19 @@ def next_poll_delay_s(state: PollState, policy: PollPolicy, rand: float) -> floa
         return _clamp(remaining_s * stretch, policy)
     overdue_s = max(0.0, -remaining_s)
     return _clamp(overdue_s * policy.overdue_factor * stretch, policy)
+
+
+def _safety_delay_s(state: PollState, policy: PollPolicy) -> float:
+    """With webhooks: a generous while after the job's expected end (its queue, then its run), or after the
+    time waited so far if it is overdue; before any job ended, the expected end is not known: the grace alone."""
+    typical_s = state.typical_run_s
+    if typical_s is None:
+        expected_s = max(0.0, state.since_start_s)
+    else:
+        queued_s = typical_s * (state.queue_position or 0) / max(1, state.concurrency)
+        expected_s = max(queued_s + typical_s - state.since_start_s, state.since_start_s)
+    delay_s = expected_s * policy.webhook_factor + policy.webhook_grace_s
+    return min(policy.webhook_max_delay_s, max(policy.min_delay_s, delay_s))
 
 
 def typical_run_s(recent_run_s: Sequence[float]) -> float | None:

@@ -167,8 +167,8 @@ def test_a_request_that_lands_as_its_batch_is_cancelled_is_cancelled_at_fal_by_i
     world = world_factory(jobs=1, run_time="fixed:30")
     world.ctx.ledger.admit("b")
 
-    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
-        submission = client.submit(endpoint, body)
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any], webhook_url: str | None = None) -> Any:
+        submission = client.submit(endpoint, body, webhook_url)
         world.ctx.ledger.set_batch_state("b", "cancelled")  # `wan-batch cancel` while the call was out
         return submission
 
@@ -185,8 +185,8 @@ def test_a_request_that_lands_as_its_batch_is_cancelled_is_cancelled_at_fal_by_i
 
 
 def _exploding_after_the_send(world: Any) -> None:
-    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
-        client.submit(endpoint, body)  # it reached fal...
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any], webhook_url: str | None = None) -> Any:
+        client.submit(endpoint, body, webhook_url)  # it reached fal...
         raise RuntimeError("...and then something broke")
 
     replace_calls(world, submit=submit)
@@ -357,9 +357,9 @@ def test_after_fal_says_it_has_no_such_app_the_other_jobs_of_it_are_not_sent(wor
                           json.dumps({**stored, "endpoint": "fal-ai/wan-26-preview/image-to-image"}))  # fmt: skip
     sent: list[str] = []
 
-    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any], webhook_url: str | None = None) -> Any:
         sent.append(endpoint)
-        return client.submit(endpoint, body)
+        return client.submit(endpoint, body, webhook_url)
 
     replace_calls(world, submit=submit)
     world.ctx.ledger.admit("b")

@@ -295,8 +295,8 @@ def test_an_answer_that_comes_after_another_worker_took_over_is_adopted(world_fa
     world = reconciling_world(world_factory, jobs=1)
     world.ctx.ledger.admit("b")
 
-    def submit(client: QueueClient, endpoint: str, body: dict[str, Any]) -> Any:
-        submission = client.submit(endpoint, body)
+    def submit(client: QueueClient, endpoint: str, body: dict[str, Any], webhook_url: str | None = None) -> Any:
+        submission = client.submit(endpoint, body, webhook_url)
         # The lease lapsed: another worker found the job mid-submit and began looking for it.
         world.ctx.queue_client = make_client
         pipeline.run_job_step(world.ctx, "b", "j0", "")

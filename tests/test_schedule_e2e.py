@@ -252,6 +252,7 @@ def test_a_schedule_of_a_broken_manifest_is_refused_with_the_errors_of_validate(
         (["--cron", "0 2 * * *", "--name", "no/slash"], "--name: 'no/slash' is not a schedule name"),
         (["--cron", "0 2 * * *", "--base-url", "http://user:pw@h/"], "--base-url:"),
         (["--cron", "0 2 * * *", "--api-url", "http://user:pw@h/v1"], "--api-url: give a plain http(s) URL"),
+        (["--cron", "0 2 * * *", "--webhook-url", "/fal/webhook"], "--webhook-url: give an http(s) URL"),
     ],
 )
 def test_schedule_add_usage_errors(tmp_path: Path, broker: str, args: list[str], message: str) -> None:

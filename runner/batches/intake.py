@@ -78,6 +78,10 @@ class RunRequest(BaseModel):
     stall_hint_s: float = Field(default=60.0, gt=0)
     #: POST the batch's summary here when it ends (`--notify`): by `run` at its end, by a worker for `submit`.
     notify: str | None = None
+    #: Where fal POSTs as each request ends (`--webhook-url`): polls are then a safety net only.
+    webhook_url: str | None = None
+    #: Where the receiver of `run --serve` reads fal's webhook keys; None: fal's (with --sim: the simulator's).
+    jwks_url: str | None = None
     #: How local images are sent (`--images`): uploaded to fal storage once, or inline as data URIs in every
     #: submit; None: uploaded with a fal key, inline with a gateway's token (which cannot upload).
     images: Literal["upload", "inline"] | None = None
@@ -285,6 +289,7 @@ def record_batch(
         api_url=api_url_of(request, provider), max_image_bytes=int(request.max_image_mb * MIB),
         report_when_done=unattended is not None, schedule=unattended.schedule if unattended else None,
         notify=request.notify if unattended else None,  # a run that follows its batch notifies itself
+        webhook_url=request.webhook_url,
         images=images_mode(request, provider),
         storage_url=storage or (existing.storage_url if existing else None),  # a rerun that uploaded nothing
     )  # fmt: skip

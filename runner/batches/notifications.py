@@ -72,7 +72,7 @@ class Delivery:
         return f"{'sent' if self.delivered else f'failed after {self.tries} tries'} ({self.answer})"
 
 
-def check_notify_url(url: str | None) -> None:
+def check_notify_url(url: str | None, option: str = "--notify") -> None:
     """Raise UsageError (without the URL, which may hold a token) unless `url` is None or an http(s) URL."""
     if url is None:
         return
@@ -82,7 +82,7 @@ def check_notify_url(url: str | None) -> None:
     except ValueError:  # a port out of range, a broken IPv6 host
         valid = False
     if not valid:
-        raise UsageError("--notify: give an http(s) URL")
+        raise UsageError(f"{option}: give an http(s) URL")
 
 
 def shown_notify_url(url: str) -> str:

@@ -47,6 +47,7 @@ from runner.ledger.connection import redis_client
 from runner.ledger.store import Ledger
 from runner.settings import WorkerSettings, worker_settings
 from runner.simulator import SimConfig, run_simulator
+from runner.simulator.webhooks import JWKS_PATH
 from runner.steps.context import Context, make_context
 
 _FOLLOW_EVERY_S = 0.2
@@ -93,8 +94,9 @@ class Watchers:
     check_stop: Callable[[], None] = lambda: None
     #: Called with the bytes of local images uploaded so far, and in all, while they are.
     on_upload: UploadProgress | None = None
-    #: Entered with the run's ledger as soon as it is open, left when the run ends (`run --serve`).
-    with_ledger: Callable[[Ledger], AbstractContextManager[object]] | None = None
+    #: Entered with the run's ledger and request (as it runs) as soon as the ledger is open, left when the run
+    #: ends (`run --serve`).
+    with_ledger: Callable[[Ledger, RunRequest], AbstractContextManager[object]] | None = None
 
 
 def check_run(request: RunRequest) -> None:
@@ -106,6 +108,7 @@ def check_run(request: RunRequest) -> None:
         raise UsageError("--sim cannot be used with --base-url: a --sim run sends to its own simulator")
     api_url_of(request, Provider.fal("checked-here") if request.sim else provider_for(request))
     check_notify_url(request.notify)
+    check_notify_url(request.webhook_url, "--webhook-url")
     check_storage_url(request)
     worker_settings()  # what the in-process worker reads from the environment
     check_writable(request.out, "--out")
@@ -150,7 +153,7 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
         client, broker_url = _redis(request, stack)
         ledger = Ledger(client)
         if watchers.with_ledger is not None:
-            stack.enter_context(watchers.with_ledger(ledger))
+            stack.enter_context(watchers.with_ledger(ledger, request))
         _check_trial(ledger, request, batch)
         http = stack.enter_context(httpx.Client(timeout=HTTP_TIMEOUT))
         batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload,
@@ -201,8 +204,9 @@ def _provision(request: RunRequest) -> Iterator[tuple[Provider, RunRequest, Work
             same_machine = settings.reconcile.model_copy(
                 update={"history_lag_s": config.history_lag_s + _SIM_LAG_MARGIN_S, "clock_skew_s": _SIM_LAG_MARGIN_S}
             )
-            yield (Provider.fal(sim_key, sim.base_url), request.model_copy(update={"api_url": api_url}),
-                   settings.model_copy(update={"reconcile": same_machine}))  # fmt: skip
+            jwks_url = request.jwks_url or f"{sim.base_url}{JWKS_PATH}"  # the simulator signs its webhooks
+            yield (Provider.fal(sim_key, sim.base_url), request.model_copy(update={"api_url": api_url,
+                   "jwks_url": jwks_url}), settings.model_copy(update={"reconcile": same_machine}))  # fmt: skip
         return
     yield provider_for(request), request, worker_settings()
 
@@ -305,6 +309,7 @@ def check_submit(request: RunRequest) -> None:
     if request.redis_url is None:
         raise UsageError("submit needs a shared Redis (--redis or REDIS_URL); on this machine use `wan-batch run`")
     check_notify_url(request.notify)
+    check_notify_url(request.webhook_url, "--webhook-url")
     check_storage_url(request)
 
 

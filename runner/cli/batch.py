@@ -29,7 +29,7 @@ from runner.batches.urlcheck import check_urls
 from runner.cli import options
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
-from runner.cli.web import served_run
+from runner.cli.web import served_run, webhook_url_for
 from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
 from runner.simulator.config import SIM_CONCURRENCY
@@ -178,6 +178,8 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
 @options.images
 @options.storage_url
 @options.upload_ttl
+@options.webhook_url
+@options.jwks_url
 @click.option("--serve", "listen", metavar="[HOST:]PORT",
               help="Serve the dashboard (as `wan-batch serve`) while it runs, e.g. 8000; 0 picks a free port.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -194,7 +196,10 @@ def run(quiet: bool, as_json: bool, listen: str | None, **options: Any) -> None:
     if request.limit is not None and request.sample is not None:
         raise click.UsageError("--limit and --sample choose the jobs of a trial two ways: give one")
     try:
-        check_run(request)  # before the manifest is read, or anything shows
+        # A path --webhook-url is made whole on --serve's address once that is bound; run_batch checks it then.
+        path_hook = (request.webhook_url or "").startswith("/")
+        webhook_url_for(request.webhook_url, "http://checked.later" if listen else None)
+        check_run(request.model_copy(update={"webhook_url": None}) if path_hook else request)  # before the manifest
         batch = load_batch(request)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
@@ -210,7 +215,8 @@ def run(quiet: bool, as_json: bool, listen: str | None, **options: Any) -> None:
                    err=True)  # fmt: skip
     try:
         with _stop_on_signals() as check_stop, ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
-            serving = served_run(listen, bar.note)  # bound now: a port in use is said before anything starts
+            serving, served_at = served_run(listen, bar.note)  # bound now: a port in use is said before anything
+            request = request.model_copy(update={"webhook_url": webhook_url_for(request.webhook_url, served_at)})
             watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop, bar.uploads,
                                 serving)  # fmt: skip
             result = run_batch(request, batch, create_app, watchers)

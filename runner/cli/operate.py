@@ -75,6 +75,7 @@ def _context(ledger: Ledger, http: httpx.Client) -> Context:
               help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
                    "FAL_KEY; none with a gateway), or none.")
 @options.notify
+@options.webhook_url
 @options.images
 @options.storage_url
 @options.upload_ttl

@@ -43,6 +43,13 @@ max_jobs = click.option("--max-jobs", type=click.IntRange(min=1), default=100_00
 notify = click.option("--notify", metavar="URL",
                       help="When the batch ends, POST its summary as JSON to this http(s) URL (only its host is ever "
                            "shown: its path may hold a token).")  # fmt: skip
+webhook_url = click.option("--webhook-url", envvar="WAN_BATCH_WEBHOOK_URL", metavar="URL",
+                           help="Where fal POSTs when each request ends: the public URL of a `wan-batch serve` (or "
+                                "`run --serve`) receiver, e.g. https://batch.example.com/fal/webhook; jobs are then "
+                                "polled only as a safety net. With `run --serve`, a path (/fal/webhook) is taken on "
+                                "its address.")  # fmt: skip
+jwks_url = click.option("--jwks-url", envvar="FAL_JWKS_URL", metavar="URL",
+                        help="Where fal's webhook keys are published (default: fal's; with --sim, the simulator's).")
 images = click.option("--images", type=click.Choice(["upload", "inline"]),
                       help="How local images are sent: uploaded to fal storage once, from here, and sent as URLs "
                            "(default with FAL_KEY), or inline as data URIs in every submit (default with a gateway, "

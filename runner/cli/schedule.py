@@ -73,6 +73,7 @@ def schedule() -> None:
 @options.images
 @options.storage_url
 @options.upload_ttl
+@options.webhook_url
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows of a manifest that has errors.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
 @_redis_option
@@ -86,6 +87,7 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
     except ScheduleError as exc:
         raise UsageError(str(exc)) from None
     _check_urls(notify, options["base_url"], options["api_url"])
+    check_notify_url(options["webhook_url"], "--webhook-url")
     request = RunRequest(manifest=manifest, **{name: options[name] for name in (
         "endpoint", "skip_invalid", "max_image_mb", "allowed_endpoints", "storage_url")})  # fmt: skip
     check_storage_url(request)

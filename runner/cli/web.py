@@ -11,12 +11,20 @@ from types import FrameType
 from typing import NoReturn
 
 import click
+import httpx
 
+from jobs.errors import UsageError
+from runner.batches.intake import RunRequest
+from runner.cli import options
+from runner.fal.webhooks import FAL_JWKS_URL, WebhookVerifier
 from runner.ledger.store import Ledger
 from runner.web.access import TOKEN_ENV, Access
 from runner.web.app import create_app
 from runner.web.serving import bind, parse_listen, serve_forever, serving_in_background, url_of
 from runner.web.source import LedgerSource
+
+#: What `run --serve` enters with the run's ledger and request.
+Serving = Callable[[Ledger, RunRequest], AbstractContextManager[object]]
 
 
 @click.command()
@@ -28,11 +36,13 @@ from runner.web.source import LedgerSource
               help="Output folder of `wan-batch run` (without --redis).")
 @click.option("--allow-actions", is_flag=True, help=f"Show cancel and retry buttons, for whoever holds {TOKEN_ENV}.")
 @click.option("--access-log", is_flag=True, help="Log every request (pages ask for updates every 1.5 s).")
-def serve(host: str, port: int, redis_url: str | None, out: Path, allow_actions: bool, access_log: bool) -> None:
+@options.jwks_url
+def serve(host: str, port: int, redis_url: str | None, out: Path, allow_actions: bool, access_log: bool,
+          jwks_url: str | None) -> None:  # fmt: skip
     """Serve a dashboard of the batches: their progress live, failures, outputs so far, and /metrics.
 
     Read-only unless --allow-actions. Pages refresh themselves; the same data is JSON under /api/.
-    Stops on Ctrl-C.
+    fal's webhooks are received at /fal/webhook (checked by their signature; see --webhook-url). Stops on Ctrl-C.
     """
     access = Access.for_host(host, os.environ.get(TOKEN_ENV), allow_actions)
     source = LedgerSource.open(redis_url, out)
@@ -45,7 +55,9 @@ def serve(host: str, port: int, redis_url: str | None, out: Path, allow_actions:
         if allow_actions and redis_url is None:
             click.echo(f"cancel and retry in {out} are carried out by the `wan-batch run` in it: now if one runs, else"
                        " when it is run again", err=True)  # fmt: skip
-        serve_forever(create_app(source, access), sock, access_log)
+        with httpx.Client() as http:
+            webhooks = WebhookVerifier(http, jwks_url or FAL_JWKS_URL)
+            serve_forever(create_app(source, access, webhooks), sock, access_log)
     finally:
         source.close()
 
@@ -54,26 +66,40 @@ def _terminated(_signum: int, _frame: FrameType | None) -> NoReturn:
     raise SystemExit(143)
 
 
-def served_run(listen: str | None, say: Callable[[str], None]) -> Callable[[Ledger], AbstractContextManager[object]]:
-    """What `run --serve [HOST:]PORT` does with its ledger: serve it while it runs.
+def served_run(listen: str | None, say: Callable[[str], None]) -> tuple[Serving, str | None]:
+    """What `run --serve [HOST:]PORT` does with its ledger: serve it while it runs (with fal's webhooks, checked
+    with the keys at the run's `jwks_url`), and the URL it serves at.
 
     Checks the address and binds it at once, before the run starts (raises UsageError).
     """
     if listen is None:
-        return _nothing
+        return _nothing, None
     host, port = parse_listen(listen)
     access = Access.for_host(host, os.environ.get(TOKEN_ENV), allow_actions=False)
     sock = bind(host, port)
+    url = url_of(sock)
 
     @contextmanager
-    def serving(ledger: Ledger) -> Iterator[object]:
-        with serving_in_background(create_app(LedgerSource(ledger, "this run"), access), sock) as url:
-            say(f"dashboard: {url}/")
-            yield url
+    def serving(ledger: Ledger, request: RunRequest) -> Iterator[object]:
+        with httpx.Client() as http:
+            webhooks = WebhookVerifier(http, request.jwks_url or FAL_JWKS_URL)
+            app = create_app(LedgerSource(ledger, "this run"), access, webhooks)
+            with serving_in_background(app, sock):
+                say(f"dashboard: {url}/")
+                yield url
 
-    return serving
+    return serving, url
+
+
+def webhook_url_for(given: str | None, served_at: str | None) -> str | None:
+    """`--webhook-url` as the batch stores it: a path (`/fal/webhook`) is taken on `run --serve`'s address."""
+    if given is None or not given.startswith("/"):
+        return given
+    if served_at is None:
+        raise UsageError(f"--webhook-url {given}: a path is taken on the address of --serve; give a full URL")
+    return f"{served_at}{given}"
 
 
 @contextmanager
-def _nothing(_ledger: Ledger) -> Iterator[object]:
+def _nothing(_ledger: Ledger, _request: RunRequest) -> Iterator[object]:
     yield None

@@ -53,6 +53,9 @@ class BatchInfo(BaseModel):
     #: Where the worker that ends it POSTs its summary (`submit --notify`); its path and query may hold a
     #: token: shown only as its host (`runner.batches.notifications.shown_notify_url`).
     notify: str | None = None
+    #: Where fal POSTs when each of its requests ends (`--webhook-url`): a `wan-batch serve` receiver; its jobs
+    #: are then polled only as a safety net. None: polled.
+    webhook_url: str | None = None
     #: Its report's summary and paths, stored by the worker that wrote the report, for the notification.
     summary: dict[str, Any] | None = None
     #: How it is laid out in Redis (`LEDGER_FORMAT`); an older batch is not run by this version.

@@ -69,6 +69,8 @@ class ScheduleSpec(BaseModel):
     images: Literal["upload", "inline"] | None = None
     storage_url: str | None = None
     upload_ttl_s: float = Field(default=DEFAULT_UPLOAD_TTL_S, ge=3600)
+    #: Where fal POSTs as each request ends (`--webhook-url`); None: polled.
+    webhook_url: str | None = None
     created_at: float
     paused: bool = False
 
@@ -85,6 +87,7 @@ class ScheduleSpec(BaseModel):
             max_in_flight=self.max_in_flight, max_attempts=self.max_attempts, max_image_mb=self.max_image_mb,
             priority=self.priority, api_url=self.api_url, start_timeout_s=self.start_timeout_s,
             images=self.images, storage_url=self.storage_url, upload_ttl_s=self.upload_ttl_s,
+            webhook_url=self.webhook_url,
         )  # fmt: skip
 
 

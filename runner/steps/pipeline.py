@@ -108,7 +108,7 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
         return sending  # cancelled meanwhile
     sent = sending.applied.record
     try:
-        submission = client.submit(record.job.endpoint, body)
+        submission = client.submit(record.job.endpoint, body, batch.webhook_url)
     except QueueAPIError as exc:
         seen = call_failed(Call.SUBMIT, exc)
     except Exception as exc:  # the request may have left: never send it again
@@ -172,7 +172,7 @@ def _accepted(
     The request is paid for: a Redis that does not answer is waited for,
     with the request_id in the log meanwhile, rather than the request lost.
     """
-    state = PollState(0, 0.0, learned[0], submission.queue_position, learned[1])
+    state = PollState(0, 0.0, learned[0], submission.queue_position, learned[1], webhooks=bool(batch.webhook_url))
     update = JobUpdate(
         request_id=submission.request_id, status_url=submission.status_url, response_url=submission.response_url,
         cancel_url=submission.cancel_url, submitted_at=ctx.clock(), queue_position=submission.queue_position,
@@ -286,7 +286,7 @@ def _next_poll_s(
     queued = status.queue_position if status.status == "IN_QUEUE" else None
     since_start_s = ctx.clock() - (started_at or record.submitted_at or ctx.clock())
     state = PollState(record.polls + 1, since_start_s, _typical_run_s(ctx, batch.id), queued,
-                      _concurrency(ctx, batch.id))  # fmt: skip
+                      _concurrency(ctx, batch.id), webhooks=bool(batch.webhook_url))  # fmt: skip
     return next_poll_delay_s(state, ctx.settings.poll, ctx.rng.random())
 
 

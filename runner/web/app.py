@@ -10,6 +10,7 @@ thread pool, so a Redis read never blocks the event loop. Read-only unless
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,18 +30,21 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from jobs.errors import UsageError
+from jobs.errors import UsageError, WebhookRejected
 from jobs.status import JobStatus
 from runner.batches import operations
+from runner.fal.webhooks import WebhookVerifier
 from runner.ledger.store import Ledger
 from runner.settings import credential_from_env
 from runner.steps.context import make_context
 from runner.steps.gallery import thumbnail
 from runner.web.access import COOKIE, Access
 from runner.web.collector import registry_for
+from runner.web.receiver import take_delivery
 from runner.web.source import LedgerSource
 from runner.web.views import batch_page, batch_rows
 
+log = logging.getLogger(__name__)
 _ENV = Environment(loader=PackageLoader("runner.web", "templates"), autoescape=select_autoescape(["j2"]))
 #: Pages load nothing from elsewhere, and run no script but the app's own file.
 _HEADERS = {
@@ -51,14 +55,17 @@ _HEADERS = {
 }  # fmt: skip
 #: A login form is a token and a path: anything longer is refused unread.
 _LOGIN_BYTES = 4096
+#: A webhook's body holds a result's JSON (output URLs, not files).
+_WEBHOOK_BYTES = 5 * 1024 * 1024
 #: A cancel or retry: run with the ledger, an HTTP client, the batch id and the request's JSON body.
 Action = Callable[[Ledger, httpx.Client, str, dict[str, Any]], dict[str, Any]]
-#: Paths anyone may reach: the login page and the page's own script.
-_OPEN = ("/login", "/static/", "/healthz", "/favicon.ico")
+#: Paths anyone may reach: logging in, the pages' script and style, the health check, fal's (signed) webhooks.
+_OPEN = ("/login", "/static/", "/healthz", "/favicon.ico", "/fal/webhook")
 
 
-def create_app(source: LedgerSource, access: Access) -> Starlette:
-    web = _Web(source, access)
+def create_app(source: LedgerSource, access: Access, webhooks: WebhookVerifier | None = None) -> Starlette:
+    """The app; with `webhooks`, it also receives fal's webhooks at `/fal/webhook` (checked with those keys)."""
+    web = _Web(source, access, webhooks)
     routes = [
         Route("/", web.index),
         Route("/batches/{batch_id}", web.batch),
@@ -73,6 +80,7 @@ def create_app(source: LedgerSource, access: Access) -> Starlette:
         Route("/favicon.ico", lambda _request: Response(status_code=204)),
         Route("/login", web.login, methods=["GET", "POST"]),
         Route("/logout", web.logout, methods=["POST"]),
+        *([Route("/fal/webhook", web.webhook, methods=["POST"])] if webhooks is not None else []),
         Mount("/static", StaticFiles(packages=[("runner.web", "static")]), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=web.guard)],
@@ -80,10 +88,13 @@ def create_app(source: LedgerSource, access: Access) -> Starlette:
 
 
 class _Web:
-    def __init__(self, source: LedgerSource, access: Access) -> None:
+    def __init__(self, source: LedgerSource, access: Access, webhooks: WebhookVerifier | None) -> None:
         self.source = source
         self.access = access
+        self.webhooks = webhooks
         self.registry = registry_for(source)
+        #: Lent to the steps a delivery moves (a move makes no call to fal).
+        self.http = httpx.Client(timeout=30.0)
 
     async def guard(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """Every path but the open ones needs the token where reads are not open; every answer gets the headers."""
@@ -127,11 +138,9 @@ class _Web:
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return self._page("login.html.j2", request, next=_safe_next(request.query_params.get("next")))
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > _LOGIN_BYTES:
-                return JSONResponse({"error": "too large"}, 413)
+        body = await _read_capped(request, _LOGIN_BYTES)
+        if body is None:
+            return JSONResponse({"error": "too large"}, 413)
         form = parse_qs(body.decode("utf-8", "replace"))
         next_path = _safe_next((form.get("next") or ["/"])[0])
         if not self.access.check_token((form.get("token") or [""])[0]):
@@ -178,6 +187,24 @@ class _Web:
             return {"requeued": len(requeued)}
 
         return await self._act(request, retry_failed)
+
+    async def webhook(self, request: Request) -> Response:
+        """fal's delivery: checked to be fal's by its signature (it needs no serve token), answered at once."""
+        body = await _read_capped(request, _WEBHOOK_BYTES)
+        if body is None:
+            return JSONResponse({"error": "too large"}, 413)
+        return await run_in_threadpool(self._take_webhook, dict(request.headers), body)
+
+    def _take_webhook(self, headers: dict[str, str], body: bytes) -> Response:
+        assert self.webhooks is not None
+        try:
+            request_id = self.webhooks.verify(headers, body)
+            delivered = self.source.read(lambda ledger: take_delivery(make_context(ledger, self.http), request_id,
+                                                                      body))  # fmt: skip
+        except WebhookRejected as exc:
+            log.warning("webhook refused: %s", exc)
+            return JSONResponse({"error": str(exc)}, exc.status_code)
+        return JSONResponse(delivered.as_json())
 
     def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -240,6 +267,16 @@ class _Web:
             signed_in=self.access.authorized(request), needs_login=self.access.token is not None, **values
         )
         return HTMLResponse(html, status)
+
+
+async def _read_capped(request: Request, most: int) -> bytes | None:
+    """The request's body, or None once it is longer than `most` bytes (the rest is not read)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > most:
+            return None
+    return body
 
 
 def _no_redis(request: Request, exc: Exception) -> Response:

@@ -30,6 +30,7 @@ COUNTERS = {
     "download_bytes": "Bytes of output images downloaded",
     "uploads": "Local images uploaded to fal storage",
     "upload_bytes": "Bytes of local images uploaded to fal storage",
+    "webhooks": "fal's webhooks received, by outcome (collect_now, already_handled, unknown_request)",
 }
 HISTOGRAMS = {
     "queue_wait_seconds": "Time a request waited in fal's queue before it ran",
