@@ -98,6 +98,11 @@ class Keys:
         """Hash: failed jobs per error type (the stored JSON of the type), kept by every transition."""
         return f"{self.prefix}:batch:{batch_id}:errors"
 
+    def early_webhook(self, request_id: str) -> str:
+        """String: fal's webhook for this request came before its job stored it; the job's step is due once it
+        does (it expires: a request no job ever stores is not one of ours)."""
+        return f"{self.prefix}:hooked:{request_id}"
+
     @property
     def requests(self) -> str:
         """Hash: fal's request_id -> the job that holds it (JSON [batch id, job id]), for every attempt."""
@@ -117,6 +122,11 @@ class Keys:
     def timers(self) -> str:
         """Sorted set: what must happen later (see `Timer`), scored by when it is due."""
         return f"{self.prefix}:timers"
+
+    @property
+    def timer_wake(self) -> str:
+        """Pub/sub channel: a timer was set due now by a process that runs no dispatcher (a webhook's receiver)."""
+        return f"{self.prefix}:timers:wake"
 
     @property
     def timer_claims(self) -> str:

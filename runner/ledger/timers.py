@@ -11,6 +11,8 @@ so a message held by a dead worker is never the only record of what comes next.
 from __future__ import annotations
 
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, cast
@@ -19,6 +21,9 @@ import redis
 
 from runner.ledger import scripts
 from runner.ledger.keys import Keys
+
+#: A dispatcher listening for nudges looks at its stop flag this often.
+_LISTEN_S = 1.0
 
 #: The claim of a timer that a dispatcher sent; a worker's is "r:<token>".
 DISPATCHED = "d"
@@ -133,6 +138,21 @@ class Timers:
         if not timers:
             return 0
         return int(self._schedule(keys=self._keys, args=[due_at, *(t.member for t in timers)]))
+
+    def nudge(self) -> None:
+        """Tell every dispatcher to look for due timers now (from a process that runs none)."""
+        self.redis.publish(self.keys.timer_wake, "1")
+
+    def listen(self, stop: threading.Event, on_nudge: Callable[[], None]) -> None:
+        """Call `on_nudge` for each `nudge` until `stop` is set; raises redis' errors when Redis goes away."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self.keys.timer_wake)
+            while not stop.is_set():
+                if pubsub.get_message(timeout=_LISTEN_S) is not None:
+                    on_nudge()
+        finally:
+            pubsub.close()
 
     def due_at(self, timer: Timer) -> float | None:
         score = self.redis.zscore(self.keys.timers, timer.member)

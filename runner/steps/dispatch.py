@@ -55,6 +55,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._wake_at = float("inf")
         self._thread: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
         #: Since when Redis has answered without a break (None: it does not answer now).
         self._connected_since: float | None = None
 
@@ -62,13 +63,16 @@ class Dispatcher:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="wan-batch-dispatcher", daemon=True)
         self._thread.start()
+        self._listener = threading.Thread(target=self._listen, name="wan-batch-dispatcher-nudges", daemon=True)
+        self._listener.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        for thread in (self._thread, self._listener):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._thread = self._listener = None
 
     def hold(self, timer: Timer, mark: str) -> None:
         """This worker runs `timer` now (as `mark`): keep its lease until `release`."""
@@ -115,6 +119,21 @@ class Dispatcher:
                 self._stop.wait(self._settings.tick_s)
                 continue
             self._sleep_until(min(next_due, next_renew))
+
+    def _listen(self) -> None:
+        """Wake for the nudges of processes that set timers due now and run no dispatcher (webhooks)."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._timers.listen(self._stop, self.wake)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                failures += 1  # the dispatcher says Redis is away; its ticks go on meanwhile
+                self._stop.wait(backoff_delay_s(failures, _OUTAGE_BACKOFF, 0.0))
+            except Exception:
+                log.exception("dispatcher: listening for nudges failed; carrying on")
+                self._stop.wait(self._settings.tick_s)
+            else:
+                failures = 0
 
     def _renew(self, now: float) -> None:
         with self._lock:
