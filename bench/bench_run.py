@@ -1,12 +1,14 @@
 """Time `wan-batch run` against the simulator: makespan against the ideal, and HTTP calls per job.
 
-    python bench/bench_run.py [--jobs 1000] [--concurrency 20] [--run-time 2] [--max-in-flight 25]
+    python bench/bench_run.py [--jobs 1000] [--concurrency 20] [--run-time 2] [--max-in-flight 25] [--webhooks]
 
 The simulator runs in this process (C requests at once, each L seconds); the
 runner is the real `wan-batch run` in a subprocess, on its embedded Redis and
 worker. ideal = ceil(N / C) * L. Makespan = first submit to the last job's
 files on disk (from the job sidecars). Targets at N=1000, C=20, L=2 s:
-makespan / ideal <= 1.10 and at most 3 status polls per job.
+makespan / ideal <= 1.10 and at most 3 status polls per job. With --webhooks the
+run serves its receiver (`--serve` and `--webhook-url` on a free port) and the
+simulator calls it as each request ends, instead of being polled.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,16 +55,27 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--run-time", type=float, default=2.0)
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="Run times uniform over RUN_TIME +- SPREAD/2 (the ideal then takes RUN_TIME, the mean)")
     parser.add_argument("--max-in-flight", type=int, default=25)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--webhooks", action="store_true", help="fal calls back; polls are a safety net only")
     args = parser.parse_args()
-    config = SimConfig(concurrency=args.concurrency, run_time=f"fixed:{args.run_time}", key=KEY, seed=1)
+    half = args.spread / 2
+    run_time = f"uniform:{args.run_time - half},{args.run_time + half}" if half else f"fixed:{args.run_time}"
+    config = SimConfig(concurrency=args.concurrency, run_time=run_time, key=KEY, seed=1)
     with tempfile.TemporaryDirectory() as tmp, run_simulator(config) as sim:
         manifest = write_manifest(Path(tmp), args.jobs)
         env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "FAL_KEY": KEY}
         command = [str(Path(sys.executable).parent / "wan-batch"), "run", str(manifest), "--base-url", sim.base_url,
                    "--out", str(Path(tmp) / "out"), "--json", "--max-in-flight", str(args.max_in_flight),
                    "--workers", str(args.workers)]  # fmt: skip
+        if args.webhooks:  # a free port, named in full: a path --webhook-url is for --sim only
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            command += ["--serve", f"127.0.0.1:{port}", "--webhook-url", f"http://127.0.0.1:{port}/fal/webhook",
+                        "--jwks-url", f"{sim.base_url}/.well-known/jwks.json"]  # fmt: skip
         started = time.monotonic()
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         wall_s = time.monotonic() - started
@@ -70,10 +84,11 @@ def main() -> None:
         stats = sim.stats()
         span_s = makespan_s(Path(tmp) / "out" / "bench")
     ideal_s = math.ceil(args.jobs / args.concurrency) * args.run_time
-    calls = {name: stats[name] for name in ("submits", "status_polls", "result_fetches", "downloads", "cancels")}
+    calls = {name: stats[name] for name in ("submits", "status_polls", "result_fetches", "downloads", "cancels",
+                                            "webhooks_sent")}  # fmt: skip
     per_job = {name: count / args.jobs for name, count in calls.items()}
-    print(f"N={args.jobs} C={args.concurrency} L={args.run_time}s max-in-flight={args.max_in_flight} "
-          f"workers={args.workers}")  # fmt: skip
+    print(f"N={args.jobs} C={args.concurrency} L={run_time} max-in-flight={args.max_in_flight} "
+          f"workers={args.workers} {'webhooks' if args.webhooks else 'polling'}")  # fmt: skip
     print(f"makespan {span_s:.1f} s, ideal {ideal_s:.1f} s, ratio {span_s / ideal_s:.3f} (target <= 1.10)")
     print(f"wall time of the command {wall_s:.1f} s (start-up, validation and report included)")
     print("HTTP requests per job: " + ", ".join(f"{name} {value:.2f}" for name, value in per_job.items())

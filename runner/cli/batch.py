@@ -29,7 +29,7 @@ from runner.batches.urlcheck import check_urls
 from runner.cli import options
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
-from runner.cli.web import served_run, webhook_url_for
+from runner.cli.web import as_checked_now, served_run, webhook_url_for
 from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
 from runner.simulator.config import SIM_CONCURRENCY
@@ -196,10 +196,7 @@ def run(quiet: bool, as_json: bool, listen: str | None, **options: Any) -> None:
     if request.limit is not None and request.sample is not None:
         raise click.UsageError("--limit and --sample choose the jobs of a trial two ways: give one")
     try:
-        # A path --webhook-url is made whole on --serve's address once that is bound; run_batch checks it then.
-        path_hook = (request.webhook_url or "").startswith("/")
-        webhook_url_for(request.webhook_url, "http://checked.later" if listen else None)
-        check_run(request.model_copy(update={"webhook_url": None}) if path_hook else request)  # before the manifest
+        check_run(as_checked_now(request, listen))  # before the manifest is read, or anything shows
         batch = load_batch(request)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None

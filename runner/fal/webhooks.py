@@ -1,13 +1,15 @@
 """Checking that a webhook delivery is fal's: its Ed25519 signature against fal's published keys (JWKS).
 
 The keys are fetched from `--jwks-url` (FAL_JWKS_URL; fal's by default), kept for a day at most, and
-fetched again early when no key verifies a delivery (fal rotated its keys), at most once a minute so that
-forged deliveries cannot make this fetch them in a loop.
+fetched again early when no key verifies a delivery (fal rotated its keys); a fetch is tried at most once a
+minute, failed or not, so that forged deliveries cannot make this fetch them in a loop, and a failed one keeps
+the keys it would have replaced.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jobs.errors import WebhookRejected
 from jobs.webhooks import signed_message, timestamp_problem
 
+log = logging.getLogger(__name__)
 #: Where fal publishes its webhook keys (the URL public implementations use).
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 #: Keys are fetched again after this long, whatever happens.
@@ -39,6 +42,7 @@ class WebhookVerifier:
         self._lock = threading.Lock()
         self._keys: list[Ed25519PublicKey] = []
         self._fetched_at: float | None = None
+        self._tried_at: float | None = None
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> str:
         """The request_id of a delivery that is fal's and fresh; raises WebhookRejected (400, 401, or 503 when
@@ -56,34 +60,39 @@ class WebhookVerifier:
         except ValueError:
             raise WebhookRejected("delivery refused: its signature is not hex") from None
         message = signed_message(request_id, user_id, stamp, body)
-        if _verifies(self._current_keys(now), signed, message):
+        keys = self._keys_at(now, early=False)
+        if _verifies(keys, signed, message):
             return request_id
-        if self._refetch_early(now) and _verifies(self._current_keys(now), signed, message):
+        fresh = self._keys_at(now, early=True)  # fal may have rotated its keys
+        if fresh is not keys and _verifies(fresh, signed, message):
             return request_id
         raise WebhookRejected(f"delivery for {request_id!r} refused: no key of fal's verifies its signature")
 
-    def _current_keys(self, now: float) -> list[Ed25519PublicKey]:
+    def _keys_at(self, now: float, early: bool) -> list[Ed25519PublicKey]:
+        """The keys, fetched first when a day old (or `early`), at most once a minute whether or not that works;
+        keys a failed fetch would replace are kept. Raises WebhookRejected (503) while there are none."""
         with self._lock:
-            if self._fetched_at is None or now - self._fetched_at > KEYS_MAX_AGE_S:
-                self._fetch(now)
-            return self._keys
-
-    def _refetch_early(self, now: float) -> bool:
-        with self._lock:
-            if self._fetched_at is not None and now - self._fetched_at < REFETCH_EVERY_S:
-                return False
-            self._fetch(now)
-            return True
-
-    def _fetch(self, now: float) -> None:
-        try:
+            stale = self._fetched_at is None or now - self._fetched_at > KEYS_MAX_AGE_S
+            may_try = self._tried_at is None or now - self._tried_at >= REFETCH_EVERY_S
+            if not ((stale or early) and may_try):
+                return self._current()
+            self._tried_at = now
+        try:  # outside the lock: a slow fetch holds up no delivery that the keys in hand verify
             answer = self._http.get(self.jwks_url, timeout=10.0)
             answer.raise_for_status()
-            keys = [_public_key(jwk) for jwk in answer.json().get("keys", [])]
+            keys = [key for key in map(_public_key, answer.json().get("keys", [])) if key is not None]
         except (httpx.HTTPError, ValueError, AttributeError, TypeError) as exc:
-            raise WebhookRejected(f"fal's webhook keys could not be fetched ({type(exc).__name__})", 503) from None
-        self._keys = [key for key in keys if key is not None]
-        self._fetched_at = now
+            log.warning("fal's webhook keys could not be fetched from %s: %s", self.jwks_url, type(exc).__name__)
+            with self._lock:
+                return self._current()
+        with self._lock:
+            self._keys, self._fetched_at = keys, now
+            return self._keys
+
+    def _current(self) -> list[Ed25519PublicKey]:
+        if not self._keys:
+            raise WebhookRejected("fal's webhook keys could not be fetched yet; fal delivers again later", 503)
+        return self._keys
 
 
 def _public_key(jwk: object) -> Ed25519PublicKey | None:

@@ -346,8 +346,9 @@ class Service:
 
     def _webhook_says(self, request: SimRequest) -> tuple[str, Any, str | None]:
         """A request's webhook: its result when it ended OK, else the error its result call answers."""
-        if request.outcome is Outcome.OK and not request.purged:
-            return "OK", self._outputs.result(request, request.submission.base_url), None
+        if request.outcome is Outcome.OK:  # a result dropped past retention: fal then says its payload is gone
+            payload = None if request.purged else self._outputs.result(request, request.submission.base_url)
+            return "OK", payload, None
         failed = failure_reply(request)
         payload = json.loads(failed.body) if failed.body else None
         return "ERROR", payload, f"request failed with status {failed.status}"

@@ -31,6 +31,7 @@ from jobs.status import JobStatus
 from runner.fal.local_images import inline_local_images, local_refs, uploaded_local_images
 from runner.fal.queue_api import QueueStatus, Submission
 from runner.ledger.batch_info import BatchInfo
+from runner.ledger.timers import Timer
 from runner.ledger.uploads import READ_MARGIN_S, BatchImages, Uploads
 from runner.steps.collect import save_outputs
 from runner.steps.context import Context
@@ -192,6 +193,8 @@ def _accepted(
                         submission.request_id)  # fmt: skip
             time.sleep(backoff_delay_s(outage, _STORE_BACKOFF, 0.0))  # waiting for Redis, never for fal
     if stored.applied is not None:
+        if batch.webhook_url and ctx.ledger.redis.delete(ctx.ledger.keys.early_webhook(submission.request_id)):
+            ctx.timers.schedule([Timer.step(batch.id, sent.job.id)], ctx.clock())  # it ended before it was stored
         return stored
     now = ctx.ledger.record(batch.id, sent.job.id)
     if now is not None and now.status is S.UNCONFIRMED and now.sent_at == sent.sent_at:
@@ -240,6 +243,8 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
         return decide_and_apply(ctx, batch, record, call_failed(Call.STATUS, exc))
     now, polls = ctx.clock(), record.polls + 1
     if status.status == "COMPLETED":
+        if batch.webhook_url:  # the safety net caught it: its webhook was lost, or the receiver is not reachable
+            ctx.metrics.count_later("webhooks", {"outcome": "missed"})
         inference = (status.metrics or {}).get("inference_time")
         inference_s = float(inference) if isinstance(inference, int | float) else None
         # Never seen running (it ran between two polls): it started when its run began, after its submit.

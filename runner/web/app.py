@@ -94,7 +94,7 @@ class _Web:
         self.webhooks = webhooks
         self.registry = registry_for(source)
         #: Lent to the steps a delivery moves (a move makes no call to fal).
-        self.http = httpx.Client(timeout=30.0)
+        self.http = httpx.Client(timeout=30.0) if webhooks is not None else None
 
     async def guard(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         """Every path but the open ones needs the token where reads are not open; every answer gets the headers."""
@@ -196,11 +196,11 @@ class _Web:
         return await run_in_threadpool(self._take_webhook, dict(request.headers), body)
 
     def _take_webhook(self, headers: dict[str, str], body: bytes) -> Response:
-        assert self.webhooks is not None
+        assert self.webhooks is not None and self.http is not None
+        http = self.http
         try:
             request_id = self.webhooks.verify(headers, body)
-            delivered = self.source.read(lambda ledger: take_delivery(make_context(ledger, self.http), request_id,
-                                                                      body))  # fmt: skip
+            delivered = self.source.read(lambda ledger: take_delivery(make_context(ledger, http), request_id, body))
         except WebhookRejected as exc:
             log.warning("webhook refused: %s", exc)
             return JSONResponse({"error": str(exc)}, exc.status_code)

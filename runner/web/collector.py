@@ -30,7 +30,8 @@ COUNTERS = {
     "download_bytes": "Bytes of output images downloaded",
     "uploads": "Local images uploaded to fal storage",
     "upload_bytes": "Bytes of local images uploaded to fal storage",
-    "webhooks": "fal's webhooks received, by outcome (collect_now, already_handled, unknown_request)",
+    "webhooks": "fal's webhooks by outcome (collect_now, step_now, already_handled, unknown_request; missed: a "
+                "safety poll found the job done)",
 }
 HISTOGRAMS = {
     "queue_wait_seconds": "Time a request waited in fal's queue before it ran",
