@@ -187,6 +187,7 @@ class JobUpdate:
     sent_at: float | Keep | None = KEEP
     sent_digest: str | Keep | None = KEEP
     sent_start_timeout_s: float | Keep | None = KEEP
+    sent_webhook: bool | Keep = KEEP
     reached_by: float | Keep | None = KEEP
     reconciled: tuple[Reconciled, ...] | Keep = KEEP
     call_failures: int | Keep = KEEP

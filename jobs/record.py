@@ -86,6 +86,9 @@ class JobRecord:
     sent_digest: str | None = None
     #: The start deadline (`X-Fal-Request-Timeout`) that submit carried: it bounds how long fal may hold it.
     sent_start_timeout_s: float | None = None
+    #: That submit carried the batch's webhook URL (`fal_webhook`): fal calls back when it ends, so polls are a
+    #: safety net only (a rerun that turns webhooks on or off changes nothing for requests already sent).
+    sent_webhook: bool = False
     #: Of a lost submit: the latest time it can have reached fal (when its call failed, or when it would
     #: have timed out); its start deadline runs from then.
     reached_by: float | None = None

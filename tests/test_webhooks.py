@@ -307,3 +307,20 @@ def test_keys_are_kept_a_day_and_fetched_again_when_fal_rotates_them_at_most_onc
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_each_job_is_polled_as_its_own_submit_asked_whatever_a_rerun_says_later(world_factory: Any) -> None:
+    world: World = world_factory(jobs=2, max_in_flight=1, run_time="fixed:5")
+    world.ctx.ledger.admit("b")
+    world.step("j0")  # sent without a webhook
+    info = world.ctx.ledger.batch("b")
+    assert info is not None
+    world.ctx.ledger.save_batch(info.model_copy(update={"webhook_url": "http://127.0.0.1:9/fal/webhook",
+                                                        "max_in_flight": 2}))  # a rerun with --webhook-url
+    world.ctx.ledger.admit("b")
+    world.step("j1")
+    first, second = world.job("j0"), world.job("j1")
+    assert (first.sent_webhook, second.sent_webhook) == (False, True)
+    asked = {request_id: world.sim.service._store.find(request_id).submission.webhook_url
+             for request_id in (first.request_id, second.request_id)}  # fmt: skip
+    assert asked == {first.request_id: None, second.request_id: "http://127.0.0.1:9/fal/webhook"}

@@ -103,13 +103,14 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     learned = (_typical_run_s(ctx, batch.id), _concurrency(ctx, batch.id))
     # What was sent, and when, is stored before it leaves: if its answer is lost, fal's history is searched for it.
     what = JobUpdate(attempts=record.attempts + 1, sent_at=ctx.clock(), sent_digest=input_digest(body),
-                     sent_start_timeout_s=start_timeout_s(batch.priority, batch.start_timeout_s))
+                     sent_start_timeout_s=start_timeout_s(batch.priority, batch.start_timeout_s),
+                     sent_webhook=batch.webhook_url is not None)  # fmt: skip
     sending = move(ctx, batch, record, Move.SEND, what, mark=mark)
     if sending.applied is None:
         return sending  # cancelled meanwhile
     sent = sending.applied.record
     try:
-        submission = client.submit(record.job.endpoint, body, batch.webhook_url)
+        submission = client.submit(record.job.endpoint, body, batch.webhook_url if sent.sent_webhook else None)
     except QueueAPIError as exc:
         seen = call_failed(Call.SUBMIT, exc)
     except Exception as exc:  # the request may have left: never send it again
@@ -173,7 +174,7 @@ def _accepted(
     The request is paid for: a Redis that does not answer is waited for,
     with the request_id in the log meanwhile, rather than the request lost.
     """
-    state = PollState(0, 0.0, learned[0], submission.queue_position, learned[1], webhooks=bool(batch.webhook_url))
+    state = PollState(0, 0.0, learned[0], submission.queue_position, learned[1], webhooks=sent.sent_webhook)
     update = JobUpdate(
         request_id=submission.request_id, status_url=submission.status_url, response_url=submission.response_url,
         cancel_url=submission.cancel_url, submitted_at=ctx.clock(), queue_position=submission.queue_position,
@@ -193,7 +194,7 @@ def _accepted(
                         submission.request_id)  # fmt: skip
             time.sleep(backoff_delay_s(outage, _STORE_BACKOFF, 0.0))  # waiting for Redis, never for fal
     if stored.applied is not None:
-        if batch.webhook_url and ctx.ledger.redis.delete(ctx.ledger.keys.early_webhook(submission.request_id)):
+        if sent.sent_webhook and ctx.ledger.redis.delete(ctx.ledger.keys.early_webhook(submission.request_id)):
             ctx.timers.schedule([Timer.step(batch.id, sent.job.id)], ctx.clock())  # it ended before it was stored
         return stored
     now = ctx.ledger.record(batch.id, sent.job.id)
@@ -243,7 +244,7 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
         return decide_and_apply(ctx, batch, record, call_failed(Call.STATUS, exc))
     now, polls = ctx.clock(), record.polls + 1
     if status.status == "COMPLETED":
-        if batch.webhook_url:  # the safety net caught it: its webhook was lost, or the receiver is not reachable
+        if record.sent_webhook:  # the safety net caught it: its webhook was lost, or the receiver is not reachable
             ctx.metrics.count_later("webhooks", {"outcome": "missed"})
         inference = (status.metrics or {}).get("inference_time")
         inference_s = float(inference) if isinstance(inference, int | float) else None
@@ -291,7 +292,7 @@ def _next_poll_s(
     queued = status.queue_position if status.status == "IN_QUEUE" else None
     since_start_s = ctx.clock() - (started_at or record.submitted_at or ctx.clock())
     state = PollState(record.polls + 1, since_start_s, _typical_run_s(ctx, batch.id), queued,
-                      _concurrency(ctx, batch.id), webhooks=bool(batch.webhook_url))  # fmt: skip
+                      _concurrency(ctx, batch.id), webhooks=record.sent_webhook)  # fmt: skip
     return next_poll_delay_s(state, ctx.settings.poll, ctx.rng.random())
 
 
