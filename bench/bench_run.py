@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--run-time", type=float, default=2.0)
     parser.add_argument("--spread", type=float, default=0.0,
                         help="Run times uniform over RUN_TIME +- SPREAD/2 (the ideal then takes RUN_TIME, the mean)")
-    parser.add_argument("--max-in-flight", type=int, default=25)
+    parser.add_argument("--max-in-flight", default="25", help="A number, or auto")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--webhooks", action="store_true", help="fal calls back; polls are a safety net only")
     args = parser.parse_args()

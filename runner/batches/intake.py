@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
+from jobs import window
 from jobs.errors import ManifestError, StorageError, UsageError
 from jobs.manifest import Batch, ManifestOptions
 from jobs.reconcile import start_timeout_s
@@ -47,6 +48,9 @@ from runner.simulator.config import SIM_CONCURRENCY, SimConfig
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
 
+#: The most an automatic window grows to (`--max-in-flight-cap`): fal runs at most 40 of an account's requests.
+WINDOW_CAP = 40
+
 
 class RunRequest(BaseModel):
     manifest: Path
@@ -63,7 +67,9 @@ class RunRequest(BaseModel):
     sim_run_time: str = "uniform:0.5,1.5"
     base_url: str | None = None
     redis_url: str | None = None
-    max_in_flight: int = Field(default=10, gt=0)
+    #: The window of jobs at fal (`--max-in-flight`): a number, or "auto" (`jobs.window`), up to `window_cap`.
+    max_in_flight: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
+    window_cap: int = Field(default=WINDOW_CAP, gt=0)
     workers: int = Field(default=8, gt=0)
     max_attempts: int = Field(default=3, gt=0)
     max_image_mb: float = Field(default=10.0, gt=0)
@@ -283,7 +289,8 @@ def record_batch(
     info = BatchInfo(
         id=batch_id, manifest=str(request.manifest.resolve()), folder=str(folder.resolve()),
         created_at=existing.created_at if existing else time.time(), jobs=len(batch.jobs),
-        max_in_flight=request.max_in_flight, max_attempts=request.max_attempts, state="open",
+        max_in_flight=_window(request, existing), window_auto=request.max_in_flight == "auto",
+        window_cap=request.window_cap, max_attempts=request.max_attempts, state="open",
         provider_url=provider.base_url, auth_scheme=provider.auth_scheme, priority=request.priority,
         start_timeout_s=start_timeout_s(request.priority, request.start_timeout_s),
         api_url=api_url_of(request, provider), max_image_bytes=int(request.max_image_mb * MIB),
@@ -299,6 +306,14 @@ def record_batch(
     ledger.forget_unknown_endpoints(batch_id)
     BatchFolder(Path(info.folder)).prepare()
     return info
+
+
+def _window(request: RunRequest, existing: BatchInfo | None) -> int:
+    """The batch's window now: the number asked for; automatic, what a rerun's batch had learned, else the start."""
+    if request.max_in_flight != "auto":
+        return request.max_in_flight
+    learned = existing.max_in_flight if existing is not None and existing.window_auto else window.START
+    return min(learned, request.window_cap)
 
 
 def check_rerun(ledger: Ledger, request: RunRequest, provider: Provider) -> BatchInfo | None:

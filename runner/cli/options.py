@@ -6,6 +6,7 @@ import re
 
 import click
 
+from runner.batches.intake import WINDOW_CAP
 from runner.batches.uploads import DEFAULT_UPLOAD_TTL_S
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m|s)?\s*")
@@ -22,6 +23,14 @@ def duration_s(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     return float(found.group(1)) * _UNIT_S[found.group(2)]
 
 
+def _window(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
+    if value.strip().lower() == "auto":
+        return "auto"
+    if value.strip().isdigit() and int(value) >= 1:
+        return int(value)
+    raise click.BadParameter(f"{value[:40]!r}: give auto, or a number of jobs (1 or more)")
+
+
 def _upload_ttl_s(ctx: click.Context, param: click.Parameter, value: str) -> float:
     seconds = duration_s(ctx, param, value)
     if seconds is None or seconds < 3600:
@@ -29,8 +38,15 @@ def _upload_ttl_s(ctx: click.Context, param: click.Parameter, value: str) -> flo
     return seconds
 
 
-max_in_flight = click.option("--max-in-flight", type=click.IntRange(min=1), default=10, show_default=True,
-                             help="Jobs submitted and not yet collected, across all workers.")  # fmt: skip
+def max_in_flight(command: click.decorators.FC) -> click.decorators.FC:
+    """`--max-in-flight auto|N` and `--max-in-flight-cap N`: the window of jobs at fal, across all workers."""
+    command = click.option("--max-in-flight-cap", "window_cap", type=click.IntRange(min=1), default=WINDOW_CAP,
+                           show_default=True, help="The most an automatic window grows to.")(command)  # fmt: skip
+    return click.option("--max-in-flight", "max_in_flight", default="auto", show_default=True, callback=_window,
+                        metavar="auto|N",
+                        help="Jobs submitted and not yet collected, across all workers: auto finds how many fal runs "
+                             "at once for you and keeps one or two more waiting there; a number fixes it.",
+                        )(command)  # fmt: skip
 max_attempts = click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
                             help="Submits per job when attempts fail in ways worth retrying.")  # fmt: skip
 max_image_mb = click.option("--max-image-mb", type=click.FloatRange(min=0, min_open=True), default=10.0,

@@ -23,6 +23,9 @@ class BatchInfo(BaseModel):
     created_at: float
     jobs: int = 0
     max_in_flight: int = Field(gt=0)
+    #: The window follows fal's concurrency (`jobs.window`), up to `window_cap`; else it stays as asked.
+    window_auto: bool = False
+    window_cap: int | None = None
     max_attempts: int = Field(default=3, gt=0)
     #: "open" admits jobs; "done" has every job final; "cancelled" admits none.
     state: BatchState = "open"

@@ -89,6 +89,21 @@ class Ledger:
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
 
+    def set_window(self, batch_id: str, was: int, now: int) -> bool:
+        """Set the batch's window to `now` if it still is `was` (another worker may have moved it meanwhile)."""
+        key = self.keys.batch(batch_id)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                if json.loads(pipe.hget(key, "max_in_flight") or "0") != was:
+                    return False
+                pipe.multi()
+                pipe.hset(key, "max_in_flight", json.dumps(now))
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
+
     def set_batch_summary(self, batch_id: str, summary: dict[str, Any]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "summary", json.dumps(summary))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import redis
 from pydantic import BaseModel, Field
@@ -18,7 +18,7 @@ from redis.client import Pipeline
 
 from jobs.errors import UsageError
 from jobs.schedule import When
-from runner.batches.intake import RunRequest
+from runner.batches.intake import WINDOW_CAP, RunRequest
 from runner.batches.uploads import DEFAULT_UPLOAD_TTL_S
 from runner.ledger.keys import Keys
 
@@ -62,7 +62,8 @@ class ScheduleSpec(BaseModel):
     endpoint: str | None = None
     allowed_endpoints: tuple[str, ...] = ()
     skip_invalid: bool = False
-    max_in_flight: int = Field(default=10, gt=0)
+    max_in_flight: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
+    window_cap: int = Field(default=WINDOW_CAP, gt=0)
     max_attempts: int = Field(default=3, gt=0)
     max_image_mb: float = Field(default=10.0, gt=0)
     #: How its batches send local images (`--images`); None: by the credential.
@@ -84,7 +85,8 @@ class ScheduleSpec(BaseModel):
             manifest=Path(self.manifest), out=Path(self.out) / self.name, batch_id=batch_id,
             endpoint=self.endpoint, allowed_endpoints=self.allowed_endpoints, skip_invalid=self.skip_invalid,
             base_url=self.base_url,
-            max_in_flight=self.max_in_flight, max_attempts=self.max_attempts, max_image_mb=self.max_image_mb,
+            max_in_flight=self.max_in_flight, window_cap=self.window_cap, max_attempts=self.max_attempts,
+            max_image_mb=self.max_image_mb,
             priority=self.priority, api_url=self.api_url, start_timeout_s=self.start_timeout_s,
             images=self.images, storage_url=self.storage_url, upload_ttl_s=self.upload_ttl_s,
             webhook_url=self.webhook_url,

@@ -28,6 +28,7 @@ from jobs.polling import PollState, next_poll_delay_s, typical_run_s
 from jobs.reconcile import input_digest, start_timeout_s
 from jobs.record import JobRecord
 from jobs.status import JobStatus
+from jobs.window import next_window
 from runner.fal.local_images import inline_local_images, local_refs, uploaded_local_images
 from runner.fal.queue_api import QueueStatus, Submission
 from runner.ledger.batch_info import BatchInfo
@@ -194,6 +195,7 @@ def _accepted(
                         submission.request_id)  # fmt: skip
             time.sleep(backoff_delay_s(outage, _STORE_BACKOFF, 0.0))  # waiting for Redis, never for fal
     if stored.applied is not None:
+        _learn_window(ctx, batch, submission.queue_position)
         if sent.sent_webhook and ctx.ledger.redis.delete(ctx.ledger.keys.early_webhook(submission.request_id)):
             ctx.timers.schedule([Timer.step(batch.id, sent.job.id)], ctx.clock())  # it ended before it was stored
         return stored
@@ -256,6 +258,7 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
         finished = "finished" if batch.state == "cancelled" else ""  # it ran to its end although cancelled
         return move(ctx, batch, record, Move.COMPLETE, update, mark=mark, tally=finished)
     if status.status == "IN_QUEUE":
+        _learn_window(ctx, batch, status.queue_position)
         update = JobUpdate(queue_position=status.queue_position, last_queued_at=now, polls=polls)
         return move(ctx, batch, record, Move.SEEN_QUEUED, update, _next_poll_s(ctx, batch, record, status, None))
     # It started between the last IN_QUEUE answer and now; the earliest bound makes polls err early.
@@ -294,6 +297,16 @@ def _next_poll_s(
     state = PollState(record.polls + 1, since_start_s, _typical_run_s(ctx, batch.id), queued,
                       _concurrency(ctx, batch.id), webhooks=record.sent_webhook)  # fmt: skip
     return next_poll_delay_s(state, ctx.settings.poll, ctx.rng.random())
+
+
+def _learn_window(ctx: Context, batch: BatchInfo, ahead: int | None) -> None:
+    """An automatic window follows what fal's IN_QUEUE answer says (`jobs.window`); one that grew admits now."""
+    if not batch.window_auto:
+        return
+    was = batch.max_in_flight
+    now = next_window(was, batch.window_cap or was, ctx.ledger.in_flight(batch.id), ahead)
+    if now != was and ctx.ledger.set_window(batch.id, was, now) and now > was and ctx.ledger.admit(batch.id):
+        ctx.timers.nudge()  # their submits are due now: every dispatcher looks
 
 
 def _typical_run_s(ctx: Context, batch_id: str) -> float | None:
