@@ -10,27 +10,29 @@ import pytest
 from jobs.status import JobStatus as S
 from jobs.window import START, WindowRule, next_window
 from runner.batches.intake import RunRequest, _window
+from runner.fal.queue_api import QueueClient
 from runner.ledger.batch_info import BatchInfo
 from tests.sim_world import World, run_until_quiet
 from tests.test_run_e2e import run_cli
 
 
-@pytest.mark.parametrize(("window", "cap", "in_flight", "ahead", "expected"), [
-    (10, 40, 10, 0, 11),  # none ahead and the window is full: fal could run more
-    (10, 40, 6, 0, 10),  # none ahead, but the window is not what holds the batch back
-    (40, 40, 40, 0, 40),  # never above the cap
-    (22, 40, 22, 1, 22),  # one of ours ahead: two waiting, as wanted
-    (25, 40, 25, 4, 24),  # more of ours wait than need to
-    (2, 40, 2, 1, 2),  # never below the floor
-    (10, 40, 10, 500, 10),  # more ahead than we have at fal: others' requests, ours are not the queue
-    (10, 40, 10, None, 10),  # no queue position: nothing learned
-    (50, 40, 12, None, 40),  # a window above a lowered cap comes down to it
-    (1, 1, 1, 0, 1),  # a cap of one is one
+@pytest.mark.parametrize(("window", "cap", "in_flight", "ahead", "ours", "expected"), [
+    (10, 40, 10, 0, 9, 11),  # none ahead and the window is full: fal could run more
+    (10, 40, 6, 0, 5, 10),  # none ahead, but the window is not what holds the batch back
+    (40, 40, 40, 0, 39, 40),  # never above the cap
+    (22, 40, 22, 1, 21, 22),  # one of ours ahead: two waiting, as wanted
+    (25, 40, 25, 4, 24, 24),  # more of ours wait than need to
+    (2, 40, 2, 1, 1, 2),  # never below the floor
+    (10, 40, 10, 500, 9, 10),  # more ahead than we have at fal: others' requests, ours are not the queue
+    (10, 40, 10, 5, 3, 10),  # more ahead than ours that can wait (the rest run): others' too, it stays
+    (10, 40, 10, None, 9, 10),  # no queue position: nothing learned
+    (50, 40, 12, None, 11, 40),  # a window above a lowered cap comes down to it
+    (1, 1, 1, 0, 0, 1),  # a cap of one is one
 ])  # fmt: skip
 def test_the_window_moves_by_one_toward_fal_s_concurrency_plus_two(
-    window: int, cap: int, in_flight: int, ahead: int | None, expected: int
+    window: int, cap: int, in_flight: int, ahead: int | None, ours: int, expected: int
 ) -> None:
-    assert next_window(window, cap, in_flight, ahead) == expected
+    assert next_window(window, cap, in_flight, ahead, ours) == expected
 
 
 def simulate(concurrency: int, start: int, cap: int, answers: int) -> list[int]:
@@ -39,7 +41,7 @@ def simulate(concurrency: int, start: int, cap: int, answers: int) -> list[int]:
     for _ in range(answers):
         in_flight = window  # a batch with more jobs than the window keeps it full
         ahead = max(0, in_flight - concurrency - 1)  # the newest submit waits behind ours that wait
-        window = next_window(window, cap, in_flight, ahead, WindowRule())
+        window = next_window(window, cap, in_flight, ahead, in_flight - 1, WindowRule())
         seen.append(window)
     return seen
 
@@ -78,11 +80,25 @@ def test_a_window_too_narrow_for_fal_widens(world_factory: Any) -> None:
     assert window_of(narrow) > 2 and narrow.stats()["max_in_progress"] > 2, "it grew, and fal ran more at once"
 
 
-def test_workers_share_the_window_and_a_stale_one_changes_nothing(world_factory: Any) -> None:
+def test_the_window_moves_in_redis_and_a_fixed_one_never(world_factory: Any) -> None:
     world = auto_world(world_factory, jobs=1, window=10, concurrency=2)
-    assert world.ctx.ledger.set_window("b", 10, 11) and window_of(world) == 11
-    assert not world.ctx.ledger.set_window("b", 10, 12), "another worker moved it first"
-    assert window_of(world) == 11
+    assert world.ctx.ledger.adjust_window("b", lambda window, cap: window + 1) == (10, 11) and window_of(world) == 11
+    assert world.ctx.ledger.adjust_window("b", lambda window, cap: cap) == (11, 40), "the cap it was recorded with"
+    info = world.ctx.ledger.batch("b")
+    assert info is not None
+    world.ctx.ledger.save_batch(info.model_copy(update={"window_auto": False, "max_in_flight": 7}))  # a rerun, fixed
+    assert world.ctx.ledger.adjust_window("b", lambda window, cap: window + 1) is None and window_of(world) == 7
+
+
+def test_a_queue_full_of_others_requests_does_not_shrink_the_window(world_factory: Any) -> None:
+    world = auto_world(world_factory, jobs=6, window=10, concurrency=2)
+    others = QueueClient(world.http, world.provider)
+    for n in range(8):  # another client of the account keeps fal busy: 2 running, 6 waiting ahead of ours
+        others.submit("fal-ai/wan-25-preview/image-to-image",
+                      {"prompt": f"other {n}", "image_urls": ["https://cdn.example.test/o.png"]})
+    for job_id in ("j0", "j1", "j2", "j3", "j4", "j5"):
+        world.step(job_id)  # each answer: 6 or more ahead, more than ours that can wait
+    assert window_of(world) == 10
 
 
 def test_a_rerun_of_an_automatic_batch_keeps_what_it_learned(tmp_path: Path) -> None:

@@ -48,8 +48,9 @@ from runner.simulator.config import SIM_CONCURRENCY, SimConfig
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
 
-#: The most an automatic window grows to (`--max-in-flight-cap`): fal runs at most 40 of an account's requests.
-WINDOW_CAP = 40
+#: The most an automatic window grows to (`--max-in-flight-cap`): fal runs at most 40 of an account's requests at
+#: once, and the window also holds two waiting there and the jobs downloading their outputs.
+WINDOW_CAP = 48
 
 
 class RunRequest(BaseModel):

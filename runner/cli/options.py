@@ -26,7 +26,7 @@ def duration_s(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 def _window(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
     if value.strip().lower() == "auto":
         return "auto"
-    if value.strip().isdigit() and int(value) >= 1:
+    if value.strip().isdecimal() and value.strip().isascii() and int(value) >= 1:
         return int(value)
     raise click.BadParameter(f"{value[:40]!r}: give auto, or a number of jobs (1 or more)")
 

@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, Literal, cast
 
@@ -89,20 +89,27 @@ class Ledger:
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
 
-    def set_window(self, batch_id: str, was: int, now: int) -> bool:
-        """Set the batch's window to `now` if it still is `was` (another worker may have moved it meanwhile)."""
+    def adjust_window(self, batch_id: str, step: Callable[[int, int], int], tries: int = 3) -> tuple[int, int] | None:
+        """Move an automatic batch's window to `step(window, cap)`, atomically with what it is now (other workers
+        move it too): `(was, now)`, or None for a batch whose window is fixed (or a change lost to others)."""
         key = self.keys.batch(batch_id)
-        with self.redis.pipeline() as pipe:
-            try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                if json.loads(pipe.hget(key, "max_in_flight") or "0") != was:
-                    return False
-                pipe.multi()
-                pipe.hset(key, "max_in_flight", json.dumps(now))
-                pipe.execute()
-            except redis.WatchError:
-                return False
-        return True
+        for _ in range(tries):
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    auto, window, cap = (json.loads(v) if v else None
+                                         for v in pipe.hmget(key, ["window_auto", "max_in_flight", "window_cap"]))
+                    if not auto or not isinstance(window, int):
+                        return None
+                    now = step(window, cap if isinstance(cap, int) else window)
+                    if now != window:
+                        pipe.multi()
+                        pipe.hset(key, "max_in_flight", json.dumps(now))
+                        pipe.execute()
+                    return window, now
+                except redis.WatchError:
+                    continue
+        return None
 
     def set_batch_summary(self, batch_id: str, summary: dict[str, Any]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "summary", json.dumps(summary))

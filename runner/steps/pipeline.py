@@ -195,9 +195,9 @@ def _accepted(
                         submission.request_id)  # fmt: skip
             time.sleep(backoff_delay_s(outage, _STORE_BACKOFF, 0.0))  # waiting for Redis, never for fal
     if stored.applied is not None:
-        _learn_window(ctx, batch, submission.queue_position)
         if sent.sent_webhook and ctx.ledger.redis.delete(ctx.ledger.keys.early_webhook(submission.request_id)):
             ctx.timers.schedule([Timer.step(batch.id, sent.job.id)], ctx.clock())  # it ended before it was stored
+        _learn_window(ctx, batch, submission.queue_position)
         return stored
     now = ctx.ledger.record(batch.id, sent.job.id)
     if now is not None and now.status is S.UNCONFIRMED and now.sent_at == sent.sent_at:
@@ -258,7 +258,6 @@ def poll_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> Ou
         finished = "finished" if batch.state == "cancelled" else ""  # it ran to its end although cancelled
         return move(ctx, batch, record, Move.COMPLETE, update, mark=mark, tally=finished)
     if status.status == "IN_QUEUE":
-        _learn_window(ctx, batch, status.queue_position)
         update = JobUpdate(queue_position=status.queue_position, last_queued_at=now, polls=polls)
         return move(ctx, batch, record, Move.SEEN_QUEUED, update, _next_poll_s(ctx, batch, record, status, None))
     # It started between the last IN_QUEUE answer and now; the earliest bound makes polls err early.
@@ -300,13 +299,22 @@ def _next_poll_s(
 
 
 def _learn_window(ctx: Context, batch: BatchInfo, ahead: int | None) -> None:
-    """An automatic window follows what fal's IN_QUEUE answer says (`jobs.window`); one that grew admits now."""
+    """An automatic window follows what fal's answer to a submit says (`jobs.window`); one that grew admits now.
+
+    Best effort: the request is stored already, and a window not moved now moves at the next answer.
+    """
     if not batch.window_auto:
         return
-    was = batch.max_in_flight
-    now = next_window(was, batch.window_cap or was, ctx.ledger.in_flight(batch.id), ahead)
-    if now != was and ctx.ledger.set_window(batch.id, was, now) and now > was and ctx.ledger.admit(batch.id):
-        ctx.timers.nudge()  # their submits are due now: every dispatcher looks
+    try:
+        counts = ctx.ledger.counts(batch.id)
+        in_flight = ctx.ledger.in_flight(batch.id)
+        # Ours that may wait before it: those fal has and no poll saw run, and those being sent (not this one).
+        ours = max(0, counts[S.QUEUED] + counts[S.SUBMITTING] - 1)
+        moved = ctx.ledger.adjust_window(batch.id, lambda window, cap: next_window(window, cap, in_flight, ahead, ours))
+        if moved is not None and moved[1] > moved[0] and ctx.ledger.admit(batch.id):
+            ctx.timers.nudge()  # their submits are due now: every dispatcher looks
+    except redis.RedisError as exc:
+        log.warning("batch %s: its window was not moved (%s)", batch.id, type(exc).__name__)
 
 
 def _typical_run_s(ctx: Context, batch_id: str) -> float | None:
