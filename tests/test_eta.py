@@ -10,6 +10,7 @@ import pytest
 from jobs.lifecycle import Move
 from jobs.progress import PACE_WINDOW_S, eta_s, pace_window_s, progress
 from jobs.status import JobStatus as S
+from runner.ledger.overview import ended_since
 
 
 @pytest.mark.parametrize(("remaining", "ended", "over_s", "expected"), [
@@ -34,10 +35,10 @@ def test_progress_counts_final_jobs() -> None:
 
 def test_the_ledger_counts_recent_ends_and_the_first_of_them(world_factory: Any) -> None:
     world = world_factory(jobs=4)
-    assert world.ctx.ledger.ended_since("b", 0.0) == (0, None)
+    assert ended_since(world.ctx.ledger, "b", 0.0) == (0, None)
     before = time.time()
     world.force("j0", Move.FAIL, error_type="x")
     world.force("j2", Move.FAIL, error_type="y")
-    ended, first = world.ctx.ledger.ended_since("b", before)
+    ended, first = ended_since(world.ctx.ledger, "b", before)
     assert ended == 2 and first is not None and before <= first <= time.time()
-    assert world.ctx.ledger.ended_since("b", time.time() + 1) == (0, None)
+    assert ended_since(world.ctx.ledger, "b", time.time() + 1) == (0, None)

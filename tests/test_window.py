@@ -12,6 +12,7 @@ from jobs.window import START, WindowRule, next_window
 from runner.batches.intake import RunRequest, _window
 from runner.fal.queue_api import QueueClient
 from runner.ledger.batch_info import BatchInfo
+from runner.ledger.window import adjust_window
 from tests.sim_world import World, run_until_quiet
 from tests.test_run_e2e import run_cli
 
@@ -82,12 +83,12 @@ def test_a_window_too_narrow_for_fal_widens(world_factory: Any) -> None:
 
 def test_the_window_moves_in_redis_and_a_fixed_one_never(world_factory: Any) -> None:
     world = auto_world(world_factory, jobs=1, window=10, concurrency=2)
-    assert world.ctx.ledger.adjust_window("b", lambda window, cap: window + 1) == (10, 11) and window_of(world) == 11
-    assert world.ctx.ledger.adjust_window("b", lambda window, cap: cap) == (11, 40), "the cap it was recorded with"
+    assert adjust_window(world.ctx.ledger, "b", lambda window, cap: window + 1) == (10, 11) and window_of(world) == 11
+    assert adjust_window(world.ctx.ledger, "b", lambda window, cap: cap) == (11, 40), "the cap it was recorded with"
     info = world.ctx.ledger.batch("b")
     assert info is not None
     world.ctx.ledger.save_batch(info.model_copy(update={"window_auto": False, "max_in_flight": 7}))  # a rerun, fixed
-    assert world.ctx.ledger.adjust_window("b", lambda window, cap: window + 1) is None and window_of(world) == 7
+    assert adjust_window(world.ctx.ledger, "b", lambda window, cap: window + 1) is None and window_of(world) == 7
 
 
 def test_a_queue_full_of_others_requests_does_not_shrink_the_window(world_factory: Any) -> None:

@@ -24,12 +24,20 @@ from jobs.status import JobStatus
 from runner.batches.intake import RunRequest, RunResult, api_url_of, load_batch, shown_url, trial_jobs
 from runner.batches.manifests import load_manifest
 from runner.batches.notifications import shown_notify_url
-from runner.batches.run import Watchers, check_run, open_ledger, report_batch, run_batch
+from runner.batches.run import (
+    Watchers,
+    as_checked_now,
+    check_run,
+    open_ledger,
+    report_batch,
+    run_batch,
+    webhook_url_for,
+)
 from runner.batches.urlcheck import check_urls
 from runner.cli import options
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
-from runner.cli.web import as_checked_now, served_run, webhook_url_for
+from runner.cli.web import served_run
 from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
 from runner.simulator.config import SIM_CONCURRENCY

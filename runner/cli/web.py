@@ -13,7 +13,6 @@ from typing import NoReturn
 import click
 import httpx
 
-from jobs.errors import UsageError
 from runner.batches.intake import RunRequest
 from runner.cli import options
 from runner.fal.webhooks import FAL_JWKS_URL, WebhookVerifier
@@ -89,28 +88,6 @@ def served_run(listen: str | None, say: Callable[[str], None]) -> tuple[Serving,
                 yield url
 
     return serving, url
-
-
-def as_checked_now(request: RunRequest, listen: str | None) -> RunRequest:
-    """The run's request as it can be checked before `--serve` is bound: a path `--webhook-url` is made whole on
-    its address later (and checked then); raises UsageError for a path without --serve or without --sim."""
-    given = request.webhook_url
-    if given is None or not given.startswith("/"):
-        return request
-    if not request.sim:
-        raise UsageError(f"--webhook-url {given}: a path is for --sim, whose simulator calls this machine; fal"
-                         " needs the public URL of the receiver")  # fmt: skip
-    webhook_url_for(given, listen)
-    return request.model_copy(update={"webhook_url": None})
-
-
-def webhook_url_for(given: str | None, served_at: str | None) -> str | None:
-    """`--webhook-url` as the batch stores it: a path (`/fal/webhook`) is taken on `run --serve`'s address."""
-    if given is None or not given.startswith("/"):
-        return given
-    if served_at is None:
-        raise UsageError(f"--webhook-url {given}: a path is taken on the address of --serve; give a full URL")
-    return f"{served_at}{given}"
 
 
 @contextmanager

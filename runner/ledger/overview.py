@@ -1,10 +1,11 @@
-"""Every batch at a glance, in one round trip to Redis: what the dashboard's list and `/metrics` read."""
+"""Every batch at a glance, in one round trip to Redis, and a batch's recent pace: what the dashboard's list
+and `/metrics` read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.status import JobStatus
+from jobs.status import FINAL, JobStatus
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.store import Ledger, decode_batch, decode_counts, decode_failures
 
@@ -37,3 +38,16 @@ def overviews(ledger: Ledger) -> list[BatchOverview]:
         if info is not None:  # purged meanwhile
             seen.append(BatchOverview(info, decode_counts(raw_counts), decode_failures(raw_errors), int(in_flight)))
     return seen
+
+
+def ended_since(ledger: Ledger, batch_id: str, since: float) -> tuple[int, float | None]:
+    """How many jobs ended (a final status) at `since` or later, and when the first of them did (None: none);
+    read from the status indexes, no job read."""
+    with ledger.redis.pipeline(transaction=False) as pipe:
+        for status in FINAL:
+            index = ledger.keys.status_index(batch_id, status.value)
+            pipe.zcount(index, since, "+inf")
+            pipe.zrangebyscore(index, since, "+inf", start=0, num=1, withscores=True)
+        found = pipe.execute()
+    firsts = [float(first[0][1]) for first in found[1::2] if first]
+    return sum(int(n) for n in found[0::2]), min(firsts, default=None)

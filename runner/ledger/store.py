@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, Literal, cast
 
@@ -26,7 +26,7 @@ from jobs.errors import IllegalMoveError
 from jobs.job import Job
 from jobs.lifecycle import Guard, JobUpdate, Move, Plan, Slot
 from jobs.record import JobRecord
-from jobs.status import ACTIVE, FINAL, JobStatus
+from jobs.status import ACTIVE, JobStatus
 from runner.ledger import scripts
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.keys import Keys
@@ -89,28 +89,6 @@ class Ledger:
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
 
-    def adjust_window(self, batch_id: str, step: Callable[[int, int], int], tries: int = 3) -> tuple[int, int] | None:
-        """Move an automatic batch's window to `step(window, cap)`, atomically with what it is now (other workers
-        move it too): `(was, now)`, or None for a batch whose window is fixed (or a change lost to others)."""
-        key = self.keys.batch(batch_id)
-        for _ in range(tries):
-            with self.redis.pipeline() as pipe:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    auto, window, cap = (json.loads(v) if v else None
-                                         for v in pipe.hmget(key, ["window_auto", "max_in_flight", "window_cap"]))
-                    if not auto or not isinstance(window, int):
-                        return None
-                    now = step(window, cap if isinstance(cap, int) else window)
-                    if now != window:
-                        pipe.multi()
-                        pipe.hset(key, "max_in_flight", json.dumps(now))
-                        pipe.execute()
-                    return window, now
-                except redis.WatchError:
-                    continue
-        return None
-
     def set_batch_summary(self, batch_id: str, summary: dict[str, Any]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "summary", json.dumps(summary))
 
@@ -161,18 +139,6 @@ class Ledger:
     def failures_by_type(self, batch_id: str) -> dict[str, int]:
         """Failed jobs per error type, most first (kept by every move: no job is read)."""
         return decode_failures(self.redis.hgetall(self.keys.errors(batch_id)))
-
-    def ended_since(self, batch_id: str, since: float) -> tuple[int, float | None]:
-        """How many jobs ended (a final status) at `since` or later, and when the first of them did (None: none);
-        read from the status indexes, no job read."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for status in FINAL:
-                index = self.keys.status_index(batch_id, status.value)
-                pipe.zcount(index, since, "+inf")
-                pipe.zrangebyscore(index, since, "+inf", start=0, num=1, withscores=True)
-            found = pipe.execute()
-        firsts = [float(first[0][1]) for first in found[1::2] if first]
-        return sum(int(n) for n in found[0::2]), min(firsts, default=None)
 
     def record(self, batch_id: str, job_id: str) -> JobRecord | None:
         return next(self._load(batch_id, [job_id]), None)

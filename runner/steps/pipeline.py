@@ -34,6 +34,7 @@ from runner.fal.queue_api import QueueStatus, Submission
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.timers import Timer
 from runner.ledger.uploads import READ_MARGIN_S, BatchImages, Uploads
+from runner.ledger.window import adjust_window
 from runner.steps.collect import save_outputs
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
@@ -310,7 +311,7 @@ def _learn_window(ctx: Context, batch: BatchInfo, ahead: int | None) -> None:
         in_flight = ctx.ledger.in_flight(batch.id)
         # Ours that may wait before it: those fal has and no poll saw run, and those being sent (not this one).
         ours = max(0, counts[S.QUEUED] + counts[S.SUBMITTING] - 1)
-        moved = ctx.ledger.adjust_window(batch.id, lambda window, cap: next_window(window, cap, in_flight, ahead, ours))
+        moved = adjust_window(ctx.ledger, batch.id, lambda was, cap: next_window(was, cap, in_flight, ahead, ours))
         if moved is not None and moved[1] > moved[0] and ctx.ledger.admit(batch.id):
             ctx.timers.nudge()  # their submits are due now: every dispatcher looks
     except redis.RedisError as exc:

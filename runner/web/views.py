@@ -15,7 +15,7 @@ from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.batches.operations import view_batch
 from runner.ledger.batch_info import BatchInfo
-from runner.ledger.overview import overviews
+from runner.ledger.overview import ended_since, overviews
 from runner.ledger.store import Ledger
 
 #: A batch page shows this many of the latest jobs that succeeded.
@@ -30,7 +30,7 @@ def batch_row(ledger: Ledger, info: BatchInfo, counts: dict[JobStatus, int], in_
     ended, total = progress(counts)
     eta = None
     if info.state == "open":
-        recent, first_s = ledger.ended_since(info.id, now - pace_window_s(now - info.created_at))
+        recent, first_s = ended_since(ledger, info.id, now - pace_window_s(now - info.created_at))
         eta = eta_s(total - ended, recent, now - (first_s or now))
     return {
         "batch_id": info.id, "url": batch_url(info.id), "state": info.state, "manifest": info.manifest,
