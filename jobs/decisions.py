@@ -96,6 +96,8 @@ class GiveUp:
     error_type: str
     message: str
     cancel_at_fal: bool = False
+    #: fal answered the submit with an error: it has nothing of this attempt, which is not billed.
+    refused: bool = False
 
 
 Decision = RetryLater | SubmitAgain | Reconcile | GiveUp
@@ -172,7 +174,7 @@ def _after_submit(seen: CallFailed, record: JobRecord, limits: Limits, rand: flo
     if seen.unconfirmed:
         return _unconfirmed(seen.message, reconcilable)
     if not seen.transient:
-        return GiveUp(seen.error_type, seen.message)
+        return GiveUp(seen.error_type, seen.message, refused=True)
     if record.call_failures < limits.call_retries:
         delay_s = backoff_delay_s(record.call_failures + 1, limits.call_backoff, rand, seen.retry_after_s)
         return RetryLater(delay_s, "call_failures")

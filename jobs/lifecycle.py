@@ -54,6 +54,9 @@ class Move(str, Enum):
     FAIL = "fail"
     #: Stopped by the user.
     CANCEL = "cancel"
+    #: fal answered the submit with an error (a refused input, an unknown app, a refused credential): nothing runs
+    #: there and nothing is billed; the job fails.
+    REFUSED = "refused"
     #: The user retries a failed or cancelled job: it goes back in line.
     REQUEUE = "requeue"
     #: The user retries a cancelled job whose request fal may have finished anyway: that request is polled
@@ -86,6 +89,17 @@ class Guard(str, Enum):
     NEW_INPUT = "new_input"
 
 
+class Charge(str, Enum):
+    """What a move does to the estimated cost charged to the batch's budget (`jobs.pricing`)."""
+
+    NONE = "none"
+    #: The attempt about to be sent is charged (its cost is the update's `sent_cost_nusd`); the move is refused
+    #: when that would pass the batch's cost cap, atomically with it, however many workers send at once.
+    ATTEMPT = "attempt"
+    #: The latest attempt never reached fal, or fal refused it: its charge is given back.
+    REFUND = "refund"
+
+
 class Step(str, Enum):
     """The step due for a job in a status: what a worker does next for it."""
 
@@ -105,6 +119,7 @@ class Transition:
     guard: Guard
     #: The job's step got somewhere: the counts of failures in a row start again from 0.
     progress: bool = True
+    charge: Charge = Charge.NONE
 
 
 #: fal has the request and may be running it: it is polled, and cancelled there when given up.
@@ -114,13 +129,15 @@ TRANSITIONS: Final[dict[Move, Transition]] = {
     Move.RECORD: Transition(frozenset({S.WAITING, *FINAL}), S.WAITING, Slot.KEEP, Guard.NEW_INPUT),
     Move.ADMIT: Transition(frozenset({S.WAITING}), S.ADMITTED, Slot.TAKE, Guard.ROOM),
     # Sending is not yet progress: a submit that keeps failing before it leaves must use up its budget.
-    Move.SEND: Transition(frozenset({S.ADMITTED}), S.SUBMITTING, Slot.KEEP, Guard.AS_SEEN, progress=False),
-    Move.UNSENT: Transition(frozenset({S.SUBMITTING}), S.ADMITTED, Slot.KEEP, Guard.AS_SEEN, progress=False),
+    Move.SEND: Transition(frozenset({S.ADMITTED}), S.SUBMITTING, Slot.KEEP, Guard.AS_SEEN, progress=False,
+                          charge=Charge.ATTEMPT),
+    Move.UNSENT: Transition(frozenset({S.SUBMITTING}), S.ADMITTED, Slot.KEEP, Guard.AS_SEEN, progress=False,
+                            charge=Charge.REFUND),
     Move.ACCEPT: Transition(frozenset({S.SUBMITTING}), S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
     # While it is looked for, the job leaves its slot to the next one: proving a request absent takes a while.
     Move.UNCONFIRM: Transition(frozenset({S.SUBMITTING}), S.UNCONFIRMED, Slot.RELEASE, Guard.AS_SEEN),
     Move.ADOPT: Transition(frozenset({S.UNCONFIRMED}), S.QUEUED, Slot.REJOIN, Guard.AS_SEEN),
-    Move.ABSENT: Transition(frozenset({S.UNCONFIRMED}), S.WAITING, Slot.KEEP, Guard.AS_SEEN),
+    Move.ABSENT: Transition(frozenset({S.UNCONFIRMED}), S.WAITING, Slot.KEEP, Guard.AS_SEEN, charge=Charge.REFUND),
     Move.SEEN_QUEUED: Transition(AT_FAL, S.QUEUED, Slot.KEEP, Guard.AS_SEEN),
     Move.SEEN_RUNNING: Transition(AT_FAL, S.RUNNING, Slot.KEEP, Guard.AS_SEEN),
     Move.COMPLETE: Transition(AT_FAL, S.COLLECTING, Slot.KEEP, Guard.AS_SEEN),
@@ -130,6 +147,7 @@ TRANSITIONS: Final[dict[Move, Transition]] = {
     Move.RESUBMIT: Transition(frozenset({*AT_FAL, S.COLLECTING}), S.ADMITTED, Slot.KEEP, Guard.AS_SEEN),
     Move.SUCCEED: Transition(frozenset({S.COLLECTING}), S.SUCCEEDED, Slot.RELEASE, Guard.AS_SEEN),
     Move.FAIL: Transition(frozenset(s for s in JobStatus if not s.is_final), S.FAILED, Slot.RELEASE, Guard.AS_SEEN),
+    Move.REFUSED: Transition(frozenset({S.SUBMITTING}), S.FAILED, Slot.RELEASE, Guard.AS_SEEN, charge=Charge.REFUND),
     # A job being collected already ran (its files are paid for): it is left to finish. One being submitted
     # is cancelled once its answer (or the history) tells whether fal has it; an unconfirmed one once proven
     # absent; one at fal once fal said it cancelled it.
@@ -188,6 +206,8 @@ class JobUpdate:
     sent_digest: str | Keep | None = KEEP
     sent_start_timeout_s: float | Keep | None = KEEP
     sent_webhook: bool | Keep = KEEP
+    sent_cost_nusd: int | Keep = KEEP
+    charged_nusd: int | Keep = KEEP
     reached_by: float | Keep | None = KEEP
     reconciled: tuple[Reconciled, ...] | Keep = KEEP
     call_failures: int | Keep = KEEP
@@ -213,6 +233,8 @@ class Plan:
     record: JobRecord
     #: The stored fields the move changes, as JSON-ready values (status and revision apart).
     fields: dict[str, Any]
+    #: What the move adds to the estimated cost charged to the batch (nano-dollars; negative: given back).
+    charge_nusd: int = 0
 
     @property
     def step(self) -> Step | None:
@@ -228,7 +250,8 @@ def plan(record: JobRecord, move: Move, update: JobUpdate, now: float) -> Plan:
     """The plan of `move` on `record` with `update`, stamped `now`; raises IllegalMoveError when not allowed.
 
     A move that is progress (most but RETRY, SEND, UNSENT) starts the counts of failures in a row
-    again from 0, unless `update` sets them.
+    again from 0, unless `update` sets them. A move that charges (`Charge`) sets `charged_nusd`; any other
+    move may change it through `update` (`refunded`), and the plan's `charge_nusd` is what it adds.
     """
     row = TRANSITIONS[move]
     if record.status not in row.sources:
@@ -236,9 +259,19 @@ def plan(record: JobRecord, move: Move, update: JobUpdate, now: float) -> Plan:
     changes = update.changes()
     if row.progress:
         changes = {"call_failures": 0, "step_errors": 0, **changes}
+    if row.charge is Charge.ATTEMPT:
+        changes.setdefault("sent_cost_nusd", 0)
+        changes["charged_nusd"] = record.charged_nusd + changes["sent_cost_nusd"]
+    elif row.charge is Charge.REFUND:
+        changes.update(charged_nusd=record.charged_nusd - record.sent_cost_nusd, sent_cost_nusd=0)
     changes["updated_at"] = now
     target = row.target or record.status
     after = replace(record, status=target, revision=record.revision + 1, **changes)
     stored = after.to_dict()
     return Plan(move, record.status, target, row.slot, row.guard, record.revision, after,
-                {name: stored[name] for name in changes})
+                {name: stored[name] for name in changes}, after.charged_nusd - record.charged_nusd)
+
+
+def refunded(update: JobUpdate, record: JobRecord) -> JobUpdate:
+    """`update`, also giving back the charge of the job's latest submit: fal never had it, or refused it."""
+    return replace(update, charged_nusd=record.charged_nusd - record.sent_cost_nusd, sent_cost_nusd=0)

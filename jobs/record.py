@@ -89,6 +89,11 @@ class JobRecord:
     #: That submit carried the batch's webhook URL (`fal_webhook`): fal calls back when it ends, so polls are a
     #: safety net only (a rerun that turns webhooks on or off changes nothing for requests already sent).
     sent_webhook: bool = False
+    #: The estimated cost of the latest submit (`jobs.pricing`, nano-dollars), charged to the batch's budget when it
+    #: was sent; given back if fal never had it or refused it.
+    sent_cost_nusd: int = 0
+    #: The estimated cost of every attempt of the job that fal may bill (nano-dollars).
+    charged_nusd: int = 0
     #: Of a lost submit: the latest time it can have reached fal (when its call failed, or when it would
     #: have timed out); its start deadline runs from then.
     reached_by: float | None = None

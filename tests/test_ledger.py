@@ -12,7 +12,7 @@ from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.ledger.batch_info import BatchInfo
-from runner.ledger.store import Ledger
+from runner.ledger.store import Ledger, OverBudget
 from runner.ledger.timers import Timer, Timers, worker_mark
 
 S = JobStatus
@@ -398,3 +398,71 @@ def test_a_file_name_another_job_of_the_batch_holds_is_not_given_again(redis_cli
     assert stems == {"j1": "s@seed7", "j2": "j2"}
     ledger.purge("b")
     assert not redis_client.exists(ledger.keys.names("b"))
+
+
+# --- the cost cap ----------------------------------------------------------------------------------------------
+
+
+def test_a_cap_of_ten_attempts_worth_admits_exactly_ten_sends_however_many_race(redis_client: redis.Redis) -> None:
+    """30 jobs sent by 3 racing workers against a cap of exactly ten attempts' worth: ten go, twenty are refused."""
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 30, max_in_flight=30, max_cost_nusd=10 * 50_000_000)
+    ledger.admit("b")
+    outcomes: list[object] = []
+
+    def worker(ids: list[str]) -> None:
+        for job_id in ids:
+            seen = ledger.record("b", job_id)
+            assert seen is not None
+            outcomes.append(ledger.apply("b", plan(seen, Move.SEND, JobUpdate(attempts=1, sent_cost_nusd=50_000_000),
+                                                   now=3.0)))  # fmt: skip
+
+    threads = [threading.Thread(target=worker, args=([f"j{n}" for n in range(k, 30, 3)],)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = [o for o in outcomes if isinstance(o, OverBudget)]
+    assert len(outcomes) == 30 and len(refused) == 20
+    assert ledger.counts("b")[S.SUBMITTING] == 10 and ledger.spent_nusd("b") == 500_000_000
+    assert {o.cap_nusd for o in refused} == {500_000_000} and max(o.spent_nusd for o in refused) == 500_000_000
+
+
+def test_charges_are_kept_without_a_cap_and_given_back_when_fal_never_had_the_attempt(
+    redis_client: redis.Redis,
+) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 2, max_in_flight=2)
+    ledger.admit("b")
+    sent = move(ledger, "j0", Move.SEND, attempts=1, sent_cost_nusd=30)
+    move(ledger, "j1", Move.SEND, attempts=1, sent_cost_nusd=30)
+    assert sent is not None and sent.charged_nusd == 30 and ledger.spent_nusd("b") == 60
+    back = move(ledger, "j1", Move.UNSENT, attempts=0)
+    assert back is not None and back.charged_nusd == 0 and ledger.spent_nusd("b") == 30
+    move(ledger, "j0", Move.ACCEPT, request_id="r0")
+    assert ledger.record("b", "j0").charged_nusd == 30  # type: ignore[union-attr]  # fal has it: it may bill it
+
+
+def test_a_refund_is_never_refused_and_a_cap_lowered_below_the_spend_refuses_the_next_charge(
+    redis_client: redis.Redis,
+) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 2, max_in_flight=2)
+    ledger.admit("b")
+    move(ledger, "j0", Move.SEND, attempts=1, sent_cost_nusd=80)
+    ledger.save_batch(ledger.batch("b").model_copy(update={"max_cost_nusd": 50}))  # type: ignore[union-attr]
+    assert move(ledger, "j0", Move.UNSENT, attempts=0) is not None and ledger.spent_nusd("b") == 0
+    record = ledger.record("b", "j1")
+    assert record is not None
+    assert isinstance(ledger.apply("b", plan(record, Move.SEND, JobUpdate(sent_cost_nusd=51), now=3.0)), OverBudget)
+    assert ledger.record("b", "j1").status is S.ADMITTED and ledger.spent_nusd("b") == 0  # type: ignore[union-attr]
+    assert ledger.apply("b", plan(record, Move.SEND, JobUpdate(sent_cost_nusd=50), now=3.0)) is not None
+
+
+def test_purge_forgets_what_a_batch_spent(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 1)
+    ledger.admit("b")
+    move(ledger, "j0", Move.SEND, attempts=1, sent_cost_nusd=80)
+    ledger.purge("b")
+    assert ledger.spent_nusd("b") == 0 and not redis_client.exists(ledger.keys.spent("b"))

@@ -8,7 +8,7 @@ import pytest
 
 from jobs.decisions import Call, CallFailed, GiveUp, Limits, Reconcile, RetryLater, StepCrashed, SubmitAgain, decide
 from jobs.errors import IllegalMoveError
-from jobs.lifecycle import KEEP, STEP_OF, TRANSITIONS, Guard, JobUpdate, Move, Slot, Step, plan
+from jobs.lifecycle import KEEP, STEP_OF, TRANSITIONS, Charge, Guard, JobUpdate, Move, Slot, Step, plan, refunded
 from jobs.record import Attempt, JobRecord, OutputFile
 from jobs.status import JobStatus
 from tests.test_record import JOB
@@ -41,6 +41,7 @@ ALLOWED = {
     Move.FAIL: {S.WAITING, S.ADMITTED, S.SUBMITTING, S.UNCONFIRMED, S.QUEUED, S.RUNNING, S.COLLECTING},
     # A job being submitted is cancelled once it is known whether fal has it; one being collected never.
     Move.CANCEL: {S.WAITING, S.ADMITTED, S.UNCONFIRMED, S.QUEUED, S.RUNNING},
+    Move.REFUSED: {S.SUBMITTING},
     Move.REQUEUE: {S.FAILED, S.CANCELLED},
     Move.RECHECK: {S.CANCELLED},
 }
@@ -77,6 +78,7 @@ def test_each_move_is_allowed_exactly_from_its_sources(move: Move, status: JobSt
         (Move.SUCCEED, S.SUCCEEDED, Slot.RELEASE, Guard.AS_SEEN),
         (Move.FAIL, S.FAILED, Slot.RELEASE, Guard.AS_SEEN),
         (Move.CANCEL, S.CANCELLED, Slot.RELEASE, Guard.AS_SEEN),
+        (Move.REFUSED, S.FAILED, Slot.RELEASE, Guard.AS_SEEN),
         (Move.REQUEUE, S.WAITING, Slot.KEEP, Guard.AS_SEEN),
         (Move.RECHECK, S.QUEUED, Slot.REJOIN, Guard.AS_SEEN),
     ],
@@ -152,6 +154,47 @@ def test_only_progress_resets_the_counts_of_failures_in_a_row(status: JobStatus,
 def test_a_retry_sets_the_count_it_is_told() -> None:
     done = plan(record(S.RUNNING, call_failures=4), Move.RETRY, JobUpdate(call_failures=5), now=1.0)
     assert done.target is S.RUNNING and done.record.call_failures == 5
+
+
+@pytest.mark.parametrize(
+    ("move", "charge"),
+    [(Move.SEND, Charge.ATTEMPT), (Move.UNSENT, Charge.REFUND), (Move.ABSENT, Charge.REFUND),
+     (Move.REFUSED, Charge.REFUND), (Move.ACCEPT, Charge.NONE), (Move.RESUBMIT, Charge.NONE),
+     (Move.FAIL, Charge.NONE), (Move.CANCEL, Charge.NONE), (Move.REQUEUE, Charge.NONE)],
+)  # fmt: skip
+def test_which_moves_charge_an_attempt_and_which_give_it_back(move: Move, charge: Charge) -> None:
+    assert TRANSITIONS[move].charge is charge
+
+
+def test_each_attempt_sent_is_charged_and_one_fal_never_had_is_given_back() -> None:
+    """Attempts add up (a resubmit is charged again); UNSENT, ABSENT and REFUSED give back only the latest."""
+    first = plan(record(S.ADMITTED), Move.SEND, JobUpdate(attempts=1, sent_cost_nusd=50), now=1.0)
+    assert (first.charge_nusd, first.record.charged_nusd, first.record.sent_cost_nusd) == (50, 50, 50)
+    billed = replace(first.record, status=S.ADMITTED)  # a model error, resubmitted: the first attempt stays charged
+    second = plan(billed, Move.SEND, JobUpdate(attempts=2, sent_cost_nusd=50), now=2.0)
+    assert (second.charge_nusd, second.record.charged_nusd) == (50, 100)
+    for back in (Move.UNSENT, Move.REFUSED):
+        given_back = plan(second.record, back, JobUpdate(), now=3.0)
+        assert (given_back.charge_nusd, given_back.record.charged_nusd, given_back.record.sent_cost_nusd) == \
+            (-50, 50, 0)  # fmt: skip
+    absent = plan(replace(second.record, status=S.UNCONFIRMED), Move.ABSENT, JobUpdate(), now=3.0)
+    assert absent.charge_nusd == -50
+    accepted = plan(second.record, Move.ACCEPT, JobUpdate(request_id="r"), now=3.0)
+    assert accepted.charge_nusd == 0 and accepted.record.charged_nusd == 100
+
+
+def test_a_send_that_names_no_cost_charges_nothing_and_forgets_the_last_one() -> None:
+    """Else a later refund would give back an earlier attempt's charge, which fal may have billed."""
+    earlier = record(S.ADMITTED, charged_nusd=70, sent_cost_nusd=70)
+    sent = plan(earlier, Move.SEND, JobUpdate(attempts=2), now=1.0)
+    assert (sent.charge_nusd, sent.record.sent_cost_nusd) == (0, 0)
+    assert plan(sent.record, Move.UNSENT, JobUpdate(), now=2.0).charge_nusd == 0
+
+
+def test_a_move_that_ends_a_lost_submit_proven_absent_gives_its_charge_back() -> None:
+    lost = record(S.UNCONFIRMED, charged_nusd=90, sent_cost_nusd=40)
+    done = plan(lost, Move.FAIL, refunded(JobUpdate(error_type="submit_lost"), lost), now=1.0)
+    assert (done.charge_nusd, done.record.charged_nusd, done.record.sent_cost_nusd) == (-40, 50, 0)
 
 
 def test_job_update_knows_every_field_a_move_may_set() -> None:
@@ -251,6 +294,19 @@ def test_the_retry_counter_bug_a_poll_with_many_failed_calls_survives_one_crash(
     assert isinstance(decision, RetryLater) and decision.budget == "step_errors"
     again = decide(failed(Call.STATUS, transient=True), polling, 3, limits, 0.5)
     assert isinstance(again, RetryLater) and again.budget == "call_failures"
+
+
+@pytest.mark.parametrize(
+    ("seen", "refused"),
+    [(failed(Call.SUBMIT, status_code=422), True), (failed(Call.SUBMIT, status_code=401), True),
+     (failed(Call.SUBMIT, unconfirmed=True), False), (failed(Call.SUBMIT, transient=True), False),
+     (failed(Call.RESULT, status_code=422), False)],
+)  # fmt: skip
+def test_only_a_submit_fal_answered_with_an_error_is_refused_and_so_not_billed(seen: CallFailed,
+                                                                              refused: bool) -> None:
+    job = record(S.SUBMITTING if seen.call is Call.SUBMIT else S.COLLECTING, call_failures=3)
+    decision = decide(seen, job, 3, LIMITS, 0.5)
+    assert isinstance(decision, GiveUp) and decision.refused is refused
 
 
 @pytest.mark.parametrize(

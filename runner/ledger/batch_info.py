@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from jobs.errors import UsageError
+from jobs.job import Job
+from jobs.pricing import Price, attempt_cost_nusd, units_of
 
 BatchState = Literal["open", "cancelled", "done"]
 #: How this version lays a batch out in Redis; a batch stored with none is of format 1 (before timers).
@@ -59,10 +61,25 @@ class BatchInfo(BaseModel):
     #: Where fal POSTs when each of its requests ends (`--webhook-url`): a `wan-batch serve` receiver; its jobs
     #: are then polled only as a safety net. None: polled.
     webhook_url: str | None = None
+    #: The price of each of its endpoints that has one (`jobs.pricing.Price.to_dict`), as found when it was
+    #: recorded: what each attempt is charged.
+    prices: dict[str, dict[str, str]] = Field(default_factory=dict)
+    #: Its cost cap (`--max-cost`, nano-dollars): an attempt whose estimated cost would pass it is not sent.
+    max_cost_nusd: int | None = Field(default=None, ge=0)
     #: Its report's summary and paths, stored by the worker that wrote the report, for the notification.
     summary: dict[str, Any] | None = None
     #: How it is laid out in Redis (`LEDGER_FORMAT`); an older batch is not run by this version.
     ledger_format: int = LEDGER_FORMAT
+
+    def price_of(self, endpoint: str) -> Price | None:
+        """The price its attempts of `endpoint` are charged at; None: it has none (they are charged nothing)."""
+        stored = self.prices.get(endpoint)
+        return None if stored is None else Price.from_dict(stored)
+
+    def attempt_cost_nusd(self, job: Job) -> int:
+        """What one attempt of `job` is charged (nano-dollars): 0 where it has no price, or no count of units."""
+        price = self.price_of(job.endpoint)
+        return 0 if price is None else attempt_cost_nusd(units_of(job.endpoint, job.input), price) or 0
 
     def check_format(self) -> None:
         """Raise UsageError for a batch an earlier version recorded: this one cannot read its jobs."""

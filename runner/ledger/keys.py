@@ -94,6 +94,16 @@ class Keys:
         storage = hashlib.sha256(storage_url.encode()).hexdigest()[:12]
         return f"{self.prefix}:upload:{storage}:{sha256}"
 
+    def spent(self, batch_id: str) -> str:
+        """The estimated cost charged so far for the batch's attempts that fal may bill, in nano-dollars
+        (`jobs.pricing`): what its cost cap is checked against."""
+        return f"{self.prefix}:batch:{batch_id}:spent"
+
+    def price(self, api_url: str, endpoint: str) -> str:
+        """String: fal's price of `endpoint` as its pricing API at `api_url` said it (JSON; it expires in a day)."""
+        api = hashlib.sha256(api_url.encode()).hexdigest()[:12]
+        return f"{self.prefix}:price:{api}:{endpoint}"
+
     def errors(self, batch_id: str) -> str:
         """Hash: failed jobs per error type (the stored JSON of the type), kept by every transition."""
         return f"{self.prefix}:batch:{batch_id}:errors"

@@ -103,12 +103,13 @@ end
 #: mover read, as text), token (unique to the call, so that a retried call whose answer was lost knows it
 #: was applied; also in `fields` as applied_by), fields (name -> stored text), slot ("take", "keep",
 #: "release", "rejoin"), requeue (refused in a cancelled batch), tally, exclusive (the request_id must not be
-#: held by another job),
-#: error_type (stored JSON text, when the job fails), final, request_id and request_value (to index, or
-#: ""), due_at (when its next step is due; -1: none), keep_claim ("r:<token>" of the worker that runs the
-#: next step at once, or "") and lease_until. Applies the move if the job is still at `from` and
-#: `revision` (and, with keep_claim, if that worker still holds the job's step). Returns {1, old status,
-#: admitted job ids} or {0, current status}; a repeated call that was applied returns no admitted ids (their
+#: held by another job), charge (what the move adds to the batch's estimated spend `spent`, nano-dollars as
+#: text: a positive one is refused past the batch's `max_cost_nusd`), error_type (stored JSON text, when the
+#: job fails), final, request_id and request_value (to index, or ""), due_at (when its next step is due; -1:
+#: none), keep_claim ("r:<token>" of the worker that runs the next step at once, or "") and lease_until.
+#: Applies the move if the job is still at `from` and `revision` (and, with keep_claim, if that worker still
+#: holds the job's step). Returns {1, old status, admitted job ids}, {0, current status} or {0, current
+#: status, "over_budget", spent}; a repeated call that was applied returns no admitted ids (their
 #: submits are due already). With `tally` (a name, or ""), counts the move in the batch's tallies.
 APPLY = (
     LIBRARY
@@ -133,8 +134,15 @@ if c.exclusive and c.request_id ~= '' then
   local holder = redis.call('HGET', c.requests, c.request_id)
   if holder and holder ~= c.request_value then return {0, current} end  -- another job follows that request
 end
+local charge = tonumber(c.charge)
+if charge > 0 then
+  local cap = tonumber(redis.call('HGET', c.batch, 'max_cost_nusd') or '')
+  local spent = redis.call('GET', c.spent) or '0'
+  if cap and tonumber(spent) + charge > cap then return {0, current, 'over_budget', spent} end
+end
 enter_status(c, job_key, c.job_id, current, c.to, c.error_type)
 write_fields(c, job_key, c.job_id, c.fields)
+if charge ~= 0 then redis.call('INCRBY', c.spent, c.charge) end
 if c.slot == 'release' then redis.call('SREM', c.in_flight, c.job_id) end
 if c.slot == 'rejoin' then redis.call('SADD', c.in_flight, c.job_id) end
 if c.tally ~= '' then redis.call('HINCRBY', c.tallies, c.tally, 1) end

@@ -60,6 +60,14 @@ class Applied:
     admitted: list[str]
 
 
+@dataclass(frozen=True)
+class OverBudget:
+    """A move refused because its charge would pass the batch's cost cap (`--max-cost`)."""
+
+    spent_nusd: int
+    cap_nusd: int
+
+
 class Ledger:
     """Batches and job records in one Redis; every method is one round trip or a pipeline."""
 
@@ -178,8 +186,9 @@ class Ledger:
         return list(self._load(batch_id, self.job_ids(batch_id, statuses, changed_before, latest)))
 
     def apply(self, batch_id: str, plan: Plan, due_at: float | None = None, keep_claim: str = "",
-              lease_until: float = 0.0, tally: str = "") -> Applied | None:  # fmt: skip
-        """Apply `plan` if the job is still at the status and revision it was planned from; None if not.
+              lease_until: float = 0.0, tally: str = "") -> Applied | OverBudget | None:  # fmt: skip
+        """Apply `plan` if the job is still at the status and revision it was planned from; None if not, and
+        OverBudget if its charge would pass the batch's cost cap.
 
         Its next step (if its new status has one) is due at `due_at` (default:
         now); `keep_claim`, the mark of the worker that runs that step at once,
@@ -205,9 +214,13 @@ class Ledger:
             request_value=json.dumps([batch_id, record.job.id]),
             due_at=-1 if plan.step is None else (now if due_at is None else due_at),
             keep_claim=keep_claim, lease_until=lease_until, tally=tally, exclusive=plan.move is Move.ADOPT,
+            charge=str(plan.charge_nusd), spent=self.keys.spent(batch_id),
         )  # fmt: skip
         answer = self._apply(keys=[self.keys.job(batch_id, record.job.id)], args=[json.dumps(context)])
         if not answer[0]:
+            if len(answer) > 2 and _text(answer[2]) == "over_budget":
+                info = self.batch(batch_id)
+                return OverBudget(int(_text(answer[3])), (info.max_cost_nusd or 0) if info else 0)
             return None
         frees = plan.slot is Slot.RELEASE or plan.target is S.WAITING
         admitted = [_text(job_id) for job_id in answer[2]] if frees else []
@@ -220,6 +233,10 @@ class Ledger:
         """
         admitted, _ = self._admit(keys=[], args=[json.dumps(self._context(batch_id, time.time()))])
         return [_text(i) for i in admitted]
+
+    def spent_nusd(self, batch_id: str) -> int:
+        """The estimated cost charged so far for the batch's attempts that fal may bill (nano-dollars)."""
+        return int(self.redis.get(self.keys.spent(batch_id)) or 0)
 
     def in_flight(self, batch_id: str) -> int:
         return int(self.redis.scard(self.keys.in_flight(batch_id)))
@@ -329,7 +346,7 @@ class Ledger:
             pipe.delete(k.batch(batch_id), k.counts(batch_id), k.errors(batch_id), k.job_order(batch_id),
                         k.waiting(batch_id), k.in_flight(batch_id), k.run_times(batch_id), k.request_bases(batch_id),
                         k.tallies(batch_id), k.longest_run(batch_id), k.skipped(batch_id),
-                        k.unknown_endpoints(batch_id), k.images(batch_id), k.names(batch_id),
+                        k.unknown_endpoints(batch_id), k.images(batch_id), k.names(batch_id), k.spent(batch_id),
                         *(k.status_index(batch_id, s.value) for s in JobStatus),
                         *(k.side(batch_id, name) for name in _SIDE))  # fmt: skip
             pipe.zrem(k.timers, *batch_timers)

@@ -20,21 +20,14 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from jobs.endpoints import KNOWN_ENDPOINTS, WAN22_I2I, WAN25_I2I
+from jobs.endpoints import IMAGE_SIZE_PRESETS, KNOWN_ENDPOINTS, WAN22_I2I, WAN25_I2I
 from runner.simulator.imaging import FileSpec, ImageFormat, data_uri_bytes, decode_image, render_file
 from runner.simulator.state import RequestStore, SimRequest
 
 ECHO_APP = "wan-batch-sim/echo"
 ECHO_SIZE_PX = 64
 WAN22_LONG_SIDE_PX = 1024
-WAN25_SIZES = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
+WAN25_SIZES = IMAGE_SIZE_PRESETS
 #: Stands for the address clients use, which is not known until they fetch the result.
 _SIZING_BASE_URL = "http://127.0.0.1:65535"
 _FILE_PATH = re.compile(r"/files/(?P<id>[0-9a-f-]{36})/(?P<index>\d+)\.(?:png|jpeg)$")

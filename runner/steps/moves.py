@@ -17,8 +17,9 @@ from jobs.errors import AuthError, QueueAPIError, ResultNotReadyError, SubmitUnc
 from jobs.lifecycle import JobUpdate, Move, plan
 from jobs.record import Attempt, JobRecord
 from jobs.report import brief
+from jobs.status import JobStatus
 from runner.ledger.batch_info import BatchInfo
-from runner.ledger.store import Applied
+from runner.ledger.store import Applied, OverBudget
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
 
@@ -33,6 +34,8 @@ class Outcome:
     applied: Applied | None = None
     #: The job's next step is due now and this worker runs it at once, still holding its timer.
     inline: bool = False
+    #: The move was refused: its charge would pass the batch's cost cap.
+    over_budget: OverBudget | None = None
 
     @property
     def admitted(self) -> list[str]:
@@ -54,7 +57,8 @@ def move(
 
     With `mark` (the claim of the worker that runs this step), the next step
     is due now and stays with that worker: it runs it at once (`inline`).
-    An Outcome with no `applied` means the job moved on meanwhile: the caller does nothing more.
+    An Outcome with no `applied` means the job moved on meanwhile: the caller does nothing more (unless it says
+    `over_budget`: the move was refused for the batch's cost cap, and the job is as the caller read it).
     `tally` counts the move in the batch's tallies (how a cancel ended), atomically with it.
     """
     now = ctx.clock()
@@ -63,6 +67,8 @@ def move(
         BatchFolder(Path(batch.folder)).write_sidecar(planned.record)
     lease_until = now + ctx.settings.timers.lease_s
     applied = ctx.ledger.apply(batch.id, planned, now + next_in_s, mark, lease_until if mark else 0.0, tally)
+    if isinstance(applied, OverBudget):
+        return Outcome(over_budget=applied)
     if applied is None:
         if planned.target.is_final:
             _rewrite_sidecar(ctx, batch, record.job.id)
@@ -130,9 +136,11 @@ def submit_again(ctx: Context, batch: BatchInfo, record: JobRecord, again: Submi
 
 
 def give_up(ctx: Context, batch: BatchInfo, record: JobRecord, why: GiveUp) -> Outcome:
-    """The job ends FAILED; a request of it that may still run at fal is cancelled there."""
+    """The job ends FAILED; a request of it that may still run at fal is cancelled there. A submit fal refused
+    is not charged."""
     update = JobUpdate(error_type=why.error_type, error_message=brief(why.message, 500), finished_at=ctx.clock())
-    done = move(ctx, batch, record, Move.FAIL, update)
+    refused = why.refused and record.status is JobStatus.SUBMITTING
+    done = move(ctx, batch, record, Move.REFUSED if refused else Move.FAIL, update)
     if done.applied is not None and why.cancel_at_fal and record.cancel_url:
         cancel_quietly(ctx, batch, record.cancel_url)
     return done

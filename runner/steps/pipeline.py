@@ -25,6 +25,7 @@ from jobs.decisions import UNCONFIRMED_ADVICE, Call, CallFailed, GiveUp, StepCra
 from jobs.errors import DownloadError, LocalImageError, PermanentQueueError, QueueAPIError, UploadExpiredError
 from jobs.lifecycle import STEP_OF, JobUpdate, Move, Step
 from jobs.polling import PollState, next_poll_delay_s, typical_run_s
+from jobs.pricing import shown_usd, usd
 from jobs.reconcile import input_digest, start_timeout_s
 from jobs.record import JobRecord
 from jobs.status import JobStatus
@@ -32,6 +33,7 @@ from jobs.window import next_window
 from runner.fal.local_images import inline_local_images, local_refs, uploaded_local_images
 from runner.fal.queue_api import QueueStatus, Submission
 from runner.ledger.batch_info import BatchInfo
+from runner.ledger.store import OverBudget
 from runner.ledger.timers import Timer
 from runner.ledger.uploads import READ_MARGIN_S, BatchImages, Uploads
 from runner.ledger.window import adjust_window
@@ -106,8 +108,10 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     # What was sent, and when, is stored before it leaves: if its answer is lost, fal's history is searched for it.
     what = JobUpdate(attempts=record.attempts + 1, sent_at=ctx.clock(), sent_digest=input_digest(body),
                      sent_start_timeout_s=start_timeout_s(batch.priority, batch.start_timeout_s),
-                     sent_webhook=batch.webhook_url is not None)  # fmt: skip
+                     sent_webhook=batch.webhook_url is not None, sent_cost_nusd=batch.attempt_cost_nusd(record.job))
     sending = move(ctx, batch, record, Move.SEND, what, mark=mark)
+    if sending.over_budget is not None:
+        return give_up(ctx, batch, record, GiveUp("budget_exceeded", over_budget_message(what, sending.over_budget)))
     if sending.applied is None:
         return sending  # cancelled meanwhile
     sent = sending.applied.record
@@ -120,16 +124,29 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
         seen = CallFailed(Call.SUBMIT, "submit_unconfirmed", f"{type(exc).__name__}: {exc}"[:400], unconfirmed=True)
     else:
         return _accepted(ctx, batch, sent, submission, learned)
+    return _submit_failed(ctx, batch, sent, seen, mark)
+
+
+def _submit_failed(ctx: Context, batch: BatchInfo, sent: JobRecord, seen: CallFailed, mark: str) -> Outcome:
+    """What follows a submit call that failed: the same call later, a search of fal's history, or the end."""
     if seen.status_code == 404:  # no such app: the batch's other jobs of this endpoint are not sent
-        message = f"fal has no app {record.job.endpoint!r} (check the endpoint id): {seen.message}"
-        ctx.ledger.note_unknown_endpoint(batch.id, record.job.endpoint, message)
-        return give_up(ctx, batch, sent, GiveUp("unknown_endpoint", message))
+        message = f"fal has no app {sent.job.endpoint!r} (check the endpoint id): {seen.message}"
+        ctx.ledger.note_unknown_endpoint(batch.id, sent.job.endpoint, message)
+        return give_up(ctx, batch, sent, GiveUp("unknown_endpoint", message, refused=True))
     if seen.transient and not seen.unconfirmed:  # nothing left: back to ADMITTED, the same call later
-        back = move(ctx, batch, sent, Move.UNSENT, JobUpdate(attempts=record.attempts), mark=mark)
+        back = move(ctx, batch, sent, Move.UNSENT, JobUpdate(attempts=sent.attempts - 1), mark=mark)
         if back.applied is None:
             return back
         sent = back.applied.record
     return decide_and_apply(ctx, batch, sent, seen)
+
+
+def over_budget_message(sending: JobUpdate, over: OverBudget) -> str:
+    """Why a job was not sent: the batch's cost cap, with what it would cost and what was spent."""
+    cost = sending.sent_cost_nusd if isinstance(sending.sent_cost_nusd, int) else 0
+    return (f"not sent: its estimated cost ({shown_usd(usd(cost))}) would take the batch past its cost cap of"
+            f" {shown_usd(usd(over.cap_nusd))} ({shown_usd(usd(over.spent_nusd))} charged so far); raise the cap"
+            " (--max-cost) and retry it")
 
 
 def _body(ctx: Context, batch: BatchInfo, record: JobRecord) -> dict[str, Any]:

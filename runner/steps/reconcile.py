@@ -13,7 +13,7 @@ import logging
 
 from jobs.decisions import UNCONFIRMED_ADVICE, Call, GiveUp
 from jobs.errors import QueueAPIError
-from jobs.lifecycle import JobUpdate, Move
+from jobs.lifecycle import JobUpdate, Move, refunded
 from jobs.reconcile import Absent, Adopt, LookAgain, Unsettled, absent_after, settle, start_timeout_s
 from jobs.record import Attempt, JobRecord, Reconciled
 from jobs.status import JobStatus
@@ -118,11 +118,13 @@ def _absent(ctx: Context, batch: BatchInfo, record: JobRecord, now: float) -> Ou
     if batch.state == "cancelled":
         update = JobUpdate(error_type="cancelled", error_message=f"cancelled by the user; {why}", finished_at=now,
                            reconciled=(*record.reconciled, proven))  # fmt: skip
+        update = refunded(update, record)
         return move(ctx, batch, record, Move.CANCEL, update, tally="never_sent")
     if record.attempts >= batch.max_attempts:
         update = JobUpdate(error_type="submit_lost", error_message=f"{why}, {record.attempts} time(s): out of attempts;"
                            " nothing ran, so `wan-batch retry` is safe", finished_at=now,
                            reconciled=(*record.reconciled, proven))  # fmt: skip
+        update = refunded(update, record)
         return move(ctx, batch, record, Move.FAIL, update)
     ended = Attempt(record.attempts, None, "submit_lost", why, record.sent_at, now)
     update = JobUpdate(history=(*record.history, ended), reconciled=(*record.reconciled, proven),
