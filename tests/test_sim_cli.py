@@ -92,6 +92,12 @@ def test_help_names_the_sims_own_key_variable() -> None:
     assert "read from FAL_KEY" not in shown
 
 
+def test_help_names_the_pricing_api_and_its_option() -> None:
+    shown = CliRunner().invoke(main, ["sim", "--help"], terminal_width=200).output
+    assert "<url>/v1/models/pricing" in shown
+    assert "--price ENDPOINT=USD[/UNIT]" in shown
+
+
 def test_fault_flags_inject_exactly_the_limit() -> None:
     args = ["--fault-429", "1", "--fault-limit", "1", "--concurrency", "1", "--run-time", "fixed:0.05"]
     with sim_process(args) as served, httpx.Client(timeout=10, headers={"Authorization": "Key k"}) as client:

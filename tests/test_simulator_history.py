@@ -445,7 +445,7 @@ def test_the_platform_api_takes_only_a_fal_key(key: str | None, token: str | Non
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
-        ("GET", "/v1/models/pricing", 404),
+        ("GET", "/v1/models/billing-events", 404),
         ("GET", "/v1/models/requests/{known}/status", 404),
         ("GET", "/v1/models/requests/{known}", 404),
         ("GET", "/v1", 404),

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from jobs.pricing import PriceOption, Unit, parse_price_option
 from runner.simulator import FaultRates, SimConfig, parse_run_time, serve_until_interrupted
-from runner.simulator.config import SIM_CONCURRENCY
+from runner.simulator.config import SIM_CONCURRENCY, SimPrice
 
 #: What each fault does, as its flag's help says.
 _FAULT_HELP = {
@@ -54,6 +55,20 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+def check_prices(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[PriceOption]:
+    try:
+        return [parse_price_option(value) for value in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def sim_prices(options: list[PriceOption]) -> dict[str, SimPrice]:
+    """The default prices, each endpoint given by `--price` set to it (per image when it names no unit)."""
+    given = {option.endpoint: SimPrice(unit_price=option.usd, unit=(option.unit or Unit.IMAGE).value)
+             for option in options}  # fmt: skip
+    return {**_SIM_DEFAULTS.prices, **given}
 
 
 @click.command()
@@ -116,6 +131,9 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.option("--storage-mb", type=click.FloatRange(min=0, min_open=True), default=_SIM_DEFAULTS.storage_mb,
               show_default=True, help="Uploaded files held in memory until they expire; past it an upload answers"
                                       " 507.")  # fmt: skip
+@click.option("--price", "prices", multiple=True, callback=check_prices, metavar="ENDPOINT=USD[/UNIT]",
+              help="Price an endpoint in the pricing API (repeatable), e.g. owner/app=0.04/megapixel; units: image "
+                   "(the default), megapixel, second, request.")  # fmt: skip
 @_fault_options
 @click.option("--fault-limit", type=click.IntRange(min=0), help="Stop injecting each fault kind after N injections.")
 @click.option("--retry-after-s", type=click.FloatRange(min=0), default=_SIM_DEFAULTS.retry_after_s, show_default=True,
@@ -125,16 +143,19 @@ def sim(**options: Any) -> None:
 
     Point the runner at the printed URL. GET <url>/_stats shows what it saw.
     The Platform API's request history is at <url>/v1/models/requests/by-endpoint,
+    its prices at <url>/v1/models/pricing (and estimates at .../pricing/estimate),
     and fal storage's token endpoint at <url>/storage/auth/token.
     """
     faults = {name: options.pop(name) for name in _FAULT_FLAGS}
-    config = SimConfig(**options, faults=FaultRates(**faults))
+    prices = sim_prices(options.pop("prices"))
+    config = SimConfig(**options, faults=FaultRates(**faults), prices=prices)
     auth = "Key or Bearer as configured" if config.key or config.token else "any Key or Bearer credential"
 
     def announce(base_url: str) -> None:
         click.echo(base_url)
         click.echo(f"fal queue simulator: concurrency {config.concurrency}, run time {config.run_time}, "
-                   f"auth: {auth}, input images fetched: {config.fetch_inputs}; Ctrl-C stops it",
+                   f"auth: {auth}, input images fetched: {config.fetch_inputs}, "
+                   f"prices: {len(config.prices)} endpoint(s); Ctrl-C stops it",
                    err=True)  # fmt: skip
 
     serve_until_interrupted(config, announce)

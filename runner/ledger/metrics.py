@@ -80,7 +80,7 @@ class Metrics:
             counts += [("jobs_succeeded", endpoint, 1), ("outputs", endpoint, len(record.outputs)),
                        ("download_bytes", endpoint, sum(o.size_bytes for o in record.outputs))]  # fmt: skip
             durations += [("queue_wait_seconds", record.queue_wait_s), ("run_seconds", record.run_s)]
-        elif what is Move.FAIL:
+        elif what in (Move.FAIL, Move.REFUSED):
             counts.append(("jobs_failed", {**endpoint, "error_type": record.error_type or "unknown"}, 1))
         elif what is Move.CANCEL:
             counts.append(("jobs_cancelled", endpoint, 1))

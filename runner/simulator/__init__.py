@@ -7,7 +7,9 @@
 It serves `fal-ai/wan/v2.2-a14b/image-to-image`, `fal-ai/wan-25-preview/image-to-image`
 and the echo app `wan-batch-sim/echo[/path]`, with real output images under
 `{base_url}/files/`, and fal's request history (Platform API, base URL `{base_url}/v1`):
-`GET {base_url}/v1/models/requests/by-endpoint`, and fal storage: a token from
+`GET {base_url}/v1/models/requests/by-endpoint`, fal's pricing API (`GET {base_url}/v1/models/pricing`,
+`POST {base_url}/v1/models/pricing/estimate`, with the prices `SimConfig.prices` sets; see
+`runner.simulator.pricing`), and fal storage: a token from
 `POST {base_url}/storage/auth/token?storage_type=fal-cdn-v3` uploads to `{base_url}/cdn/files/upload`,
 whose files are served under `{base_url}/cdn/files/` (see `runner.simulator.storage`). A request submitted
 with `?fal_webhook=URL` is POSTed there when it ends, signed with the key published at

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
+from types import MappingProxyType
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from jobs.endpoints import WAN22_I2I, WAN25_I2I, is_endpoint_id
+from jobs.pricing import Unit
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 #: Requests a simulator started from the command line runs at once (`sim --concurrency`, `run --sim-concurrency`).
@@ -43,6 +49,26 @@ class FaultRates(BaseModel):
     webhook_drop: Rate = 0.0
     #: ... and its webhook is delivered twice.
     webhook_duplicate: Rate = 0.0
+
+
+class SimPrice(BaseModel):
+    """What one unit of an endpoint's output costs, as fal's pricing API gives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unit_price: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+    #: What is billed: a word such as "image", "megapixels", "second".
+    unit: Annotated[str, Field(min_length=1)]
+    currency: Annotated[str, Field(min_length=1)] = "USD"
+
+
+#: The prices the simulator serves unless told others (`SimConfig.prices`).
+DEFAULT_PRICES: Mapping[str, SimPrice] = MappingProxyType({
+    #: fal's published price.
+    WAN25_I2I: SimPrice(unit_price=Decimal("0.05"), unit=Unit.IMAGE.value),
+    #: A stand-in figure: fal published no price for Wan 2.2 A14B image-to-image.
+    WAN22_I2I: SimPrice(unit_price=Decimal("0.04"), unit=Unit.IMAGE.value),
+})  # fmt: skip
 
 
 class SimConfig(BaseModel):
@@ -103,11 +129,21 @@ class SimConfig(BaseModel):
     #: A webhook delivery that fails is tried again after this, doubling each time (fal: 10 tries in 2 hours).
     webhook_retry_s: Annotated[float, Field(gt=0)] = 0.5
     webhook_tries: Annotated[int, Field(ge=1)] = 10
+    #: What the pricing API (`/v1/models/pricing`) says each endpoint costs; an endpoint not here has no price.
+    prices: dict[str, SimPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     @field_validator("run_time")
     @classmethod
     def _check_run_time(cls, value: str) -> str:
         parse_run_time(value)
+        return value
+
+    @field_validator("prices")
+    @classmethod
+    def _check_endpoint_ids(cls, value: dict[str, SimPrice]) -> dict[str, SimPrice]:
+        wrong = [endpoint for endpoint in value if not is_endpoint_id(endpoint)]
+        if wrong:
+            raise ValueError(f"not fal endpoint ids (owner/app[/path]): {', '.join(map(repr, wrong))}")
         return value
 
 

@@ -20,6 +20,7 @@ from runner.simulator.faults import FaultInjector, FaultKind, nginx_error_page
 from runner.simulator.history import HISTORY_PATH, parse_query, render_page, select_page
 from runner.simulator.inputs import InputReader
 from runner.simulator.outputs import Outputs, result_size_bytes, serves, validation_detail
+from runner.simulator.pricing import PRICING_METHODS, answer_pricing
 from runner.simulator.responses import (
     Delivery,
     Reply,
@@ -309,10 +310,16 @@ class Service:
     # --- the Platform API ----------------------------------------------
 
     def _platform(self, call: Call) -> Reply:
-        if "/" + "/".join(call.parts) != HISTORY_PATH:
+        path = "/" + "/".join(call.parts)
+        methods = {HISTORY_PATH: "GET", **PRICING_METHODS}
+        if path not in methods:
             return json_reply(404, {"detail": "Not Found"})
-        if call.method != "GET":
+        if call.method != methods[path]:
             return json_reply(405, {"detail": "Method Not Allowed"})
+        if path in PRICING_METHODS:
+            self._stats.count(Counter.PRICING_CALLS)
+            answer = answer_pricing(path, call.query, call.body, self._config.prices)
+            return json_reply(answer.status, answer.body)
         self._stats.count(Counter.HISTORY_CALLS)
         try:
             query = parse_query(call.query)

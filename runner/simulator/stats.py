@@ -26,6 +26,8 @@ class Counter(str, Enum):
     CANCELS = "cancels"
     #: Request history calls (Platform API) answered, refused queries too.
     HISTORY_CALLS = "history_calls"
+    #: Pricing calls (Platform API: price lists and estimates) answered, refused ones too.
+    PRICING_CALLS = "pricing_calls"
     #: Bytes of the bodies of submits that created a request.
     SUBMIT_BYTES = "submit_bytes"
     #: Submits that created a request whose JSON body holds a string value starting with `data:`.
