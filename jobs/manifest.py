@@ -30,6 +30,7 @@ from jobs.job import (
     variant_name,
 )
 from jobs.manifest_file import Layer, ManifestFile, Record
+from jobs.pricing import Units, units_of
 from jobs.values import load_json, value_problem
 
 #: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.
@@ -75,10 +76,13 @@ class Tally:
     #: Rows a matrix made several jobs of, and the jobs it made of them.
     expanded_rows: int = 0
     expanded_jobs: int = 0
+    #: What one attempt of each job makes, per endpoint (`jobs.pricing`): few distinct ones, however many jobs.
+    units: dict[str, Counter[Units]] = field(default_factory=dict)
 
     def add(self, job: Job) -> None:
         self.jobs += 1
         self.per_endpoint[job.endpoint] += 1
+        self.units.setdefault(job.endpoint, Counter())[units_of(job.endpoint, job.input)] += 1
 
     def row_done(self, made: int) -> None:
         """Note that `made` jobs were made of one row."""

@@ -25,7 +25,7 @@ from jobs.endpoints import IMAGE_SIZE_PRESETS, WAN22_I2I, WAN25_I2I, is_endpoint
 NANO_PER_USD = 10**9
 _NANO = Decimal(1) / NANO_PER_USD
 #: What the built-in table is, and when it was taken: the price fal published then for each endpoint it lists.
-TABLE_SOURCE = "built-in table (fal.ai model pages, as of 2026-12-01)"
+TABLE_SOURCE = "built-in table: fal.ai model pages, as of 2026-12-01"
 API_SOURCE = "fal pricing API"
 OPTION_SOURCE = "--price"
 _PRICE_OPTION = re.compile(
@@ -237,10 +237,10 @@ class EndpointCost:
         return {
             "endpoint": self.endpoint, "jobs": self.jobs,
             "unit": self.price.unit.value if self.price else None,
-            "unit_price_usd": str(self.price.usd) if self.price else None,
+            "unit_price_usd": float(self.price.usd) if self.price else None,
             "price_source": self.price.source if self.price else None,
-            "quantity": None if self.quantity is None else str(self.quantity.normalize()),
-            "estimated_cost_usd": None if self.cost_nusd is None else str(usd(self.cost_nusd)),
+            "quantity": None if self.quantity is None else float(self.quantity),
+            "estimated_cost_usd": None if self.cost_nusd is None else float(usd(self.cost_nusd)),
             "problem": self.problem,
         }  # fmt: skip
 
@@ -262,7 +262,7 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "estimated_cost_usd": str(usd(self.total_nusd)),
+            "estimated_cost_usd": float(usd(self.total_nusd)),
             "complete": self.complete,
             "endpoints": [line.to_dict() for line in self.endpoints],
             "note": "estimates from the listed prices, one attempt per job",

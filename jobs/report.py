@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from jobs.pricing import Price, usd
 from jobs.record import JobRecord
 from jobs.status import JobStatus
 
 COLUMNS = (
     "job_id", "name", "row", "endpoint", "prompt", "input_images", "input_sizes", "status", "request_id", "seed",
     "output_path", "width", "height", "attempts", "error_type", "error_message", "queue_wait_s", "run_s", "reconciled",
+    "estimated_cost_usd",
 )  # fmt: skip
 IMAGE_FIELDS = ("image_url", "image_urls")
 #: Report columns of the values a matrix gave each job: `matrix.seed`.
@@ -38,14 +41,18 @@ def _cut(text: str, width: int) -> str:
     return cut.rstrip(" ,;:") + " …"
 
 
-def report_rows(records: Iterable[JobRecord], image_sizes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def report_rows(records: Iterable[JobRecord], image_sizes: Mapping[str, str] | None = None,
+                priced: Collection[str] = ()) -> list[dict[str, Any]]:  # fmt: skip
     """One row per output image, and one per job that has none (failed, cancelled, unfinished).
 
     `image_sizes`: the pixel size (`1024x768`) of each local input image, by the path the manifest names.
+    `priced`: the endpoints whose jobs have an estimated cost (of every attempt that fal may bill, on each of
+    its rows); the others' is blank.
     """
     rows: list[dict[str, Any]] = []
     for record in records:
         base = _job_columns(record, image_sizes or {})
+        base["estimated_cost_usd"] = float(usd(record.charged_nusd)) if record.job.endpoint in priced else None
         if not record.outputs:
             rows.append({**base, "seed": None, "output_path": None, "width": None, "height": None})
         for output in record.outputs:
@@ -67,8 +74,10 @@ def invalid_rows(skipped: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
     return rows
 
 
-def summarize(records: Sequence[JobRecord], wall_s: float | None, invalid: int = 0) -> dict[str, Any]:
-    """Counts per status, rows skipped as invalid, images written, attempts, latency percentiles and wall time."""
+def summarize(records: Sequence[JobRecord], wall_s: float | None, invalid: int = 0,
+              costs: Costs | None = None) -> dict[str, Any]:  # fmt: skip
+    """Counts per status, rows skipped as invalid, images written, attempts, latency percentiles and wall time; with
+    `costs`, the estimated cost of the jobs' attempts and the cap."""
     counts = Counter(record.status.value for record in records)
     latencies = sorted(r.latency_s for r in records if r.latency_s is not None and r.status is JobStatus.SUCCEEDED)
     failures = Counter(r.error_type or "unknown" for r in records if r.status is JobStatus.FAILED)
@@ -87,6 +96,29 @@ def summarize(records: Sequence[JobRecord], wall_s: float | None, invalid: int =
             "max": round(latencies[-1], 3) if latencies else None,
         },
         "wall_s": round(wall_s, 3) if wall_s is not None else None,
+        **(_cost_summary(records, costs) if costs is not None else {}),
+    }
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What a batch's attempts were charged at, and its cap, for the report."""
+
+    prices: Sequence[Price]
+    cap_nusd: int | None = None
+
+
+def _cost_summary(records: Sequence[JobRecord], costs: Costs) -> dict[str, Any]:
+    priced = {price.endpoint for price in costs.prices}
+    return {
+        "estimated_cost_usd": float(usd(sum(r.charged_nusd for r in records if r.job.endpoint in priced))),
+        "cost": {
+            "note": "estimates from the listed prices, for every attempt fal may bill; fal's bill may differ",
+            "prices": [price.to_dict() for price in costs.prices],
+            "cap_usd": None if costs.cap_nusd is None else float(usd(costs.cap_nusd)),
+            "budget_exceeded": sum(r.error_type == "budget_exceeded" for r in records if r.status is JobStatus.FAILED),
+            "unpriced_jobs": sum(r.job.endpoint not in priced for r in records),
+        },
     }
 
 

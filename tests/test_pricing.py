@@ -78,7 +78,7 @@ def test_the_estimate_of_a_mixed_manifest_matches_a_hand_computation() -> None:
     assert (by_endpoint[WAN25_I2I].jobs, by_endpoint[WAN25_I2I].quantity) == (4, Decimal(10))
     assert usd(by_endpoint[WAN25_I2I].cost_nusd or 0) == Decimal("0.50")
     assert usd(by_endpoint[WAN22_I2I].cost_nusd or 0) == Decimal("0.12")
-    assert found.to_dict()["estimated_cost_usd"] == "0.62"
+    assert found.to_dict()["estimated_cost_usd"] == 0.62
 
 
 def test_an_endpoint_without_a_price_or_a_count_of_units_says_so_and_is_left_out_of_the_total() -> None:

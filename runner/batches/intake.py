@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -20,11 +21,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from jobs import window
 from jobs.errors import ManifestError, StorageError, UsageError
+from jobs.job import Job
 from jobs.manifest import Batch, ManifestOptions
+from jobs.pricing import Estimate
 from jobs.reconcile import start_timeout_s
 from jobs.record import JobRecord
+from jobs.report import Costs
 from jobs.selection import first_jobs, sample_jobs
 from jobs.status import JobStatus
+from runner.batches.costs import cap_nusd, check_cap, estimate_jobs, price_options, prices_for
 from runner.batches.manifests import load_manifest
 from runner.batches.operations import resume_batch
 from runner.batches.uploads import (
@@ -37,6 +42,7 @@ from runner.batches.uploads import (
     with_retries,
 )
 from runner.fal.history import NO_API, api_url_for
+from runner.fal.pricing import PriceList
 from runner.fal.providers import FAL_QUEUE_URL, WORKERS_CREDENTIAL, Provider
 from runner.fal.storage import StorageClient, storage_url_for
 from runner.ledger.batch_info import BatchInfo
@@ -96,6 +102,12 @@ class RunRequest(BaseModel):
     storage_url: str | None = None
     #: How long fal keeps an upload (`--upload-ttl`): longer than the batch may take.
     upload_ttl_s: float = Field(default=DEFAULT_UPLOAD_TTL_S, ge=3600)
+    #: `--price ENDPOINT=USD[/UNIT]` values as given, over fal's and the built-in table's (`runner.batches.costs`).
+    prices: tuple[str, ...] = ()
+    #: The batch's cost cap in USD (`--max-cost`); "none" drops the cap a rerun's batch had; None keeps it.
+    max_cost: Decimal | Literal["none"] | None = None
+    #: With --sim: what its pricing API says (`--sim-price`, written as `--price`).
+    sim_prices: tuple[str, ...] = ()
 
 
 def images_mode(request: RunRequest, provider: Provider) -> Literal["upload", "inline"]:
@@ -278,14 +290,38 @@ def batch_id_for(manifest: Path) -> str:
     return stem[:80]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What was found for a batch before it is recorded."""
+
+    #: What its local paths held (`prepare_images`).
+    images: Mapping[str, LocalImage] = field(default_factory=dict)
+    #: Where their uploads are.
+    storage: str | None = None
+    #: What its attempts are charged (`price_batch`).
+    prices: PriceList = field(default_factory=PriceList)
+
+
+def price_batch(ledger: Ledger | None, request: RunRequest, jobs: Sequence[Job], provider: Provider,
+                http: httpx.Client) -> tuple[PriceList, Estimate]:  # fmt: skip
+    """The prices of the jobs' endpoints and what one attempt of each costs; raises UsageError for a bad `--price`,
+    or for a cost cap (given, or kept by a rerun) that some job's unknown cost would pass unseen."""
+    options = price_options(request.prices)
+    prices = prices_for({job.endpoint for job in jobs}, options, provider, api_url_of(request, provider), http, ledger)
+    found = estimate_jobs(jobs, prices)
+    existing = check_rerun(ledger, request, provider) if ledger is not None else None
+    check_cap(cap_nusd(request.max_cost, existing), found)
+    return prices, found
+
+
 def record_batch(
     ledger: Ledger, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None,
-    images: Mapping[str, LocalImage] | None = None, storage: str | None = None,
+    prepared: Prepared | None = None,
 ) -> BatchInfo:
-    """Record the batch's settings (`images`: what its local paths held; `storage`: where their uploads are;
-    both from `prepare_images`)."""
+    """Record the batch's settings, with what was `prepared` for it."""
     batch_id = request.batch_id or batch_id_for(request.manifest)
     folder = unattended.folder if unattended and unattended.folder else request.out / batch_id
+    prepared = prepared or Prepared()
     existing = check_rerun(ledger, request, provider)
     info = BatchInfo(
         id=batch_id, manifest=str(request.manifest.resolve()), folder=str(folder.resolve()),
@@ -299,9 +335,10 @@ def record_batch(
         notify=request.notify if unattended else None,  # a run that follows its batch notifies itself
         webhook_url=request.webhook_url,
         images=images_mode(request, provider),
-        storage_url=storage or (existing.storage_url if existing else None),  # a rerun that uploaded nothing
+        storage_url=prepared.storage or (existing.storage_url if existing else None),  # a rerun that uploaded nothing
+        prices=prepared.prices.stored(), max_cost_nusd=cap_nusd(request.max_cost, existing),
     )  # fmt: skip
-    BatchImages(ledger.redis, ledger.keys).save(batch_id, images or {})  # before a job can be sent
+    BatchImages(ledger.redis, ledger.keys).save(batch_id, prepared.images)  # before a job can be sent
     ledger.save_batch(info)
     ledger.save_skipped(batch_id, [error.to_dict() for error in batch.errors])  # only --skip-invalid runs have any
     ledger.forget_unknown_endpoints(batch_id)
@@ -381,8 +418,9 @@ def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: 
             folder.write_sidecar(record)
     images = BatchImages(ledger.redis, ledger.keys).of(info.id)
     input_files = {ref: Path(info.manifest).parent / ref for ref in images}
+    costs = Costs([price for endpoint in info.prices if (price := info.price_of(endpoint))], info.max_cost_nusd)
     csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id), image_sizes(images),
-                                                        input_files)  # fmt: skip
+                                                        input_files, costs)  # fmt: skip
     failures = [r for r in records if r.status is JobStatus.FAILED]
     return RunResult(info.id, folder.path, ledger.counts(info.id), csv_path, json_path, summary, synced, failures)
 
@@ -399,13 +437,16 @@ class Unattended:
 
 def enqueue_batch(
     context: Context, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None
-) -> tuple[BatchInfo, dict[str, int]]:
+) -> tuple[BatchInfo, dict[str, int], PriceList]:
     """Record `batch` for workers (unattended): its jobs wait in the ledger, the window's first are due now.
 
-    Its local images are uploaded first (raises as `prepare_images`).
+    It is priced first (raises as `price_batch`), then its local images are uploaded (raises as `prepare_images`).
+    Returns the batch, what recording its jobs did, and its prices.
     """
+    prices, _ = price_batch(context.ledger, request, batch.jobs, provider, context.http)
     batch, images, uploads = prepare_images(context.ledger, request, batch, provider, context.http)
-    info = record_batch(context.ledger, request, batch, provider, unattended or Unattended(), images, uploads.storage)
+    prepared = Prepared(images, uploads.storage, prices)
+    info = record_batch(context.ledger, request, batch, provider, unattended or Unattended(), prepared)
     synced = context.ledger.sync_jobs(info.id, batch.jobs, time.time())
     resume_batch(context, info.id)
-    return info, dict(synced)
+    return info, dict(synced), prices

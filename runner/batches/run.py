@@ -23,8 +23,11 @@ from celery import Celery
 
 from jobs.errors import FolderInUseError, UsageError
 from jobs.manifest import Batch
+from jobs.pricing import Estimate
 from jobs.status import JobStatus
+from runner.batches.costs import price_options
 from runner.batches.intake import (
+    Prepared,
     RunRequest,
     RunResult,
     api_url_of,
@@ -32,6 +35,7 @@ from runner.batches.intake import (
     check_storage_url,
     enqueue_batch,
     prepare_images,
+    price_batch,
     provider_for,
     record_batch,
     write_report,
@@ -41,12 +45,14 @@ from runner.batches.operations import resume_batch
 from runner.batches.uploads import UploadProgress
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
+from runner.fal.pricing import PriceList
 from runner.fal.providers import Provider
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.connection import redis_client
 from runner.ledger.store import Ledger
 from runner.settings import WorkerSettings, worker_settings
 from runner.simulator import SimConfig, run_simulator
+from runner.simulator.config import sim_prices
 from runner.simulator.webhooks import JWKS_PATH
 from runner.steps.context import Context, make_context
 
@@ -97,21 +103,45 @@ class Watchers:
     #: Entered with the run's ledger and request (as it runs) as soon as the ledger is open, left when the run
     #: ends (`run --serve`).
     with_ledger: Callable[[Ledger, RunRequest], AbstractContextManager[object]] | None = None
+    #: Called with the batch's estimate and prices once they are known, before anything is uploaded or sent.
+    on_estimate: Callable[[Estimate, PriceList], None] | None = None
 
 
-def check_run(request: RunRequest) -> None:
+def check_run(request: RunRequest, dry: bool = False) -> None:
     """Refuse, before anything starts, a run that cannot go as asked, in this order: options that contradict
-    each other, the credential and URLs, then an output folder that cannot be written. Raises UsageError."""
+    each other, the credential and URLs, then an output folder that cannot be written. Raises UsageError.
+
+    `dry`: a dry run (`run --dry-run`), which needs no credential (prices then come from the built-in table) and
+    writes nothing.
+    """
     if request.sim and request.redis_url:
         raise UsageError("--sim cannot be used with --redis: workers elsewhere cannot reach this run's simulator")
     if request.sim and request.base_url:
         raise UsageError("--sim cannot be used with --base-url: a --sim run sends to its own simulator")
-    api_url_of(request, Provider.fal("checked-here") if request.sim else provider_for(request))
+    api_url_of(request, Provider.fal("checked-here") if request.sim else provider_for(request, not dry))
+    price_options(request.prices)
+    price_options(request.sim_prices, "--sim-price")
     check_notify_url(request.notify)
     check_notify_url(request.webhook_url, "--webhook-url")
     check_storage_url(request)
-    worker_settings()  # what the in-process worker reads from the environment
-    check_writable(request.out, "--out")
+    if not dry:
+        worker_settings()  # what the in-process worker reads from the environment
+        check_writable(request.out, "--out")
+
+
+def dry_run_batch(request: RunRequest, batch: Batch) -> tuple[PriceList, Estimate]:
+    """Price `batch` as `run` would, and nothing more: nothing is recorded, uploaded or sent.
+
+    With --sim, its simulator is started to be asked its prices. Raises UsageError as `check_run` and `price_batch`.
+    """
+    check_run(request, dry=True)
+    with ExitStack() as stack:
+        if request.sim:
+            provider, request, _ = stack.enter_context(_provision(request))
+        else:
+            provider = provider_for(request, credential_needed=False)
+        http = stack.enter_context(httpx.Client(timeout=HTTP_TIMEOUT))
+        return price_batch(None, request, batch.jobs, provider, http)
 
 
 def _check_trial(ledger: Ledger, request: RunRequest, batch: Batch) -> None:
@@ -156,10 +186,13 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
             stack.enter_context(watchers.with_ledger(ledger, request))
         _check_trial(ledger, request, batch)
         http = stack.enter_context(httpx.Client(timeout=HTTP_TIMEOUT))
+        prices, found = price_batch(ledger, request, batch.jobs, provider, http)
+        if watchers.on_estimate is not None:
+            watchers.on_estimate(found, prices)
         batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload,
                                                 watchers.check_stop)  # fmt: skip
         watchers.check_stop()  # nothing is recorded yet: a stop now leaves nothing behind
-        info = record_batch(ledger, request, batch, provider, images=images, storage=uploads.storage)
+        info = record_batch(ledger, request, batch, provider, prepared=Prepared(images, uploads.storage, prices))
         synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         secret = provider.credential.get_secret_value()
         context = make_context(ledger, http, lambda _scheme: secret, settings)
@@ -197,7 +230,8 @@ def _provision(request: RunRequest) -> Iterator[tuple[Provider, RunRequest, Work
     """
     if request.sim:
         sim_key = secrets.token_urlsafe(16)
-        config = SimConfig(concurrency=request.sim_concurrency, run_time=request.sim_run_time, key=sim_key)
+        config = SimConfig(concurrency=request.sim_concurrency, run_time=request.sim_run_time, key=sim_key,
+                           prices=sim_prices(price_options(request.sim_prices, "--sim-price")))  # fmt: skip
         with run_simulator(config) as sim:
             api_url = request.api_url if request.api_url is not None else f"{sim.base_url}/v1"
             settings = worker_settings()
@@ -335,7 +369,7 @@ def webhook_url_for(given: str | None, served_at: str | None) -> str | None:
     return f"{served_at}{given}"
 
 
-def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int]]:
+def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int], PriceList]:
     """Record and enqueue a batch in a shared Redis for its workers, without waiting.
 
     With `request.notify`, the worker that ends it POSTs its summary there. Raises UsageError as `check_submit`.

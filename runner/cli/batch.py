@@ -19,8 +19,10 @@ from jobs.diagnostics import MAX_SHOWN_GROUPS, group_diagnostics, grouped_lines
 from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import ManifestError, UsageError, WanBatchError
 from jobs.manifest import Batch, ManifestOptions
+from jobs.pricing import Estimate, estimate
 from jobs.report import IMAGE_FIELDS
 from jobs.status import JobStatus
+from runner.batches.costs import price_options, prices_here
 from runner.batches.intake import RunRequest, RunResult, api_url_of, load_batch, shown_url, trial_jobs
 from runner.batches.manifests import load_manifest
 from runner.batches.notifications import shown_notify_url
@@ -28,6 +30,7 @@ from runner.batches.run import (
     Watchers,
     as_checked_now,
     check_run,
+    dry_run_batch,
     open_ledger,
     report_batch,
     run_batch,
@@ -35,9 +38,11 @@ from runner.batches.run import (
 )
 from runner.batches.urlcheck import check_urls
 from runner.cli import options
+from runner.cli.costs import cap_lines, cost_summary_line, echo_estimate, estimate_lines
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
 from runner.cli.web import served_run
+from runner.fal.pricing import PriceList
 from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
 from runner.simulator.config import SIM_CONCURRENCY
@@ -72,11 +77,15 @@ def refuse_manifest(exc: ManifestError, verdict: str | None = None, max_groups: 
 @options.max_jobs
 @click.option("--check-urls", is_flag=True,
               help="Also ask each distinct http(s) image URL whether it answers with an image (a HEAD each).")
+@options.api_url
+@options.price
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, with every problem.")
 def validate(manifest: Path, endpoint: str | None, max_image_mb: float, allowed: tuple[str, ...], max_errors: int,
-             max_jobs: int, check_urls: bool, as_json: bool) -> None:  # fmt: skip
-    """Check MANIFEST (CSV, TSV, JSONL or YAML) and report every problem at once.
+             max_jobs: int, check_urls: bool, api_url: str | None, prices: tuple[str, ...],
+             as_json: bool) -> None:  # fmt: skip
+    """Check MANIFEST (CSV, TSV, JSONL or YAML), report every problem at once, and estimate what it costs.
 
+    Prices come from fal's pricing API with FAL_KEY, else from a built-in table (it says which), and --price.
     Exits 0 when it would run (warnings allowed), 1 when it has errors (or,
     with --check-urls, an image URL that does not answer with an image), 2
     on bad usage, 3 on an internal error (a bug of wan-batch, not of the manifest).
@@ -85,11 +94,19 @@ def validate(manifest: Path, endpoint: str | None, max_image_mb: float, allowed:
     manifest_options = ManifestOptions(default_endpoint=endpoint, allowed_endpoints=frozenset(allowed),
                                        max_jobs=max_jobs)  # fmt: skip
     try:
+        checked_api_url = api_url_of(RunRequest(manifest=manifest, api_url=api_url), Provider.fal("checked-here"))
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
         batch = load_manifest(manifest, manifest_options, settings, keep_jobs=check_urls)  # else only counted
+        price_list = prices_here(batch.made.units, price_options(prices), checked_api_url)
+        found = estimate(batch.made.units, price_list.prices)
         if as_json:
-            click.echo(json.dumps(_batch_summary(batch), indent=2))
+            click.echo(json.dumps({**_batch_summary(batch), "cost": _cost_json(found, price_list)}, indent=2))
         else:
             _print_validation(batch, max_errors)
+            if batch.made.jobs:
+                echo_estimate(found, price_list)
     except (OSError, WanBatchError):
         raise  # a file that cannot be read, a known failure: said in one line by the command line's group
     except Exception as exc:  # a bug; exit 1 would blame the manifest
@@ -133,6 +150,10 @@ def _batch_summary(batch: Batch) -> dict[str, object]:
     }
 
 
+def _cost_json(found: Estimate, prices: PriceList) -> dict[str, Any]:
+    return {**found.to_dict(), "price_notes": prices.notes}
+
+
 def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
     for line in grouped_lines(batch.diagnostics, max_groups):
         click.echo(line, err=True)
@@ -169,9 +190,7 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
 @click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
               help="fal gives up on a request not started by then (default: 900 s, or 3600 s with --priority low).")
-@click.option("--api-url", envvar="FAL_API_URL",
-              help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
-                   "FAL_KEY; none with a gateway), or none.")
+@options.api_url
 @options.max_image_mb
 @click.option("--sim-concurrency", type=click.IntRange(min=1), default=SIM_CONCURRENCY, show_default=True,
               help="With --sim: requests the simulator runs at once.")
@@ -188,12 +207,18 @@ def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
 @options.upload_ttl
 @options.webhook_url
 @options.jwks_url
+@options.price
+@options.max_cost
+@click.option("--sim-price", "sim_prices", multiple=True, metavar="ENDPOINT=USD[/UNIT]",
+              help="With --sim: what its pricing API says an endpoint costs (repeatable).")
 @click.option("--serve", "listen", metavar="[HOST:]PORT",
               help="Serve the dashboard (as `wan-batch serve`) while it runs, e.g. 8000; 0 picks a free port.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate and price it, print the estimate, and stop: nothing is uploaded, recorded or sent.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --quiet).")
-def run(quiet: bool, as_json: bool, listen: str | None, **options: Any) -> None:  # fmt: skip
-    """Validate MANIFEST and run every job to the end; rerun the same command to resume.
+def run(quiet: bool, as_json: bool, listen: str | None, dry_run: bool, **options: Any) -> None:  # fmt: skip
+    """Validate MANIFEST, price it, and run every job to the end; rerun the same command to resume.
 
     Exits 0 when every job succeeded, 1 when some failed, 2 on bad usage
     (a --notify that was not delivered is said on stderr; it changes no exit code).
@@ -201,29 +226,20 @@ def run(quiet: bool, as_json: bool, listen: str | None, **options: Any) -> None:
     already at fal are kept and the report is written; rerun to resume.
     """
     request = RunRequest(**options)
-    if request.limit is not None and request.sample is not None:
-        raise click.UsageError("--limit and --sample choose the jobs of a trial two ways: give one")
-    try:
-        check_run(as_checked_now(request, listen))  # before the manifest is read, or anything shows
-        batch = load_batch(request)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
-    except ManifestError as exc:
-        hint = "fix the errors above" if request.skip_invalid else "fix the errors above or pass --skip-invalid"
-        refuse_manifest(exc, f"{request.manifest}: not run; {hint}")
-    for line in grouped_lines(batch.warnings):
-        click.echo(line, err=True)
-    total, batch = len(batch.jobs), trial_jobs(request, batch)
-    if len(batch.jobs) < total:
-        how = "the first" if request.limit is not None else "a sample of"
-        click.echo(f"trying {how} {len(batch.jobs)} of {total} job(s); the same command without it runs the rest",
-                   err=True)  # fmt: skip
+    batch = _batch_to_run(request, listen, dry_run)
+    if dry_run:
+        _dry_run(request, batch, as_json)
     try:
         with _stop_on_signals() as check_stop, ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
             serving, served_at = served_run(listen, bar.note)  # bound now: a port in use is said before anything
             request = request.model_copy(update={"webhook_url": webhook_url_for(request.webhook_url, served_at)})
+
+            def show_estimate(found: Estimate, prices: PriceList) -> None:
+                for line in estimate_lines(found, prices) + cap_lines(request.max_cost, batch.jobs, prices, found):
+                    bar.note(line)
+
             watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop, bar.uploads,
-                                serving)  # fmt: skip
+                                serving, show_estimate)  # fmt: skip
             result = run_batch(request, batch, create_app, watchers)
             check_stop()  # a stop asked for as the batch ended is still a stop
     except UsageError as exc:
@@ -238,6 +254,42 @@ def run(quiet: bool, as_json: bool, listen: str | None, **options: Any) -> None:
     if request.notify is not None and result.notified is not None:
         click.echo(f"notify {shown_notify_url(request.notify)}: {result.notified}", err=True)
     sys.exit(0 if result.counts[JobStatus.FAILED] == 0 and result.counts[JobStatus.CANCELLED] == 0 else 1)
+
+
+def _batch_to_run(request: RunRequest, listen: str | None, dry_run: bool) -> Batch:
+    """The manifest's jobs that the run runs (all, or a trial's), once the run is checked; exits when it cannot."""
+    if request.limit is not None and request.sample is not None:
+        raise click.UsageError("--limit and --sample choose the jobs of a trial two ways: give one")
+    try:
+        check_run(as_checked_now(request, listen), dry=dry_run)  # before the manifest is read, or anything shows
+        batch = load_batch(request)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    except ManifestError as exc:
+        hint = "fix the errors above" if request.skip_invalid else "fix the errors above or pass --skip-invalid"
+        refuse_manifest(exc, f"{request.manifest}: not run; {hint}")
+    for line in grouped_lines(batch.warnings):
+        click.echo(line, err=True)
+    total, batch = len(batch.jobs), trial_jobs(request, batch)
+    if len(batch.jobs) < total:
+        how = "the first" if request.limit is not None else "a sample of"
+        click.echo(f"trying {how} {len(batch.jobs)} of {total} job(s); the same command without it runs the rest",
+                   err=True)  # fmt: skip
+    return batch
+
+
+def _dry_run(request: RunRequest, batch: Batch, as_json: bool) -> NoReturn:
+    """Print what the batch would cost, then exit 0: nothing was uploaded, recorded or sent."""
+    try:
+        prices, found = dry_run_batch(request, batch)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"jobs": len(batch.jobs), "cost": _cost_json(found, prices), "dry_run": True}, indent=2))
+    else:
+        echo_estimate(found, prices, request.max_cost, batch.jobs)
+        click.echo(f"dry run: {len(batch.jobs)} job(s) priced; nothing was uploaded, recorded or sent", err=True)
+    sys.exit(0)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -344,6 +396,9 @@ def _print_result(result: RunResult, as_json: bool) -> None:
     if uploads.contents:
         click.echo(f"  local images: {uploads.contents} distinct, {uploads.uploaded} uploaded to fal storage"
                    f" ({uploads.bytes_uploaded / 1e6:.1f} MB), {uploads.reused} already there")
+    cost = cost_summary_line(result.summary)
+    if cost is not None:
+        click.echo(cost)
     if result.summary.get("invalid_rows"):
         click.echo(f"  skipped: {result.summary['invalid_rows']} invalid row(s) (--skip-invalid); each is in the"
                    " report with its errors")  # fmt: skip

@@ -23,11 +23,13 @@ from jobs.errors import ManifestError, UsageError
 from jobs.report import brief
 from jobs.status import JobStatus
 from runner.batches import operations
+from runner.batches.costs import estimate_jobs
 from runner.batches.intake import RunRequest, load_batch
 from runner.batches.notifications import shown_notify_url
 from runner.batches.run import check_submit, open_ledger, submit_batch
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
+from runner.cli.costs import echo_estimate
 from runner.cli.progress import ProgressBar
 from runner.fal.local_images import local_refs
 from runner.ledger.store import Ledger
@@ -71,14 +73,14 @@ def _context(ledger: Ledger, http: httpx.Client) -> Context:
 @click.option("--priority", type=click.Choice(["normal", "low"]), help="fal queue priority.")
 @click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
               help="fal gives up on a request not started by then (default: 900 s, or 3600 s with --priority low).")
-@click.option("--api-url", envvar="FAL_API_URL",
-              help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
-                   "FAL_KEY; none with a gateway), or none.")
+@options.api_url
 @options.notify
 @options.webhook_url
 @options.images
 @options.storage_url
 @options.upload_ttl
+@options.price
+@options.max_cost
 def submit(manifest: Path, **options: Any) -> None:
     """Enqueue MANIFEST in a shared Redis for its workers and print the batch id at once.
 
@@ -88,13 +90,14 @@ def submit(manifest: Path, **options: Any) -> None:
     try:
         check_submit(request)  # before the manifest is read
         batch = load_batch(request)
-        info, synced = submit_batch(request, batch)
+        info, synced, prices = submit_batch(request, batch)
     except ManifestError as exc:
         refuse_manifest(exc)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(info.id)
     click.echo(f"{info.jobs} job(s), {synced.get('added', 0)} new; watch it with `wan-batch watch {info.id}`", err=True)
+    echo_estimate(estimate_jobs(batch.jobs, prices), prices, request.max_cost, batch.jobs)
     if credential_from_env(info.auth_scheme) is None:
         click.echo(f"no {CREDENTIAL_ENV[info.auth_scheme]} here: the workers use their own credential", err=True)
     if info.images == "inline" and local_refs(batch.jobs):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import click
 
+from jobs.pricing import parse_price_option, parse_usd
+from runner.batches.costs import NO_CAP
 from runner.batches.intake import WINDOW_CAP
 from runner.batches.uploads import DEFAULT_UPLOAD_TTL_S
 
@@ -86,3 +89,34 @@ def require_redis(_ctx: click.Context, _param: click.Parameter, value: str | Non
     if not value:
         raise click.UsageError("give the shared Redis: --redis URL, or set REDIS_URL")
     return value
+
+
+def _max_cost(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Decimal | str | None:
+    if value is None or value.strip().lower() == NO_CAP:
+        return None if value is None else NO_CAP
+    try:
+        return parse_usd(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}, or none") from None
+
+
+def _prices(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        for value in values:
+            parse_price_option(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return values
+
+
+price = click.option("--price", "prices", multiple=True, callback=_prices, metavar="ENDPOINT=USD[/UNIT]",
+                     help="What an endpoint costs, over fal's prices (repeatable), e.g. for a gateway that resells at "
+                          "its own: owner/app=0.04/image; units: image, megapixel, second, request (default: the "
+                          "endpoint's own, else request).")  # fmt: skip
+max_cost = click.option("--max-cost", callback=_max_cost, metavar="USD",
+                        help="Cost cap of the batch, in USD of estimated cost: a job is sent only while everything "
+                             "sent so far and it stay within it (retries count); the rest end budget_exceeded. A rerun "
+                             "keeps the cap; none removes it.")  # fmt: skip
+api_url = click.option("--api-url", envvar="FAL_API_URL",
+                       help="fal's Platform API, where prices are read and lost submits looked for (default: "
+                            "https://api.fal.ai/v1 with FAL_KEY; none with a gateway), or none.")  # fmt: skip

@@ -60,9 +60,7 @@ def schedule() -> None:
 @click.option("--notify", help="POST each firing's summary as JSON to this URL.")
 @click.option("--follow-file", is_flag=True, help="Read MANIFEST when it fires, not as it is now.")
 @click.option("--base-url", help="Queue base URL: a gateway (with WAN_BATCH_GATEWAY_TOKEN) or another fal URL.")
-@click.option("--api-url", envvar="FAL_API_URL",
-              help="fal's Platform API, where lost submits are looked for (default: https://api.fal.ai/v1 with "
-                   "FAL_KEY; none with a gateway), or none.")
+@options.api_url
 @click.option("--start-timeout-s", type=click.FloatRange(min=1, min_open=True),
               help="fal gives up on a request not started by then (default: 900 s, or 3600 s with --priority low).")
 @options.max_in_flight

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from jobs.pricing import PriceOption, Unit, parse_price_option
+from jobs.pricing import PriceOption, parse_price_option
 from runner.simulator import FaultRates, SimConfig, parse_run_time, serve_until_interrupted
-from runner.simulator.config import SIM_CONCURRENCY, SimPrice
+from runner.simulator.config import SIM_CONCURRENCY, sim_prices
 
 #: What each fault does, as its flag's help says.
 _FAULT_HELP = {
@@ -62,13 +62,6 @@ def check_prices(_ctx: click.Context, _param: click.Parameter, values: tuple[str
         return [parse_price_option(value) for value in values]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-
-
-def sim_prices(options: list[PriceOption]) -> dict[str, SimPrice]:
-    """The default prices, each endpoint given by `--price` set to it (per image when it names no unit)."""
-    given = {option.endpoint: SimPrice(unit_price=option.usd, unit=(option.unit or Unit.IMAGE).value)
-             for option in options}  # fmt: skip
-    return {**_SIM_DEFAULTS.prices, **given}
 
 
 @click.command()

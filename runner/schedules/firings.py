@@ -95,7 +95,7 @@ def start_firing(ctx: Context, store: ScheduleStore, spec: ScheduleSpec, firing:
     try:
         batch = load_batch(request, None if spec.follow_file else store.manifest(spec.name))
         unattended = Unattended(folder=folder, schedule=spec.name)
-        info, _ = enqueue_batch(ctx, request, batch, provider_for(request), unattended)
+        info, _, _ = enqueue_batch(ctx, request, batch, provider_for(request), unattended)
     except ManifestError as exc:
         shown = "; ".join(str(d) for d in exc.diagnostics[:5])
         more = f" (and {len(exc.diagnostics) - 5} more)" if len(exc.diagnostics) > 5 else ""

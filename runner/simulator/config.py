@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from jobs.endpoints import WAN22_I2I, WAN25_I2I, is_endpoint_id
-from jobs.pricing import Unit
+from jobs.pricing import PriceOption, Unit
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 #: Requests a simulator started from the command line runs at once (`sim --concurrency`, `run --sim-concurrency`).
@@ -69,6 +69,13 @@ DEFAULT_PRICES: Mapping[str, SimPrice] = MappingProxyType({
     #: A stand-in figure: fal published no price for Wan 2.2 A14B image-to-image.
     WAN22_I2I: SimPrice(unit_price=Decimal("0.04"), unit=Unit.IMAGE.value),
 })  # fmt: skip
+
+
+def sim_prices(options: Iterable[PriceOption]) -> dict[str, SimPrice]:
+    """The default prices, each endpoint of an option (`--price`) set to it (per image when it names no unit)."""
+    given = {option.endpoint: SimPrice(unit_price=option.usd, unit=(option.unit or Unit.IMAGE).value)
+             for option in options}  # fmt: skip
+    return {**DEFAULT_PRICES, **given}
 
 
 class SimConfig(BaseModel):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.record import JobRecord
-from jobs.report import COLUMNS, MATRIX_PREFIX, invalid_rows, report_rows, summarize
+from jobs.report import COLUMNS, MATRIX_PREFIX, Costs, invalid_rows, report_rows, summarize
 from runner.steps.gallery import gallery_html
 
 
@@ -75,11 +75,14 @@ class BatchFolder:
     def write_reports(
         self, records: Sequence[JobRecord], extra: dict[str, Any], skipped: Sequence[Sequence[dict[str, Any]]] = (),
         image_sizes: Mapping[str, str] | None = None, input_files: Mapping[str, Path] | None = None,
+        costs: Costs | None = None,
     ) -> tuple[Path, Path, dict[str, Any]]:
         """`report.csv` (a row per image, per job without one, and per row skipped as invalid), `report.json`
         (the rows and a summary) and `report.html` (see `gallery`); `skipped`: the errors of each row skipped;
-        `image_sizes`: see `report_rows`; `input_files`: where the local input images are, for thumbnails."""
-        rows = report_rows(records, image_sizes) + invalid_rows(skipped)
+        `image_sizes`: see `report_rows`; `input_files`: where the local input images are, for thumbnails;
+        `costs`: its prices and cap, for the estimated cost of each job and in all."""
+        priced = {price.endpoint for price in costs.prices} if costs is not None else set()
+        rows = report_rows(records, image_sizes, priced) + invalid_rows(skipped)
         more = {key for row in rows for key in row} - set(COLUMNS)  # a matrix's values, then the user's own
         columns = list(COLUMNS) + sorted(more, key=lambda name: (not name.startswith(MATRIX_PREFIX), name))
         text = io.StringIO()
@@ -88,7 +91,7 @@ class BatchFolder:
         writer.writerows(rows)
         csv_path, json_path = self.path / "report.csv", self.path / "report.json"
         write_atomically(csv_path, text.getvalue().encode())
-        summary = summarize(records, extra.get("wall_s"), invalid=len(skipped))
+        summary = summarize(records, extra.get("wall_s"), len(skipped), costs)
         report = {**extra, "summary": summary, "rows": rows}
         write_atomically(json_path, json.dumps(report, indent=2, default=str).encode())
         page = gallery_html(records, summary, extra, self.path, input_files or {})

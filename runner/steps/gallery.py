@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image, UnidentifiedImageError
 
+from jobs.pricing import shown_usd, usd
 from jobs.record import JobRecord
 from runner.fal.local_images import job_image_refs, local_refs
 
@@ -29,6 +31,7 @@ THUMB_PX = 256
 #: Thumbnails made at once (decoding and scaling run outside the GIL).
 THUMB_THREADS = max(2, os.cpu_count() or 2)
 _ENV = Environment(loader=PackageLoader("runner.steps", "templates"), autoescape=select_autoescape(["j2"]))
+_ENV.filters["usd"] = lambda amount: shown_usd(Decimal(str(amount)))
 
 
 def gallery_html(records: Sequence[JobRecord], summary: dict[str, Any], extra: dict[str, Any], folder: Path,
@@ -38,8 +41,9 @@ def gallery_html(records: Sequence[JobRecord], summary: dict[str, Any], extra: d
     `input_files`: each local input image path as the manifest names it -> the file (its thumbnail is made from
     it; an input that is not local is shown as text, never fetched).
     """
+    priced = {price["endpoint"] for price in summary.get("cost", {}).get("prices", [])}
     with ThreadPoolExecutor(THUMB_THREADS, thread_name_prefix="thumbs") as pool:  # Pillow lets go of the GIL
-        jobs = list(pool.map(lambda record: _job(record, folder, input_files), records))
+        jobs = list(pool.map(lambda record: _job(record, folder, input_files, priced), records))
     return _ENV.get_template("report.html.j2").render(
         batch_id=extra.get("batch_id"), manifest=extra.get("manifest"), provider_url=extra.get("provider_url"),
         summary=summary, jobs=jobs, statuses=sorted({job["status"] for job in jobs}),
@@ -48,7 +52,7 @@ def gallery_html(records: Sequence[JobRecord], summary: dict[str, Any], extra: d
     )  # fmt: skip
 
 
-def _job(record: JobRecord, folder: Path, input_files: Mapping[str, Path]) -> dict[str, Any]:
+def _job(record: JobRecord, folder: Path, input_files: Mapping[str, Path], priced: Set[str]) -> dict[str, Any]:
     job = record.job
     local = local_refs([job])
     inputs = []
@@ -69,6 +73,7 @@ def _job(record: JobRecord, folder: Path, input_files: Mapping[str, Path]) -> di
         "attempts": record.attempts, "seeds": [o.seed for o in record.outputs if o.seed is not None],
         "matrix": job.matrix, "queue_wait_s": _round(record.queue_wait_s), "run_s": _round(record.run_s),
         "inputs": inputs, "outputs": outputs,
+        "cost_usd": usd(record.charged_nusd) if job.endpoint in priced else None,
     }  # fmt: skip
 
 
