@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import redis
 from jobs.endpoints import WAN25_I2I
 from jobs.job import Job, canonical_json, fingerprint
 from jobs.lifecycle import JobUpdate, Move, plan
+from jobs.pricing import Price, Unit
 from jobs.record import JobRecord
 from jobs.status import JobStatus
 from runner.fal.history import HistoryClient
@@ -93,6 +95,19 @@ def replace_calls(world: World, **calls: Callable[..., Any]) -> Callable[[BatchI
 
     world.ctx.queue_client = client_for
     return make_client
+
+
+#: What a job of `make_jobs` costs at the price `priced` sets: one image at $0.05.
+FIVE_CENTS = 50_000_000
+
+
+def priced(world: World, max_cost_nusd: int | None = None) -> None:
+    """Price the world's batch at $0.05 an image (its jobs make one each), with a cost cap."""
+    info = world.ctx.ledger.batch("b")
+    assert info is not None
+    price = Price(WAN25_I2I, Decimal("0.05"), Unit.IMAGE, "test")
+    world.ctx.ledger.save_batch(info.model_copy(update={"prices": {WAN25_I2I: price.to_dict()},
+                                                        "max_cost_nusd": max_cost_nusd}))  # fmt: skip
 
 
 def make_jobs(count: int) -> list[Job]:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from jobs.endpoints import WAN25_I2I
 from jobs.errors import PermanentQueueError, UsageError
 from jobs.lifecycle import Move
 from jobs.status import JobStatus
 from runner.batches import operations
+from runner.cli import main
 from runner.fal.providers import Provider
 from runner.fal.queue_api import QueueClient
 from runner.ledger.timers import Timer, worker_mark
 from runner.simulator import FaultRates
-from tests.sim_world import EVERYTHING_DUE, replace_calls, run_until_quiet
+from tests.sim_world import EVERYTHING_DUE, FIVE_CENTS, priced, replace_calls, run_until_quiet
 
 S = JobStatus
 
@@ -63,6 +67,26 @@ def test_status_reads_indexes_not_every_job(world_factory: Any) -> None:
     view = operations.view_batch(world.ctx.ledger, "b")
     assert view is not None and view.counts[S.WAITING] == 2998 and len(view.in_flight) == 2
     assert many == few < 40
+
+
+def test_status_shows_the_cost_so_far_its_cap_and_the_jobs_the_cap_kept_from_fal(
+    world_factory: Any, redis_server: Any
+) -> None:
+    world = world_factory(jobs=5, max_in_flight=5)
+    status = ["status", "b", "--redis", redis_server.broker_url]
+    unpriced = CliRunner().invoke(main, status)
+    assert unpriced.exit_code == 0 and "cost" not in unpriced.stdout, "no price, no cap: no cost shown"
+    assert "cost" not in json.loads(CliRunner().invoke(main, [*status, "--json"]).stdout)
+    priced(world, max_cost_nusd=2 * FIVE_CENTS)
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
+    shown = CliRunner().invoke(main, status)
+    assert shown.exit_code == 0, shown.output
+    assert "  estimated cost so far: $0.10 of a $0.10 cap; 3 job(s) not sent for it (budget_exceeded)\n" in shown.stdout
+    cost = json.loads(CliRunner().invoke(main, [*status, "--json"]).stdout)["cost"]
+    assert cost == {"estimated_cost_usd": 0.1, "cap_usd": 0.1, "budget_exceeded": 3, "priced_endpoints": [WAN25_I2I]}
+    priced(world)  # the same prices, no cap
+    assert "  estimated cost so far: $0.10; 3 job(s)" in CliRunner().invoke(main, status).stdout
 
 
 def test_cancel_stops_admission_and_cancels_requests_at_fal(world_factory: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.decisions import Limits
 from jobs.endpoints import WAN25_I2I
-from jobs.errors import TransientQueueError
+from jobs.errors import PermanentQueueError, TransientQueueError
 from jobs.lifecycle import Move
 from jobs.status import JobStatus
 from runner.fal.queue_api import QueueClient, QueueOptions
@@ -18,7 +18,7 @@ from runner.ledger.timers import Timer, worker_mark
 from runner.settings import WorkerSettings
 from runner.simulator import FaultRates
 from runner.steps import pipeline
-from tests.sim_world import EVERYTHING_DUE, replace_calls, run_until_quiet
+from tests.sim_world import EVERYTHING_DUE, FIVE_CENTS, priced, replace_calls, run_until_quiet
 
 S = JobStatus
 
@@ -373,3 +373,66 @@ def test_after_fal_says_it_has_no_such_app_the_other_jobs_of_it_are_not_sent(wor
     assert len(operations.retry_jobs(world.ctx, "b", error_types=["unknown_endpoint"])) == 3
     run_until_quiet(world)
     assert len(sent) == 2
+
+
+# --- cost: each attempt fal may bill is charged, one it never had or refused is not -------------------------------
+
+
+def test_every_attempt_a_model_error_ended_is_charged(world_factory: Any) -> None:
+    """A model error may be billed after its inference: three attempts, three charges."""
+    world = world_factory(jobs=1, max_attempts=3, faults=FaultRates(model_error=1.0))
+    priced(world)
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
+    record = world.job("j0")
+    assert (record.status, record.attempts, record.charged_nusd) == (S.FAILED, 3, 3 * FIVE_CENTS)
+    assert world.ctx.ledger.spent_nusd("b") == 3 * FIVE_CENTS == world.stats()["submits"] * FIVE_CENTS
+
+
+def test_a_submit_a_proxy_turned_away_is_not_charged_and_its_retry_is(world_factory: Any) -> None:
+    """A proxy's 5xx before fal: nothing reached fal; the same submit again is charged once."""
+    world = world_factory(jobs=1, faults=FaultRates(proxy_5xx=1.0), fault_limit=1)
+    priced(world)
+    world.ctx.ledger.admit("b")
+    world.step("j0")
+    turned_away = world.job("j0")
+    assert (turned_away.status, turned_away.charged_nusd, world.ctx.ledger.spent_nusd("b")) == (S.ADMITTED, 0, 0)
+    run_until_quiet(world)
+    assert (world.job("j0").status, world.job("j0").charged_nusd) == (S.SUCCEEDED, FIVE_CENTS)
+    assert world.ctx.ledger.spent_nusd("b") == FIVE_CENTS
+
+
+def test_a_submit_fal_refused_is_not_charged(world_factory: Any) -> None:
+    world = world_factory(jobs=1)
+    priced(world)
+
+    def refuse(client: QueueClient, endpoint: str, body: dict[str, Any], webhook_url: str | None = None) -> Any:
+        raise PermanentQueueError("submit: HTTP 422: bad input", status_code=422, error_type="validation")
+
+    replace_calls(world, submit=refuse)
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
+    record = world.job("j0")
+    assert (record.status, record.error_type, record.attempts, record.charged_nusd) == (S.FAILED, "validation", 1, 0)
+    assert world.ctx.ledger.spent_nusd("b") == 0
+
+
+def test_jobs_past_the_cap_end_budget_exceeded_and_a_higher_cap_lets_a_retry_send_them(world_factory: Any) -> None:
+    world = world_factory(jobs=5, max_in_flight=5)
+    priced(world, max_cost_nusd=2 * FIVE_CENTS)
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
+    records = [world.job(f"j{n}") for n in range(5)]
+    assert sorted(r.status.value for r in records) == ["failed"] * 3 + ["succeeded"] * 2
+    assert world.stats()["submits"] == 2 and world.ctx.ledger.spent_nusd("b") == 2 * FIVE_CENTS
+    over = next(r for r in records if r.status is S.FAILED)
+    assert (over.error_type, over.attempts, over.charged_nusd) == ("budget_exceeded", 0, 0)
+    assert "$0.05" in (over.error_message or "") and "cost cap of $0.10" in (over.error_message or "")
+    assert (over.error_message or "").endswith("raise the cap (--max-cost) and retry it")
+    priced(world, max_cost_nusd=5 * FIVE_CENTS)
+    from runner.batches import operations
+
+    assert len(operations.retry_jobs(world.ctx, "b", error_types=["budget_exceeded"])) == 3
+    run_until_quiet(world)
+    assert all(world.job(f"j{n}").status is S.SUCCEEDED for n in range(5))
+    assert world.stats()["submits"] == 5 and world.ctx.ledger.spent_nusd("b") == 5 * FIVE_CENTS

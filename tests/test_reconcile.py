@@ -35,7 +35,7 @@ from runner.fal.queue_api import QueueClient
 from runner.settings import WorkerSettings
 from runner.simulator import FaultRates
 from runner.steps import pipeline
-from tests.sim_world import KEY, World, replace_calls, run_until_quiet
+from tests.sim_world import FIVE_CENTS, KEY, World, priced, replace_calls, run_until_quiet
 
 S = JobStatus
 POLICY = ReconcilePolicy(history_lag_s=2.0, clock_skew_s=1.0, unknown_run_s=5.0, first_look_s=0.5,
@@ -161,10 +161,12 @@ def test_a_lost_answer_of_a_request_fal_created_is_adopted_never_sent_again(worl
 
 def test_a_lost_submit_fal_never_had_is_sent_again_only_after_its_deadline(world_factory: Any) -> None:
     world = reconciling_world(world_factory, jobs=1, faults=FaultRates(drop_connection=1.0), fault_limit=1)
+    priced(world)
     world.ctx.ledger.admit("b")
     world.step("j0")  # the connection drops before the submit does anything: fal never has it
     lost = world.job("j0")
     assert lost.status is S.UNCONFIRMED and world.stats()["submits"] == 0
+    assert lost.charged_nusd == FIVE_CENTS == world.ctx.ledger.spent_nusd("b"), "fal may have it: charged"
     assert lost.sent_at is not None and lost.reached_by is not None and lost.sent_start_timeout_s == 5.0
     assert lost.sent_at <= lost.reached_by < lost.sent_at + 1, "it can have reached fal only until its call failed"
     deadline = absent_after(lost.reached_by, 5.0, None, POLICY)
@@ -179,6 +181,7 @@ def test_a_lost_submit_fal_never_had_is_sent_again_only_after_its_deadline(world
     assert done.reconciled[0].resolved_at >= deadline
     assert [(a.number, a.error_type) for a in done.history] == [(1, "submit_lost")]
     assert done.attempts == 2 and world.stats()["submits"] == 1, "one request at fal in the end"
+    assert done.charged_nusd == FIVE_CENTS == world.ctx.ledger.spent_nusd("b"), "the absent attempt was given back"
     submitted_at = [r["submitted_at"] for r in world.stats()["requests"].values()]
     assert len(submitted_at) == 1 and submitted_at[0] >= deadline - 0.01
 
@@ -275,9 +278,11 @@ def test_in_a_cancelled_batch_a_lost_submit_is_cancelled_once_proven_absent_or_c
 ) -> None:
     world = reconciling_world(world_factory, jobs=2, max_in_flight=2,
                               faults=FaultRates(lost_submit_response=1.0), fault_limit=1)  # fmt: skip
+    priced(world)
     world.ctx.ledger.admit("b")
     world.step("j0")  # created at fal, answer lost
-    world.force("j1", Move.SEND, attempts=1, sent_at=world.ctx.clock(), sent_digest="0" * 32)
+    world.force("j1", Move.SEND, attempts=1, sent_at=world.ctx.clock(), sent_digest="0" * 32,
+                sent_cost_nusd=FIVE_CENTS)  # fmt: skip
     world.step("j1")  # cut off before it left: fal never had it
     assert {world.job(j).status for j in ("j0", "j1")} == {S.UNCONFIRMED}
     summary = operations.cancel_batch(world.ctx, "b", call_fal=True)
@@ -287,6 +292,7 @@ def test_in_a_cancelled_batch_a_lost_submit_is_cancelled_once_proven_absent_or_c
     assert ran.status is S.SUCCEEDED and ran.reconciled[0].outcome == "adopted", "paid for: collected"
     assert never.status is S.CANCELLED and never.reconciled[0].outcome == "absent"
     assert world.stats()["submits"] == 1
+    assert (ran.charged_nusd, never.charged_nusd, world.ctx.ledger.spent_nusd("b")) == (FIVE_CENTS, 0, FIVE_CENTS)
     tallies = world.ctx.ledger.tallies("b")
     assert (tallies.get("finished"), tallies.get("never_sent")) == (1, 1)
 

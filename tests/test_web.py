@@ -21,7 +21,7 @@ from runner.web.access import COOKIE, Access, is_loopback
 from runner.web.app import create_app
 from runner.web.serving import bind, serving_in_background
 from runner.web.source import LedgerSource
-from tests.sim_world import KEY, World, run_until_quiet
+from tests.sim_world import FIVE_CENTS, KEY, World, priced, run_until_quiet
 
 TOKEN = "serve-T0KEN-for-tests"
 
@@ -83,6 +83,40 @@ def test_every_batch_is_listed_newest_first_and_measured(reader: httpx.Client, w
     found = samples(reader.get("/metrics").text)
     assert found[("wan_batch_batches", (("state", "open"),))] == 1 and found[("wan_batch_batches", (("state", "done"),))] == 1
     assert found[("wan_batch_jobs", (("batch", "later"), ("status", "waiting")))] == 0
+
+
+@pytest.fixture
+def capped(world_factory: Any) -> Iterator[httpx.Client]:
+    """Three jobs against a cap of two jobs' worth, run to their end (one ends budget_exceeded), beside a batch with
+    prices and no cap, and one with neither."""
+    made: World = world_factory(jobs=3, max_in_flight=3)
+    priced(made, max_cost_nusd=2 * FIVE_CENTS)
+    made.ctx.ledger.admit("b")
+    run_until_quiet(made)
+    info = made.ctx.ledger.batch("b")
+    assert info is not None
+    made.ctx.ledger.save_batch(info.model_copy(update={"id": "uncapped", "max_cost_nusd": None}))
+    made.ctx.ledger.save_batch(info.model_copy(update={"id": "free", "max_cost_nusd": None, "prices": {}}))
+    yield from client_for(made, Access.for_host("127.0.0.1", None, allow_actions=False))
+
+
+def test_the_cost_so_far_and_the_cap_are_listed_shown_and_measured(capped: httpx.Client) -> None:
+    rows = {row["batch_id"]: row for row in capped.get("/api/batches").json()}
+    shown = {batch_id: (row["estimated_cost_usd"], row["cost_cap_usd"], row["cost_shown"])
+             for batch_id, row in rows.items()}  # fmt: skip
+    assert shown == {"b": (0.1, 0.1, "$0.10 of a $0.10 cap"), "uncapped": (0.0, None, "$0.00"),
+                     "free": (None, None, None)}  # fmt: skip
+    batch = capped.get("/api/batches/b").json()
+    assert (batch["estimated_cost_usd"], batch["cost_cap_usd"]) == (0.1, 0.1)
+    assert batch["cost"]["budget_exceeded"] == batch["errors"]["budget_exceeded"]["count"] == 1
+    assert "$0.10 of a $0.10 cap" in capped.get("/batches/b").text
+    assert 'id="cost-line" hidden' in capped.get("/batches/free").text, "no price, no cap: no cost"
+    listed = capped.get("/").text
+    assert "$0.10 of a $0.10 cap" in listed and '<td class="cost">—</td>' in listed
+    found = samples(capped.get("/metrics").text)
+    costs = {(name, dict(labels)["batch"]): value for (name, labels), value in found.items() if "cost" in name}
+    assert costs == {("wan_batch_batch_estimated_cost_usd", "b"): 0.1, ("wan_batch_batch_cost_cap_usd", "b"): 0.1,
+                     ("wan_batch_batch_estimated_cost_usd", "uncapped"): 0.0}  # fmt: skip
 
 
 def test_an_unknown_batch_and_files_outside_its_images_are_not_found(reader: httpx.Client, world: World) -> None:

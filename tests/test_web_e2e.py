@@ -98,6 +98,7 @@ def test_the_dashboard_of_a_running_batch_updates_without_reload(
     WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "ended").text == "6")
     assert browser.execute_script("return window.__same_page") == 42, "updated in place, never reloaded"
     assert counts(browser)["succeeded"] == 6 and browser.find_element(By.ID, "state").text == "done"
+    WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "cost").text == "$0.30")  # 6 images at $0.05, shown
     assert len(browser.find_elements(By.CSS_SELECTOR, "#gallery figure")) == 6
     prompts = [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#gallery .prompt")]
     assert EVIL in prompts and browser.execute_script("return window.__xss") is None, "a prompt is text, never HTML"

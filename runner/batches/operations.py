@@ -18,6 +18,7 @@ from typing import Any
 from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import QueueAPIError, UsageError
 from jobs.lifecycle import AT_FAL, JobUpdate, Move
+from jobs.pricing import shown_usd, usd
 from jobs.record import Attempt, JobRecord
 from jobs.status import ACTIVE, JobStatus
 from runner.ledger.batch_info import LEDGER_FORMAT, BatchInfo
@@ -47,6 +48,8 @@ class BatchView:
     errors: dict[str, list[JobRecord]] = field(default_factory=dict)
     #: How its latest cancel ended so far (see `cancel_batch`).
     tallies: dict[str, int] = field(default_factory=dict)
+    #: The estimated cost charged so far for its attempts that fal may bill (nano-dollars).
+    spent_nusd: int = 0
 
     @property
     def finished(self) -> bool:
@@ -63,6 +66,7 @@ class BatchView:
             "counts": {status.value: n for status, n in self.counts.items()},
             "in_flight": [_in_flight_row(r) for r in self.in_flight],
             **({"cancel": cancel_summary(self.tallies, self.counts)} if self.info.state == "cancelled" else {}),
+            **({"cost": cost} if (cost := cost_summary(self.info, self.spent_nusd, self.failures)) else {}),
             "errors": {
                 error_type: {"count": count, "latest": [_error_row(r) for r in self.errors.get(error_type, [])[:5]]}
                 for error_type, count in self.failures.items()
@@ -92,12 +96,31 @@ def view_batch(ledger: Ledger, batch_id: str, latest_failures: int = LATEST_FAIL
         return None
     info.check_format()
     view = BatchView(info, ledger.counts(batch_id), failures=ledger.failures_by_type(batch_id),
-                     tallies=ledger.tallies(batch_id))  # fmt: skip
+                     tallies=ledger.tallies(batch_id), spent_nusd=ledger.spent_nusd(batch_id))  # fmt: skip
     order = {status: n for n, status in enumerate(JobStatus)}
     view.in_flight = sorted(ledger.records_with(batch_id, ACTIVE), key=lambda r: (order[r.status], r.job.row))
     for record in reversed(ledger.records_with(batch_id, [S.FAILED], latest=latest_failures)):
         view.errors.setdefault(record.error_type or "unknown", []).append(record)
     return view
+
+
+def cost_summary(info: BatchInfo, spent_nusd: int, failures: dict[str, int]) -> dict[str, Any] | None:
+    """What a batch's attempts are estimated to have cost so far and its cap (USD), the jobs the cap kept from
+    being sent, and the endpoints it prices (the others are charged nothing); None: no price, cap nor charge."""
+    if not info.prices and info.max_cost_nusd is None and not spent_nusd:
+        return None
+    return {
+        "estimated_cost_usd": float(usd(spent_nusd)),
+        "cap_usd": None if info.max_cost_nusd is None else float(usd(info.max_cost_nusd)),
+        "budget_exceeded": failures.get("budget_exceeded", 0),
+        "priced_endpoints": sorted(info.prices),
+    }
+
+
+def cost_text(info: BatchInfo, spent_nusd: int) -> str:
+    """`$0.50 of a $0.50 cap`, or `$0.19` without a cap."""
+    spent = shown_usd(usd(spent_nusd))
+    return spent if info.max_cost_nusd is None else f"{spent} of a {shown_usd(usd(info.max_cost_nusd))} cap"
 
 
 def list_batches(ledger: Ledger) -> list[tuple[BatchInfo, dict[JobStatus, int]]]:

@@ -51,12 +51,12 @@ def echo_estimate(found: Estimate, prices: PriceList, max_cost: MaxCost = None, 
 
 def cost_summary_line(summary: dict[str, Any]) -> str | None:
     """The report summary's cost in one line, or None when it has none."""
-    cost = summary.get("cost")
-    if not isinstance(cost, dict) or cost.get("estimated_cost_usd") is None:
+    cost, total = summary.get("cost"), summary.get("estimated_cost_usd")
+    if not isinstance(cost, dict) or total is None:
         return None
-    line = f"  estimated cost: {shown_usd(Decimal(cost['estimated_cost_usd']))} (from the listed prices)"
+    line = f"  estimated cost: {shown_usd(Decimal(str(total)))} (from the listed prices)"
     if cost.get("cap_usd") is not None:
-        line += f"; cost cap {shown_usd(Decimal(cost['cap_usd']))}"
+        line += f"; cost cap {shown_usd(Decimal(str(cost['cap_usd'])))}"
     if cost.get("budget_exceeded"):
         line += f"; {cost['budget_exceeded']} job(s) not sent for it (budget_exceeded: raise the cap and retry them)"
     if cost.get("unpriced_jobs"):

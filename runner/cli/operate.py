@@ -20,10 +20,11 @@ import click
 import httpx
 
 from jobs.errors import ManifestError, UsageError
+from jobs.pricing import shown_usd, usd
 from jobs.report import brief
 from jobs.status import JobStatus
 from runner.batches import operations
-from runner.batches.costs import estimate_jobs
+from runner.batches.costs import MaxCost, cap_nusd, estimate_jobs
 from runner.batches.intake import RunRequest, load_batch
 from runner.batches.notifications import shown_notify_url
 from runner.batches.run import check_submit, open_ledger, submit_batch
@@ -133,7 +134,8 @@ def batches(redis_url: str | None, out: Path, as_json: bool) -> None:
 @_where
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(batch_id: str, redis_url: str | None, out: Path, as_json: bool) -> None:
-    """Counts per status, the jobs at fal with their queue position, and the latest errors by type."""
+    """Counts per status, the estimated cost so far, the jobs at fal with their queue position, and the latest
+    errors by type."""
     with open_ledger(redis_url, out) as (ledger, _):
         view = _batch_view(ledger, batch_id)
     data = view.to_dict()
@@ -147,6 +149,8 @@ def status(batch_id: str, redis_url: str | None, out: Path, as_json: bool) -> No
         click.echo(f"  cancel: {_cancel_line(data['cancel'])}"
                    + (f"; {data['cancel']['not_reached_yet']} not settled yet" if data["cancel"]["not_reached_yet"]
                       else ""))  # fmt: skip
+    if "cost" in data:
+        click.echo(_cost_line(view, data["cost"]["budget_exceeded"]))
     for row in data["in_flight"]:
         position = "" if row["queue_position"] is None else f" queue position {row['queue_position']}"
         log_line = f"  {row['last_log']}" if row["last_log"] else ""
@@ -155,6 +159,11 @@ def status(batch_id: str, redis_url: str | None, out: Path, as_json: bool) -> No
         click.echo(f"  {error_type}: {group['count']} job(s)")
         for latest in group["latest"][:3]:
             click.echo(f"    {latest['job_id']} (row {latest['row']}): {brief(latest['message'] or '', 200)}")
+
+
+def _cost_line(view: operations.BatchView, budget_exceeded: int) -> str:
+    line = f"  estimated cost so far: {operations.cost_text(view.info, view.spent_nusd)}"
+    return line + (f"; {budget_exceeded} job(s) not sent for it (budget_exceeded)" if budget_exceeded else "")
 
 
 @click.command()
@@ -219,12 +228,18 @@ def _cancel_line(summary: dict[str, int]) -> str:
               show_default=True, help="Which jobs to retry (repeatable).")
 @click.option("--error-type", "error_types", multiple=True, help="Only jobs that failed so (repeatable).")
 @click.option("--ids", "ids_file", type=click.File(), help="Only the job ids in this file, one a line.")
+@options.max_cost
 def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, ...], error_types: tuple[str, ...],
-          ids_file: Any) -> None:  # fmt: skip
-    """Give exactly the chosen jobs of BATCH_ID a new attempt; jobs that succeeded never run again."""
+          ids_file: Any, max_cost: MaxCost) -> None:  # fmt: skip
+    """Give exactly the chosen jobs of BATCH_ID a new attempt; jobs that succeeded never run again.
+
+    --max-cost sets the batch's cost cap first: jobs that ended budget_exceeded need a higher one.
+    """
     ids = [line.strip() for line in ids_file if line.strip()] if ids_file else None
     with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
         view = _batch_view(ledger, batch_id)
+        if max_cost is not None:
+            ledger.set_cost_cap(batch_id, cap_nusd(max_cost, None))
         present = (set(view.failures) if "failed" in statuses else set()) | \
             ({"cancelled"} if "cancelled" in statuses else set())  # fmt: skip
         unknown = [error_type for error_type in error_types if error_type not in present]
@@ -234,7 +249,11 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
             raise SystemExit(1)
         requeued = operations.retry_jobs(_context(ledger, http), batch_id, [JobStatus(s) for s in statuses],
                                          error_types or None, ids)  # fmt: skip
+        cap, spent = cap_nusd(max_cost, view.info), ledger.spent_nusd(batch_id)
     click.echo(f"batch {batch_id}: {len(requeued)} job(s) queued for a new attempt" + _next_step(redis_url))
+    if requeued and cap is not None and spent >= cap:
+        click.echo(f"  its cost cap of {shown_usd(usd(cap))} is spent: they will end budget_exceeded again unless"
+                   " it is raised (--max-cost)", err=True)  # fmt: skip
 
 
 @click.command()

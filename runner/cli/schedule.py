@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,11 +16,14 @@ import click
 from pydantic import ValidationError
 
 from jobs.errors import ManifestError, ScheduleError, UsageError
+from jobs.pricing import shown_usd, to_nusd
 from jobs.schedule import When
+from runner.batches.costs import check_cap, estimate_jobs, price_options, prices_here
 from runner.batches.intake import RunRequest, api_url_of, batch_id_for, check_storage_url, load_batch
 from runner.batches.notifications import check_notify_url, shown_notify_url
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
+from runner.cli.costs import echo_estimate
 from runner.fal.providers import Provider
 from runner.ledger.connection import redis_client
 from runner.ledger.store import Ledger
@@ -72,12 +76,17 @@ def schedule() -> None:
 @options.storage_url
 @options.upload_ttl
 @options.webhook_url
+@options.price
+@options.max_cost
 @click.option("--skip-invalid", is_flag=True, help="Run the valid rows of a manifest that has errors.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
 @_redis_option
 def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: str | None, out: Path,
         notify: str | None, replace: bool, redis_url: str, **options: Any) -> None:  # fmt: skip
-    """Schedule MANIFEST: validated now, and stored as it is now (unless --follow-file)."""
+    """Schedule MANIFEST: validated and priced now, and stored as it is now (unless --follow-file).
+
+    --max-cost caps each firing's batch; its prices are found again when it fires.
+    """
     name = batch_id_for(manifest) if name is None else name
     now = datetime.now(UTC)
     try:
@@ -86,14 +95,19 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
         raise UsageError(str(exc)) from None
     _check_urls(notify, options["base_url"], options["api_url"])
     check_notify_url(options["webhook_url"], "--webhook-url")
+    options["max_cost"] = options["max_cost"] if isinstance(options["max_cost"], Decimal) else None  # each firing: new
     request = RunRequest(manifest=manifest, **{name: options[name] for name in (
-        "endpoint", "skip_invalid", "max_image_mb", "allowed_endpoints", "storage_url")})  # fmt: skip
+        "endpoint", "skip_invalid", "max_image_mb", "allowed_endpoints", "storage_url", "api_url")})  # fmt: skip
     check_storage_url(request)
     data = manifest.read_bytes()
     try:
         batch = load_batch(request, data)
     except ManifestError as exc:
         refuse_manifest(exc, f"{manifest}: not scheduled: fix the errors above (or pass --skip-invalid)")
+    prices = prices_here({job.endpoint for job in batch.jobs}, price_options(options["prices"]),
+                         api_url_of(request, Provider.fal("checked-here")))  # fmt: skip
+    found = estimate_jobs(batch.jobs, prices)
+    check_cap(None if options["max_cost"] is None else to_nusd(options["max_cost"]), found)
     try:
         spec = ScheduleSpec(name=name, when=when.to_dict(), manifest=str(manifest.resolve()), out=str(out.resolve()),
                             notify=notify, created_at=now.timestamp(), **options)  # fmt: skip
@@ -103,6 +117,7 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
     store.add(spec, data, replace=replace)
     beat.install(create_app(redis_url), name, when, QUEUE, since=now)
     click.echo(f"schedule {name}: {when.describe()}, {len(batch.jobs)} job(s) a firing, into {out.resolve() / name}/")
+    echo_estimate(found, prices, options["max_cost"], batch.jobs)
     for moment in when.next_times(now, _NEXT_SHOWN):
         click.echo(f"  next: {_shown_time(moment, when.tz)}")
     click.echo("`wan-batch beat` fires it and the workers run it (docker compose up runs both)", err=True)
@@ -290,7 +305,10 @@ def _firing_line(firing: dict[str, Any], tz: str) -> str:
     if summary:
         counts = ", ".join(f"{n} {status}" for status, n in summary["counts"].items() if n)
         failures = ", ".join(f"{kind} {n}" for kind, n in summary["failures_by_error_type"].items())
-        head += f", {counts}" + (f" (failures: {failures})" if failures else "") + f"; report {summary['report_csv']}"
+        head += f", {counts}" + (f" (failures: {failures})" if failures else "")
+        if summary.get("estimated_cost_usd") is not None:
+            head += f", estimated cost {shown_usd(Decimal(str(summary['estimated_cost_usd'])))}"
+        head += f"; report {summary['report_csv']}"
     if firing["message"]:
         head += f"; {firing['message']}"
     if firing["notified"]:

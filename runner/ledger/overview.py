@@ -12,16 +12,18 @@ from runner.ledger.store import Ledger, decode_batch, decode_counts, decode_fail
 
 @dataclass(frozen=True)
 class BatchOverview:
-    """A batch's settings and counters: jobs per status, failed jobs per error type, jobs holding a slot."""
+    """A batch's settings and counters: jobs per status, failed jobs per error type, jobs holding a slot, and the
+    estimated cost charged so far (nano-dollars)."""
 
     info: BatchInfo
     counts: dict[JobStatus, int]
     failures: dict[str, int]
     in_flight: int
+    spent_nusd: int
 
 
 def overviews(ledger: Ledger) -> list[BatchOverview]:
-    """Every batch, oldest first: four counters each, read in one pipeline (no job is read)."""
+    """Every batch, oldest first: five counters each, read in one pipeline (no job is read)."""
     batch_ids = ledger.batch_ids()
     keys = ledger.keys
     with ledger.redis.pipeline(transaction=False) as pipe:
@@ -30,13 +32,15 @@ def overviews(ledger: Ledger) -> list[BatchOverview]:
             pipe.hgetall(keys.counts(batch_id))
             pipe.hgetall(keys.errors(batch_id))
             pipe.scard(keys.in_flight(batch_id))
+            pipe.get(keys.spent(batch_id))
         found = pipe.execute()
     seen = []
     for n in range(len(batch_ids)):
-        raw_info, raw_counts, raw_errors, in_flight = found[4 * n : 4 * n + 4]
+        raw_info, raw_counts, raw_errors, in_flight, spent = found[5 * n : 5 * n + 5]
         info = decode_batch(raw_info)
         if info is not None:  # purged meanwhile
-            seen.append(BatchOverview(info, decode_counts(raw_counts), decode_failures(raw_errors), int(in_flight)))
+            seen.append(BatchOverview(info, decode_counts(raw_counts), decode_failures(raw_errors), int(in_flight),
+                                      int(spent or 0)))  # fmt: skip
     return seen
 
 

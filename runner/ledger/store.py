@@ -97,6 +97,13 @@ class Ledger:
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
 
+    def set_cost_cap(self, batch_id: str, cap_nusd: int | None) -> None:
+        """Set (None: remove) the batch's cost cap, leaving the rest of it as workers change it."""
+        if cap_nusd is None:
+            self.redis.hdel(self.keys.batch(batch_id), "max_cost_nusd")
+        else:
+            self.redis.hset(self.keys.batch(batch_id), "max_cost_nusd", json.dumps(cap_nusd))
+
     def set_batch_summary(self, batch_id: str, summary: dict[str, Any]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "summary", json.dumps(summary))
 

@@ -9,6 +9,7 @@ whose batch runs, the one that waits) with atomic transitions.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -72,6 +73,9 @@ class ScheduleSpec(BaseModel):
     upload_ttl_s: float = Field(default=DEFAULT_UPLOAD_TTL_S, ge=3600)
     #: Where fal POSTs as each request ends (`--webhook-url`); None: polled.
     webhook_url: str | None = None
+    #: `--price` values over fal's prices (`runner.batches.costs`), and each firing's cost cap in USD.
+    prices: tuple[str, ...] = ()
+    max_cost: Decimal | None = Field(default=None, ge=0)
     created_at: float
     paused: bool = False
 
@@ -89,7 +93,7 @@ class ScheduleSpec(BaseModel):
             max_image_mb=self.max_image_mb,
             priority=self.priority, api_url=self.api_url, start_timeout_s=self.start_timeout_s,
             images=self.images, storage_url=self.storage_url, upload_ttl_s=self.upload_ttl_s,
-            webhook_url=self.webhook_url,
+            webhook_url=self.webhook_url, prices=self.prices, max_cost=self.max_cost,
         )  # fmt: skip
 
 

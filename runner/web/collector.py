@@ -1,8 +1,8 @@
 """`/metrics`: what the ledger counts, in Prometheus' text format (the `prometheus_client` library).
 
 A scrape reads counters, never jobs: each batch's counts per status and per
-error type and its window (one pipeline for all), and what workers counted
-as they went (`runner.ledger.metrics`), however many processes and machines
+error type, its window and its estimated cost so far (one pipeline for all),
+and what workers counted as they went (`runner.ledger.metrics`), however many processes and machines
 they run on.
 """
 
@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from runner.batches.operations import cost_summary
 from runner.ledger.metrics import Metrics
-from runner.ledger.overview import overviews
+from runner.ledger.overview import BatchOverview, overviews
 from runner.ledger.store import Ledger
 from runner.web.source import LedgerSource
 
@@ -64,7 +65,8 @@ def _batch_gauges(ledger: Ledger) -> list[Metric]:
     window = GaugeMetricFamily(f"{PREFIX}window", "The batch's in-flight window (--max-in-flight)", labels=["batch"])
     states = GaugeMetricFamily(f"{PREFIX}batches", "Batches in the ledger by state", labels=["state"])
     by_state = {"open": 0, "done": 0, "cancelled": 0}
-    for seen in overviews(ledger):
+    seen_all = overviews(ledger)
+    for seen in seen_all:
         batch_id = seen.info.id
         by_state[seen.info.state] = by_state.get(seen.info.state, 0) + 1
         for status, n in seen.counts.items():
@@ -75,7 +77,21 @@ def _batch_gauges(ledger: Ledger) -> list[Metric]:
         window.add_metric([batch_id], seen.info.max_in_flight)
     for state, n in by_state.items():
         states.add_metric([state], n)
-    return [jobs, failed, in_flight, window, states]
+    return [jobs, failed, in_flight, window, states, *_cost_gauges(seen_all)]
+
+
+def _cost_gauges(seen_all: list[BatchOverview]) -> list[Metric]:
+    spent = GaugeMetricFamily(f"{PREFIX}batch_estimated_cost_usd", "Estimated cost of the batch's attempts so far "
+                              "(every attempt fal may bill, at its prices), in USD", labels=["batch"])  # fmt: skip
+    cap = GaugeMetricFamily(f"{PREFIX}batch_cost_cap_usd", "The batch's cost cap (--max-cost), in USD",
+                            labels=["batch"])  # fmt: skip
+    for seen in seen_all:
+        cost = cost_summary(seen.info, seen.spent_nusd, seen.failures)
+        if cost is not None:
+            spent.add_metric([seen.info.id], cost["estimated_cost_usd"])
+        if cost is not None and cost["cap_usd"] is not None:
+            cap.add_metric([seen.info.id], cost["cap_usd"])
+    return [spent, cap]
 
 
 def _counted(ledger: Ledger) -> list[Metric]:

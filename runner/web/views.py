@@ -1,8 +1,8 @@
 """What the dashboard shows of batches, as JSON-ready dicts: read from the ledger's counters and indexes.
 
-A batch's list row and page read its counts, the jobs holding a slot, its
-latest failures and its latest finished jobs: never every job, so a page of a
-20,000-job batch costs what one of 20 jobs does.
+A batch's list row and page read its counts, its estimated cost so far, the
+jobs holding a slot, its latest failures and its latest finished jobs: never
+every job, so a page of a 20,000-job batch costs what one of 20 jobs does.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from urllib.parse import quote
 from jobs.progress import eta_s, pace_window_s, progress
 from jobs.record import JobRecord
 from jobs.status import JobStatus
-from runner.batches.operations import view_batch
-from runner.ledger.batch_info import BatchInfo
-from runner.ledger.overview import ended_since, overviews
+from runner.batches.operations import cost_summary, cost_text, view_batch
+from runner.ledger.overview import BatchOverview, ended_since, overviews
 from runner.ledger.store import Ledger
 
 #: A batch page shows this many of the latest jobs that succeeded.
@@ -24,10 +23,10 @@ GALLERY_LATEST = 48
 FAILURES_LATEST = 40
 
 
-def batch_row(ledger: Ledger, info: BatchInfo, counts: dict[JobStatus, int], in_flight: int,
-              now: float) -> dict[str, Any]:  # fmt: skip
-    """A batch as the list shows it: state, progress, counts, when it started and when it should end."""
-    ended, total = progress(counts)
+def batch_row(ledger: Ledger, seen: BatchOverview, now: float) -> dict[str, Any]:
+    """A batch as the list shows it: state, progress, counts, cost so far, when it started and when it should end."""
+    info = seen.info
+    ended, total = progress(seen.counts)
     eta = None
     if info.state == "open":
         recent, first_s = ended_since(ledger, info.id, now - pace_window_s(now - info.created_at))
@@ -35,14 +34,25 @@ def batch_row(ledger: Ledger, info: BatchInfo, counts: dict[JobStatus, int], in_
     return {
         "batch_id": info.id, "url": batch_url(info.id), "state": info.state, "manifest": info.manifest,
         "schedule": info.schedule, "created_at": info.created_at, "ended_at": info.ended_at, "jobs": total,
-        "ended": ended, "counts": {status.value: n for status, n in counts.items()},
-        "in_flight": in_flight, "window": info.max_in_flight, "eta_s": None if eta is None else round(eta, 1),
+        "ended": ended, "counts": {status.value: n for status, n in seen.counts.items()},
+        "in_flight": seen.in_flight, "window": info.max_in_flight, "eta_s": None if eta is None else round(eta, 1),
+        **_cost(seen),
     }  # fmt: skip
+
+
+def _cost(seen: BatchOverview) -> dict[str, Any]:
+    """The estimated cost so far and the cap (USD), and both as the pages show them; all None for a batch with no
+    price, cap nor charge."""
+    cost = cost_summary(seen.info, seen.spent_nusd, seen.failures)
+    if cost is None:
+        return {"estimated_cost_usd": None, "cost_cap_usd": None, "cost_shown": None}
+    return {"estimated_cost_usd": cost["estimated_cost_usd"], "cost_cap_usd": cost["cap_usd"],
+            "cost_shown": cost_text(seen.info, seen.spent_nusd)}  # fmt: skip
 
 
 def batch_rows(ledger: Ledger, now: float) -> list[dict[str, Any]]:
     """Every batch, newest first (one read for all, and one more for each open batch's pace)."""
-    return [batch_row(ledger, seen.info, seen.counts, seen.in_flight, now) for seen in reversed(overviews(ledger))]
+    return [batch_row(ledger, seen, now) for seen in reversed(overviews(ledger))]
 
 
 def batch_page(ledger: Ledger, batch_id: str, now: float) -> dict[str, Any] | None:
@@ -51,7 +61,8 @@ def batch_page(ledger: Ledger, batch_id: str, now: float) -> dict[str, Any] | No
     if view is None:
         return None
     shown = view.to_dict()
-    data = {**shown, **batch_row(ledger, view.info, view.counts, ledger.in_flight(batch_id), now)}  # how many
+    seen = BatchOverview(view.info, view.counts, view.failures, ledger.in_flight(batch_id), view.spent_nusd)
+    data = {**shown, **batch_row(ledger, seen, now)}  # in_flight: how many
     data["in_flight_jobs"] = [{**row, "row": record.job.row, "endpoint": record.job.endpoint}
                               for row, record in zip(shown["in_flight"], view.in_flight, strict=True)]  # fmt: skip
     latest = ledger.records_with(batch_id, [JobStatus.SUCCEEDED], latest=GALLERY_LATEST)

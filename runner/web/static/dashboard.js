@@ -48,6 +48,7 @@ function renderBatches(rows) {
       el("span", {class: "ended"}, b.ended), "/", el("span", {class: "jobs"}, b.jobs)),
     el("td", {class: "counts"}, countsText(b.counts)),
     el("td", {class: "in-flight"}, b.in_flight + "/" + b.window),
+    el("td", {class: "cost"}, b.cost_shown || "—"),
     el("td", {class: "started", "data-time": b.created_at}),
     el("td", {class: "eta", "data-eta": b.eta_s === null ? "" : b.eta_s}))));
   showTimes(body);
@@ -61,6 +62,8 @@ function renderBatch(b) {
   document.getElementById("state").textContent = b.state;
   document.getElementById("in-flight-count").textContent = b.in_flight;
   document.getElementById("eta").dataset.eta = b.eta_s === null ? "" : b.eta_s;
+  document.getElementById("cost-line").hidden = !b.cost_shown;
+  document.getElementById("cost").textContent = b.cost_shown || "";
   showTimes(document.querySelector(".progress"));
   for (const [status, n] of Object.entries(b.counts)) {
     const span = document.querySelector('#counts [data-status="' + status + '"]');
