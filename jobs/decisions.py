@@ -80,6 +80,8 @@ class SubmitAgain:
 
     error_type: str
     message: str
+    #: fal does not bill the attempt that ended (`unbilled`).
+    unbilled: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,8 @@ class GiveUp:
     error_type: str
     message: str
     cancel_at_fal: bool = False
-    #: fal answered the submit with an error: it has nothing of this attempt, which is not billed.
-    refused: bool = False
+    #: fal does not bill the job's latest attempt (`unbilled`).
+    unbilled: bool = False
 
 
 Decision = RetryLater | SubmitAgain | Reconcile | GiveUp
@@ -130,6 +132,14 @@ UNCONFIRMED_ADVICE = (
 )
 
 
+def unbilled(seen: CallFailed) -> bool:
+    """Whether fal bills nothing for the attempt a failed call ends: a submit fal answered with a 4xx (it refused
+    the request, which never ran), or a result fal answered with its own 5xx ("5xx failures are not billed"; a
+    start timeout or a scheduling failure never ran at all). A model's 4xx after inference may be billed."""
+    code = seen.status_code or 0
+    return (seen.call is Call.SUBMIT and 400 <= code < 500) or (seen.call is Call.RESULT and code >= 500)
+
+
 def decide(seen: Seen, record: JobRecord, max_attempts: int, limits: Limits, rand: float,
            reconcilable: bool = False) -> Decision:  # fmt: skip
     """What follows what a step saw of `record`; `rand` in [0, 1) draws the jitter of a delay.
@@ -155,8 +165,8 @@ def decide(seen: Seen, record: JobRecord, max_attempts: int, limits: Limits, ran
         return _new_attempt(SubmitAgain(seen.error_type, seen.message), record, max_attempts)
     model_error = seen.call is Call.RESULT and (seen.status_code or 0) >= 500 and seen.job_retryable is not False
     if model_error:  # a model's 5xx or a start timeout: a new attempt may succeed
-        return _new_attempt(SubmitAgain(seen.error_type, seen.message), record, max_attempts)
-    return GiveUp(seen.error_type, seen.message, cancel_at_fal=record.status in AT_FAL)
+        return _new_attempt(SubmitAgain(seen.error_type, seen.message, unbilled(seen)), record, max_attempts)
+    return GiveUp(seen.error_type, seen.message, cancel_at_fal=record.status in AT_FAL, unbilled=unbilled(seen))
 
 
 def _after_crash(seen: StepCrashed, record: JobRecord, limits: Limits, rand: float, reconcilable: bool) -> Decision:
@@ -174,7 +184,7 @@ def _after_submit(seen: CallFailed, record: JobRecord, limits: Limits, rand: flo
     if seen.unconfirmed:
         return _unconfirmed(seen.message, reconcilable)
     if not seen.transient:
-        return GiveUp(seen.error_type, seen.message, refused=True)
+        return GiveUp(seen.error_type, seen.message, unbilled=unbilled(seen))
     if record.call_failures < limits.call_retries:
         delay_s = backoff_delay_s(record.call_failures + 1, limits.call_backoff, rand, seen.retry_after_s)
         return RetryLater(delay_s, "call_failures")
@@ -211,5 +221,5 @@ def _call_again(seen: CallFailed, record: JobRecord, limits: Limits, rand: float
 
 def _new_attempt(again: SubmitAgain, record: JobRecord, max_attempts: int) -> Decision:
     if record.attempts >= max_attempts:
-        return GiveUp(again.error_type, again.message)
+        return GiveUp(again.error_type, again.message, unbilled=again.unbilled)
     return again

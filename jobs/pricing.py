@@ -23,6 +23,9 @@ from jobs.endpoints import IMAGE_SIZE_PRESETS, WAN22_I2I, WAN25_I2I, is_endpoint
 
 #: Money is kept in whole nano-dollars: exact in Redis's integers and in Lua's numbers up to $9,007,199.
 NANO_PER_USD = 10**9
+#: The most a cap (`--max-cost`) or a price (`--price`, per unit) may be: far within what is summed exactly.
+MAX_CAP_USD = Decimal(1_000_000)
+MAX_PRICE_USD = Decimal(10_000)
 _NANO = Decimal(1) / NANO_PER_USD
 #: What the built-in table is, and when it was taken: the price fal published then for each endpoint it lists.
 TABLE_SOURCE = "built-in table: fal.ai model pages, as of 2026-12-01"
@@ -92,8 +95,7 @@ BUILT_IN_PRICES: dict[str, Price] = {
 
 @dataclass(frozen=True)
 class PriceOption:
-    """A `--price ENDPOINT=USD[/unit]`; without a unit: the endpoint's own (fal's, else the table's), else per
-    request."""
+    """A `--price ENDPOINT=USD[/unit]`; without a unit: the endpoint's own (fal's, else the table's)."""
 
     endpoint: str
     usd: Decimal
@@ -112,11 +114,14 @@ def parse_price_option(text: str) -> PriceOption:
     if unit_text is not None and unit is None:
         known = ", ".join(u.value for u in Unit)
         raise ValueError(f"{text[:80]!r}: unknown unit {unit_text.strip()!r}; give one of {known}")
+    if Decimal(found["usd"]) > MAX_PRICE_USD:
+        raise ValueError(f"{text[:80]!r}: a price is at most {shown_usd(MAX_PRICE_USD)} a unit")
     return PriceOption(endpoint, Decimal(found["usd"]), unit)
 
 
 def parse_usd(text: str) -> Decimal:
-    """An amount of USD a user gives (`10`, `12.50`, `$3`); raises ValueError for another text or a negative one."""
+    """An amount of USD a user gives (`10`, `12.50`, `$3`), at most MAX_CAP_USD; raises ValueError for another text,
+    a negative or a larger one."""
     cleaned = text.strip().removeprefix("$").strip()
     try:
         amount = Decimal(cleaned)
@@ -124,6 +129,8 @@ def parse_usd(text: str) -> Decimal:
         raise ValueError(f"{text[:40]!r} is not an amount of USD such as 25 or 12.50") from None
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"{text[:40]!r} is not an amount of USD such as 25 or 12.50")
+    if amount > MAX_CAP_USD:
+        raise ValueError(f"{text[:40]!r} is more than {shown_usd(MAX_CAP_USD)}")
     return amount
 
 
@@ -193,6 +200,13 @@ def attempt_cost_nusd(units: Units, price: Price) -> int | None:
     if quantity is None:
         return None
     return int((quantity * price.usd / _NANO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def job_cost_nusd(endpoint: str, body: Mapping[str, Any], prices: Mapping[str, Price]) -> int | None:
+    """One attempt's cost of a job with input `body` at `endpoint` (nano-dollars); None when it has no price, or
+    its input does not say how many units."""
+    price = prices.get(endpoint)
+    return None if price is None else attempt_cost_nusd(units_of(endpoint, body), price)
 
 
 def usd(nusd: int) -> Decimal:
@@ -276,7 +290,7 @@ def estimate(units: Mapping[str, Counter[Units]], prices: Mapping[str, Price]) -
         jobs = sum(counted.values())
         price = prices.get(endpoint)
         if price is None:
-            lines.append(EndpointCost(endpoint, jobs, None, None, None, "no known price: give --price"))
+            lines.append(EndpointCost(endpoint, jobs, None, None, None, "no known price"))
             continue
         costs = {each: attempt_cost_nusd(each, price) for each in counted}
         unknown = sum(n for each, n in counted.items() if costs[each] is None)

@@ -14,7 +14,9 @@ from celery.signals import worker_init
 
 from jobs.errors import FolderInUseError, UsageError
 from jobs.status import JobStatus
-from runner.batches.intake import RunRequest, batch_id_for, check_same_provider, load_batch, provider_for
+from runner.batches.intake import batch_id_for, load_batch
+from runner.batches.providers import check_same_provider, provider_for
+from runner.batches.request import RunRequest
 from runner.batches.run import StallWatch, Watchers, hold_folder, run_batch
 from runner.embedded.server import EmbeddedRedis
 from runner.fal.providers import FAL_QUEUE_URL, Provider

@@ -54,16 +54,27 @@ def test_the_api_s_prices_are_read_and_those_it_cannot_be_used_for_say_why(sim: 
 
 
 def test_option_then_api_then_table_and_an_unknown_endpoint_has_no_price(sim: Any, http: httpx.Client) -> None:
-    options = [PriceOption("fal-ai/flux", Decimal("0.03"), None), PriceOption("fal-ai/own", Decimal("0.2"), None)]
-    listed = resolve_prices([WAN25_I2I, WAN22_I2I, "fal-ai/flux", "fal-ai/own", "fal-ai/none"], options,
-                            client_of(sim, http))  # fmt: skip
+    options = [PriceOption("fal-ai/flux", Decimal("0.03"), None), PriceOption("fal-ai/own", Decimal("0.2"), None),
+               PriceOption("fal-ai/mine", Decimal("0.2"), Unit.REQUEST), PriceOption("fal-ai/typo", Decimal("1"), None)]
+    listed = resolve_prices([WAN25_I2I, WAN22_I2I, "fal-ai/flux", "fal-ai/own", "fal-ai/mine", "fal-ai/none"],
+                            options, client_of(sim, http))  # fmt: skip
     sources = {endpoint: (price.source, price.unit, price.usd) for endpoint, price in listed.prices.items()}
     assert sources == {
         WAN25_I2I: (API_SOURCE, Unit.IMAGE, Decimal("0.05")), WAN22_I2I: (API_SOURCE, Unit.IMAGE, Decimal("0.04")),
         "fal-ai/flux": (OPTION_SOURCE, Unit.MEGAPIXEL, Decimal("0.03")),  # an option without a unit takes fal's
-        "fal-ai/own": (OPTION_SOURCE, Unit.REQUEST, Decimal("0.2")),  # ... and per request with none known
+        "fal-ai/mine": (OPTION_SOURCE, Unit.REQUEST, Decimal("0.2")),
     }  # fmt: skip
-    assert listed.missing == {"fal-ai/none": "no known price"} and listed.notes == []
+    assert listed.missing == {"fal-ai/none": "no known price", "fal-ai/own": "--price names no unit, and none is"
+                              " known for it: give fal-ai/own=USD/UNIT"}  # never a guessed unit
+    assert listed.notes == ["--price fal-ai/typo: no job here is of that endpoint"]
+
+
+def test_a_price_fal_lists_in_a_unit_or_currency_it_cannot_use_is_no_price_not_the_table_s(http: httpx.Client) -> None:
+    """The account's own price stands: the table's $0.05 for Wan 2.5 would be a guess (here 4x too low)."""
+    euro = {**DEFAULT_PRICES, WAN25_I2I: SimPrice(unit_price=Decimal("0.20"), unit="image", currency="EUR")}
+    with run_simulator(SimConfig(key=KEY, prices=euro)) as running:
+        listed = resolve_prices([WAN25_I2I], [], client_of(running, http))
+    assert listed.prices == {} and listed.missing == {WAN25_I2I: "fal prices it in EUR, not USD"}
 
 
 def test_an_option_with_its_own_unit_is_not_asked_of_fal(sim: Any, http: httpx.Client) -> None:

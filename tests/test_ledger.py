@@ -466,3 +466,17 @@ def test_purge_forgets_what_a_batch_spent(redis_client: redis.Redis) -> None:
     move(ledger, "j0", Move.SEND, attempts=1, sent_cost_nusd=80)
     ledger.purge("b")
     assert ledger.spent_nusd("b") == 0 and not redis_client.exists(ledger.keys.spent("b"))
+
+
+def test_a_row_recorded_again_with_a_new_input_keeps_what_it_was_charged(redis_client: redis.Redis) -> None:
+    """Spent is spent: the job's charge and the batch's spend keep agreeing, so the report's total is status's."""
+    ledger = Ledger(redis_client)
+    open_batch(ledger, 1)
+    ledger.admit("b")
+    move(ledger, "j0", Move.SEND, attempts=1, sent_cost_nusd=50)
+    move(ledger, "j0", Move.UNCONFIRM)
+    move(ledger, "j0", Move.FAIL, error_type="submit_unconfirmed")
+    assert ledger.sync_jobs("b", [make_job(0, prompt="edited")], now=20.0) == Counter(changed=1)
+    record = ledger.record("b", "j0")
+    assert record is not None and record.status is S.WAITING and record.attempts == 0
+    assert (record.charged_nusd, record.sent_cost_nusd, ledger.spent_nusd("b")) == (50, 0, 50)

@@ -300,13 +300,23 @@ def test_the_retry_counter_bug_a_poll_with_many_failed_calls_survives_one_crash(
     ("seen", "refused"),
     [(failed(Call.SUBMIT, status_code=422), True), (failed(Call.SUBMIT, status_code=401), True),
      (failed(Call.SUBMIT, unconfirmed=True), False), (failed(Call.SUBMIT, transient=True), False),
-     (failed(Call.RESULT, status_code=422), False)],
+     (failed(Call.SUBMIT, status_code=200), False),  # an answer that is no submit's: fal may have taken it
+     (failed(Call.RESULT, status_code=422), False),  # a model's error after inference may be billed
+     (failed(Call.RESULT, status_code=500), True), (failed(Call.RESULT, status_code=504), True),
+     (failed(Call.RESULT, status_code=500, job_retryable=False), True)],
 )  # fmt: skip
-def test_only_a_submit_fal_answered_with_an_error_is_refused_and_so_not_billed(seen: CallFailed,
-                                                                              refused: bool) -> None:
-    job = record(S.SUBMITTING if seen.call is Call.SUBMIT else S.COLLECTING, call_failures=3)
+def test_only_a_submit_fal_refused_or_a_result_fal_failed_itself_is_not_billed(seen: CallFailed,
+                                                                               refused: bool) -> None:
+    job = record(S.SUBMITTING if seen.call is Call.SUBMIT else S.COLLECTING, call_failures=3, attempts=3)
     decision = decide(seen, job, 3, LIMITS, 0.5)
-    assert isinstance(decision, GiveUp) and decision.refused is refused
+    assert isinstance(decision, GiveUp) and decision.unbilled is refused
+
+
+def test_a_new_attempt_after_fal_s_own_failure_gives_the_last_one_back() -> None:
+    decision = decide(failed(Call.RESULT, status_code=500), record(S.COLLECTING, attempts=1), 3, LIMITS, 0.5)
+    assert decision == SubmitAgain("e", "msg", unbilled=True)
+    lost = decide(failed(Call.RESULT, status_code=404), record(S.COLLECTING, attempts=1), 3, LIMITS, 0.5)
+    assert lost == SubmitAgain("e", "msg", unbilled=False)  # fal lost it, perhaps after it ran
 
 
 @pytest.mark.parametrize(

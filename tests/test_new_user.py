@@ -154,7 +154,7 @@ def test_a_trial_of_a_batch_with_other_unfinished_jobs_is_refused(redis_client: 
     from jobs.errors import UsageError
     from jobs.job import Job
     from jobs.manifest import Batch
-    from runner.batches.intake import RunRequest
+    from runner.batches.request import RunRequest
     from runner.batches.run import _check_trial
     from runner.ledger.batch_info import BatchInfo
     from runner.ledger.store import Ledger

@@ -89,6 +89,30 @@ def test_status_shows_the_cost_so_far_its_cap_and_the_jobs_the_cap_kept_from_fal
     assert "  estimated cost so far: $0.10; 3 job(s)" in CliRunner().invoke(main, status).stdout
 
 
+def test_retry_with_a_higher_cap_sends_the_jobs_the_cap_kept_and_a_failed_retry_changes_no_cap(
+    world_factory: Any, redis_server: Any
+) -> None:
+    world = world_factory(jobs=4, max_in_flight=4)
+    priced(world, max_cost_nusd=2 * FIVE_CENTS)
+    world.ctx.ledger.admit("b")
+    run_until_quiet(world)
+    retry = ["retry", "b", "--redis", redis_server.broker_url, "--error-type"]
+    typo = CliRunner().invoke(main, [*retry, "budget_exceded", "--max-cost", "1"])
+    assert typo.exit_code == 1 and "no job failed as budget_exceded" in typo.output
+    assert world.ctx.ledger.batch("b").max_cost_nusd == 2 * FIVE_CENTS, "a retry that did nothing changed no cap"
+    same_cap = CliRunner().invoke(main, [*retry, "budget_exceeded"])
+    assert same_cap.exit_code == 0 and "2 job(s) queued" in same_cap.output
+    assert "cost cap $0.10: $0.10 spent, $0.00 left; a job that does not fit ends budget_exceeded again" in \
+        same_cap.output  # fmt: skip
+    run_until_quiet(world)
+    assert world.ctx.ledger.failures_by_type("b") == {"budget_exceeded": 2}
+    raised = CliRunner().invoke(main, [*retry, "budget_exceeded", "--max-cost", "0.20"])
+    assert raised.exit_code == 0 and "cost cap" not in raised.output
+    run_until_quiet(world)
+    assert world.ctx.ledger.counts("b")[S.SUCCEEDED] == 4 and world.stats()["submits"] == 4
+    assert (world.ctx.ledger.batch("b").max_cost_nusd, world.ctx.ledger.spent_nusd("b")) == (4 * FIVE_CENTS,) * 2
+
+
 def test_cancel_stops_admission_and_cancels_requests_at_fal(world_factory: Any) -> None:
     world = world_factory(jobs=4, max_in_flight=2, run_time="fixed:30")
     world.ctx.ledger.admit("b")

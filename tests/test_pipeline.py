@@ -378,15 +378,32 @@ def test_after_fal_says_it_has_no_such_app_the_other_jobs_of_it_are_not_sent(wor
 # --- cost: each attempt fal may bill is charged, one it never had or refused is not -------------------------------
 
 
-def test_every_attempt_a_model_error_ended_is_charged(world_factory: Any) -> None:
-    """A model error may be billed after its inference: three attempts, three charges."""
+def test_attempts_fal_failed_itself_are_given_back_as_they_end(world_factory: Any) -> None:
+    """A 500 of fal's runner is not billed: each attempt is charged while it runs, and given back when it ends."""
     world = world_factory(jobs=1, max_attempts=3, faults=FaultRates(model_error=1.0))
     priced(world)
     world.ctx.ledger.admit("b")
+    world.step("j0")
+    assert world.ctx.ledger.spent_nusd("b") == FIVE_CENTS, "sent: fal may bill it"
     run_until_quiet(world)
     record = world.job("j0")
-    assert (record.status, record.attempts, record.charged_nusd) == (S.FAILED, 3, 3 * FIVE_CENTS)
-    assert world.ctx.ledger.spent_nusd("b") == 3 * FIVE_CENTS == world.stats()["submits"] * FIVE_CENTS
+    assert (record.status, record.attempts, record.error_type) == (S.FAILED, 3, "runner_server_error")
+    assert (record.charged_nusd, world.ctx.ledger.spent_nusd("b"), world.stats()["submits"]) == (0, 0, 3)
+
+
+def test_a_model_error_after_inference_stays_charged(world_factory: Any) -> None:
+    """A 422 from the model (here: an input image it could not read) may be billed for the GPU time spent."""
+    world = world_factory(jobs=1)
+    priced(world)
+    ledger = world.ctx.ledger
+    stored = json.loads(ledger.redis.hget(ledger.keys.side("b", "job"), "j0"))
+    stored["input"]["image_urls"] = ["http://127.0.0.1:9/gone.png"]  # the simulator reads local images, as fal does
+    ledger.redis.hset(ledger.keys.side("b", "job"), "j0", json.dumps(stored))
+    ledger.admit("b")
+    run_until_quiet(world)
+    record = world.job("j0")
+    assert (record.status, record.attempts, record.charged_nusd) == (S.FAILED, 1, FIVE_CENTS), record.error_message
+    assert ledger.spent_nusd("b") == FIVE_CENTS
 
 
 def test_a_submit_a_proxy_turned_away_is_not_charged_and_its_retry_is(world_factory: Any) -> None:

@@ -87,7 +87,7 @@ def test_an_endpoint_without_a_price_or_a_count_of_units_says_so_and_is_left_out
     found = estimate(count_units(jobs), {WAN25_I2I: WAN25, WAN22_I2I: per_megapixel})
     assert usd(found.total_nusd) == Decimal("0.10") and not found.complete
     problems = {line.endpoint: line.problem for line in found.endpoints}
-    assert problems == {WAN25_I2I: None, "fal-ai/unpriced": "no known price: give --price",
+    assert problems == {WAN25_I2I: None, "fal-ai/unpriced": "no known price",
                         WAN22_I2I: "1 job(s) do not say how many megapixels they make"}  # fmt: skip
 
 
@@ -124,7 +124,8 @@ def test_parse_price_option(text: str, expected: PriceOption | None) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [("fal-ai/x", "ENDPOINT=USD"), ("fal-ai/x=-1", "ENDPOINT=USD"), ("fal-ai/x=1/token", "unknown unit 'token'"),
-     ("nope=1", "not a fal endpoint id"), ("fal-ai/x=1e3", "ENDPOINT=USD")],
+     ("nope=1", "not a fal endpoint id"), ("fal-ai/x=1e3", "ENDPOINT=USD"),
+     ("fal-ai/x=10001/image", r"at most \$10,000.00 a unit")],
 )  # fmt: skip
 def test_a_bad_price_option_says_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -145,9 +146,13 @@ def test_parse_usd(text: str, amount: Decimal) -> None:
     assert parse_usd(text) == amount
 
 
-@pytest.mark.parametrize("text", ["-1", "ten", "NaN", "Infinity", ""])
-def test_parse_usd_refuses_what_is_not_an_amount(text: str) -> None:
-    with pytest.raises(ValueError, match="not an amount of USD"):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("-1", "not an amount of USD"), ("ten", "not an amount of USD"), ("NaN", "not an amount of USD"),
+     ("Infinity", "not an amount of USD"), ("", "not an amount of USD"), ("1e7", r"more than \$1,000,000.00")],
+)  # fmt: skip
+def test_parse_usd_refuses_what_is_not_an_amount_or_too_much(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         parse_usd(text)
 
 

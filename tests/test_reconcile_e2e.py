@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jobs.endpoints import WAN25_I2I
 from runner.simulator import FaultRates
 from tests.test_run_e2e import assert_report_matches_disk, report_of, run_cli, write_manifest
 
@@ -33,9 +34,10 @@ def test_a_lost_answer_of_a_created_request_is_adopted(tmp_path: Path, sim_facto
 
 
 def test_a_lost_submit_fal_never_had_is_sent_again_only_after_its_deadline(tmp_path: Path, sim_factory: Any) -> None:
-    # The first call the simulator gets, the first submit, loses its connection before anything is created.
+    # The first call the simulator gets, the first submit, loses its connection before anything is created (the run
+    # asks no price of it: --price names the unit).
     sim = sim_factory(faults=FaultRates(drop_connection=1.0), fault_limit=1)
-    done = run_against(sim, tmp_path, "--start-timeout-s", "3")
+    done = run_against(sim, tmp_path, "--start-timeout-s", "3", "--price", f"{WAN25_I2I}=0.05/image")
     assert done.returncode == 0, done.stdout + done.stderr
     stats = sim.stats()
     assert stats["submits"] == 3 and sorted(stats["submits_per_input"].values()) == [1, 1, 1]

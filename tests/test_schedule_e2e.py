@@ -116,7 +116,7 @@ def test_a_schedule_fires_once_its_batch_runs_and_the_list_shows_the_outcome(
     [row] = listed(tmp_path, broker)
     assert row["next_run"] is None and row["next_shown"] == "never (it has fired)"
     text = schedule_cli(tmp_path, broker, "list").stdout
-    assert f"{firing['id']}: done, 3 succeeded; report " in text
+    assert f"{firing['id']}: done, 3 succeeded, estimated cost $0.15; report " in text  # 3 images at $0.05
     payload = received.received[-1]["json"]
     assert payload["schedule"] == "nightly" and payload["outcome"] == "done" and payload["id"] == firing["id"]
     wait_for(lambda: firings(tmp_path, broker)[0]["notified"] == "sent (HTTP 200)", timeout_s=10)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import httpx
 import pytest
 import redis
 
+from jobs.endpoints import WAN25_I2I
 from jobs.lifecycle import JobUpdate, Move, plan
+from jobs.pricing import OPTION_SOURCE, Price, Unit
 from jobs.schedule import When
 from jobs.status import IN_FLIGHT, JobStatus
 from runner.batches import operations
@@ -28,7 +31,7 @@ from runner.steps.context import Context
 from runner.steps.dispatch import QUEUE
 from runner.tasks import create_app
 from tests.sim_world import run_until_quiet
-from tests.test_run_e2e import write_manifest
+from tests.test_run_e2e import NO_FAL_API, write_manifest
 
 SLOT = datetime(2026, 11, 22, 1, 0, tzinfo=UTC).timestamp()  # 02:00 in Berlin
 HOUR = 3600.0
@@ -49,7 +52,8 @@ def add_schedule(ctx: Context, tmp_path: Path, jobs: int = 3, **spec: Any) -> tu
     manifest = write_manifest(tmp_path, jobs)
     when = When.from_options("0 2 * * *", None, "Europe/Berlin", datetime(2026, 11, 21, tzinfo=UTC))
     values = {"name": "nightly", "when": when.to_dict(), "manifest": str(manifest), "out": str(tmp_path / "out"),
-              "base_url": "http://127.0.0.1:9", "images": "inline", "created_at": time.time(), **spec}  # fmt: skip
+              "base_url": "http://127.0.0.1:9", "api_url": NO_FAL_API, "images": "inline", "created_at": time.time(),
+              **spec}  # fmt: skip
     made = ScheduleSpec.model_validate(values)
     ScheduleStore(ctx.ledger.redis).add(made, manifest.read_bytes())
     return made, manifest
@@ -92,6 +96,15 @@ def test_a_firing_enqueues_a_batch_in_its_dated_folder_with_low_priority(ctx: Co
     assert ctx.ledger.counts(info.id)[JobStatus.ADMITTED] == 3, "the window admits them"
     assert [t.item for t in map(Timer.from_member, ctx.ledger.redis.zrange("wb:timers", 0, -1))] == ["job0", "job1", "job2"]
     assert "schedule-test-key" not in json.dumps(info.model_dump()), "no credential is stored with the batch"
+
+
+def test_each_firing_is_priced_and_capped_as_its_schedule_says(ctx: Context, tmp_path: Path) -> None:
+    add_schedule(ctx, tmp_path, prices=(f"{WAN25_I2I}=0.03/image",), max_cost=Decimal("0.06"))
+    fired = firings.fire(ctx, "nightly", SLOT, "schedule", token="message-1")
+    assert fired.firing is not None and fired.firing.outcome == "running"
+    info = ctx.ledger.batch(fired.firing.id)
+    assert info is not None and info.max_cost_nusd == 60_000_000
+    assert info.price_of(WAN25_I2I) == Price(WAN25_I2I, Decimal("0.03"), Unit.IMAGE, OPTION_SOURCE)
 
 
 def test_a_slot_fires_once_however_many_schedulers_send_it(ctx: Context, tmp_path: Path) -> None:

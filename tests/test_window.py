@@ -9,7 +9,8 @@ import pytest
 
 from jobs.status import JobStatus as S
 from jobs.window import START, WindowRule, next_window
-from runner.batches.intake import RunRequest, _window
+from runner.batches.intake import _window
+from runner.batches.request import RunRequest
 from runner.fal.queue_api import QueueClient
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.window import adjust_window

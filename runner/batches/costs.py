@@ -9,6 +9,7 @@ that leaves the key to its workers has none).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
@@ -16,7 +17,17 @@ import httpx
 
 from jobs.errors import UsageError
 from jobs.job import Job
-from jobs.pricing import Estimate, PriceOption, count_units, estimate, parse_price_option, shown_usd, to_nusd, usd
+from jobs.pricing import (
+    Estimate,
+    PriceOption,
+    count_units,
+    estimate,
+    job_cost_nusd,
+    parse_price_option,
+    shown_usd,
+    to_nusd,
+    usd,
+)
 from runner.fal.history import NO_API
 from runner.fal.pricing import PriceCache, PriceList, PricingClient, resolve_prices
 from runner.fal.providers import WORKERS_CREDENTIAL, Provider
@@ -27,6 +38,19 @@ from runner.settings import credential_from_env
 #: `--max-cost none`: a rerun drops the cap its batch had.
 NO_CAP = "none"
 MaxCost = Decimal | Literal["none"] | None
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A batch priced for a run: its prices, what one attempt of each job costs, and the cap it is recorded with."""
+
+    prices: PriceList
+    estimate: Estimate
+    cap_nusd: int | None = None
+    #: The cap is its last run's, kept because none was given now.
+    cap_kept: bool = False
+    #: What a rerun's batch was charged already (nano-dollars).
+    spent_nusd: int = 0
 
 
 def price_options(texts: Iterable[str], option: str = "--price") -> list[PriceOption]:
@@ -86,9 +110,8 @@ def check_cap(cap: int | None, found: Estimate) -> None:
 def admitted_by_cap(jobs: Sequence[Job], prices: PriceList, cap: int) -> int:
     """How many of `jobs`, one attempt each in manifest order, a cap of `cap` nano-dollars lets through."""
     spent = admitted = 0
-    info = BatchInfo(id="-", manifest="-", folder="-", created_at=0.0, max_in_flight=1, prices=prices.stored())
     for job in jobs:
-        cost = info.attempt_cost_nusd(job)
+        cost = job_cost_nusd(job.endpoint, job.input, prices.prices) or 0
         if spent + cost <= cap:
             spent, admitted = spent + cost, admitted + 1
     return admitted

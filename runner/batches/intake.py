@@ -11,29 +11,26 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, Field, ValidationError
 
 from jobs import window
 from jobs.errors import ManifestError, StorageError, UsageError
 from jobs.job import Job
 from jobs.manifest import Batch, ManifestOptions
-from jobs.pricing import Estimate
 from jobs.reconcile import start_timeout_s
 from jobs.record import JobRecord
 from jobs.report import Costs
 from jobs.selection import first_jobs, sample_jobs
 from jobs.status import JobStatus
-from runner.batches.costs import cap_nusd, check_cap, estimate_jobs, price_options, prices_for
+from runner.batches.costs import Priced, cap_nusd, check_cap, estimate_jobs, price_options, prices_for
 from runner.batches.manifests import load_manifest
 from runner.batches.operations import resume_batch
+from runner.batches.providers import api_url_of, check_same_provider, shown_url
+from runner.batches.request import RunRequest
 from runner.batches.uploads import (
-    DEFAULT_UPLOAD_TTL_S,
     UploadProgress,
     UploadTally,
     read_images,
@@ -41,73 +38,16 @@ from runner.batches.uploads import (
     upload_images,
     with_retries,
 )
-from runner.fal.history import NO_API, api_url_for
 from runner.fal.pricing import PriceList
-from runner.fal.providers import FAL_QUEUE_URL, WORKERS_CREDENTIAL, Provider
+from runner.fal.providers import WORKERS_CREDENTIAL, Provider
 from runner.fal.storage import StorageClient, storage_url_for
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.metrics import Metrics
 from runner.ledger.store import Ledger
 from runner.ledger.uploads import READ_MARGIN_S, BatchImages, LocalImage, Uploads, image_sizes
-from runner.settings import CREDENTIAL_ENV, MIB, InputSettings, credential_from_env
-from runner.simulator.config import SIM_CONCURRENCY, SimConfig
+from runner.settings import MIB, InputSettings
 from runner.steps.context import Context
 from runner.steps.folder import BatchFolder
-
-#: The most an automatic window grows to (`--max-in-flight-cap`): fal runs at most 40 of an account's requests at
-#: once, and the window also holds two waiting there and the jobs downloading their outputs.
-WINDOW_CAP = 48
-
-
-class RunRequest(BaseModel):
-    manifest: Path
-    out: Path = Path("out")
-    batch_id: str | None = None
-    endpoint: str | None = None
-    #: Endpoint ids close to a known one that are meant as written (`--allow-endpoint`).
-    allowed_endpoints: tuple[str, ...] = ()
-    #: A manifest that would make more jobs is refused (`--max-jobs`).
-    max_jobs: int = Field(default=100_000, gt=0)
-    skip_invalid: bool = False
-    sim: bool = False
-    sim_concurrency: int = Field(default=SIM_CONCURRENCY, gt=0)
-    sim_run_time: str = "uniform:0.5,1.5"
-    base_url: str | None = None
-    redis_url: str | None = None
-    #: The window of jobs at fal (`--max-in-flight`): a number, or "auto" (`jobs.window`), up to `window_cap`.
-    max_in_flight: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
-    window_cap: int = Field(default=WINDOW_CAP, gt=0)
-    workers: int = Field(default=8, gt=0)
-    max_attempts: int = Field(default=3, gt=0)
-    max_image_mb: float = Field(default=10.0, gt=0)
-    priority: Literal["normal", "low"] | None = None
-    start_timeout_s: float | None = None
-    #: fal's Platform API, where lost submits are looked for ("none": nowhere); default: fal's for a FAL_KEY.
-    api_url: str | None = None
-    #: Try the manifest on its first N jobs, or on N spread over it (stable across reruns).
-    limit: int | None = Field(default=None, gt=0)
-    sample: int | None = Field(default=None, gt=0)
-    #: With a shared Redis: seconds without any job changing status before hinting that no worker runs.
-    stall_hint_s: float = Field(default=60.0, gt=0)
-    #: POST the batch's summary here when it ends (`--notify`): by `run` at its end, by a worker for `submit`.
-    notify: str | None = None
-    #: Where fal POSTs as each request ends (`--webhook-url`): polls are then a safety net only.
-    webhook_url: str | None = None
-    #: Where the receiver of `run --serve` reads fal's webhook keys; None: fal's (with --sim: the simulator's).
-    jwks_url: str | None = None
-    #: How local images are sent (`--images`): uploaded to fal storage once, or inline as data URIs in every
-    #: submit; None: uploaded with a fal key, inline with a gateway's token (which cannot upload).
-    images: Literal["upload", "inline"] | None = None
-    #: Where fal storage is (`--storage-url`, FAL_STORAGE_URL); None: fal's, or the stand-in at `base_url`.
-    storage_url: str | None = None
-    #: How long fal keeps an upload (`--upload-ttl`): longer than the batch may take.
-    upload_ttl_s: float = Field(default=DEFAULT_UPLOAD_TTL_S, ge=3600)
-    #: `--price ENDPOINT=USD[/UNIT]` values as given, over fal's and the built-in table's (`runner.batches.costs`).
-    prices: tuple[str, ...] = ()
-    #: The batch's cost cap in USD (`--max-cost`); "none" drops the cap a rerun's batch had; None keeps it.
-    max_cost: Decimal | Literal["none"] | None = None
-    #: With --sim: what its pricing API says (`--sim-price`, written as `--price`).
-    sim_prices: tuple[str, ...] = ()
 
 
 def images_mode(request: RunRequest, provider: Provider) -> Literal["upload", "inline"]:
@@ -205,85 +145,6 @@ def trial_jobs(request: RunRequest, batch: Batch) -> Batch:
     return batch
 
 
-def provider_for(request: RunRequest, credential_needed: bool = True) -> Provider:
-    """The queue a run without `--sim` sends to, with its credential from the environment.
-
-    A gateway token (WAN_BATCH_GATEWAY_TOKEN) is used only with `base_url`;
-    otherwise FAL_KEY. Without `credential_needed` (a batch only recorded for
-    workers, which hold their own), a shell with neither records a fal-key
-    batch. Raises UsageError when no credential fits, or when `base_url` is
-    not a plain http(s) URL; the message never shows the URL, which may hold
-    a password.
-    """
-    token, fal_key = credential_from_env("Bearer"), credential_from_env("Key")
-    if not (credential_needed or token or fal_key):
-        if request.base_url is not None:  # fal's queue elsewhere, or a gateway: the credential would go there
-            raise UsageError("with --base-url, say whose queue it is: set FAL_KEY, or WAN_BATCH_GATEWAY_TOKEN for a"
-                             " gateway, in this shell (only which one is set is kept, never its value)")
-        fal_key = WORKERS_CREDENTIAL
-    if request.base_url is not None and token:
-        scheme: Literal["Key", "Bearer"] = "Bearer"
-        credential, base_url = token, request.base_url
-    elif fal_key:
-        scheme, credential, base_url = "Key", fal_key, request.base_url or FAL_QUEUE_URL
-    elif token:
-        raise UsageError("WAN_BATCH_GATEWAY_TOKEN needs --base-url (the gateway's queue URL); or set FAL_KEY for fal")
-    else:
-        raise UsageError(
-            "no credential: set FAL_KEY (or WAN_BATCH_GATEWAY_TOKEN with --base-url), or try it with --sim"
-        )
-    try:
-        provider = Provider(base_url=base_url, auth_scheme=scheme, credential=credential)
-        port_ok = urlsplit(provider.base_url).port != 0
-    except ValidationError as exc:
-        raise UsageError(_describe_invalid(exc, scheme)) from None
-    except ValueError:  # urllib's complaint about the port quotes the URL
-        port_ok = False
-    if not port_ok:
-        raise UsageError("--base-url: its port is not a number from 1 to 65535")
-    return provider
-
-
-def api_url_of(request: RunRequest, provider: Provider) -> str:
-    """The request history URL a batch stores: `--api-url` as checked, else fal's own for a fal key, else
-    "none" (a gateway has no history unless given). Raises UsageError for a URL that is not plain http(s)."""
-    given = (request.api_url or "").strip() or None
-    if given is None:
-        return api_url_for(None, provider.auth_scheme) or NO_API
-    if given.lower() == NO_API:
-        return NO_API
-    checked = _plain_url(given)
-    if checked is None:
-        raise UsageError("--api-url: give a plain http(s) URL, or none (credentials go in the environment)")
-    return checked
-
-
-def check_storage_url(request: RunRequest) -> None:
-    """Raise UsageError unless `--storage-url` is unset or a plain http(s) URL (never shown: it may hold a password)."""
-    if request.storage_url is not None and _plain_url(request.storage_url) is None:
-        raise UsageError("--storage-url: give a plain http(s) URL (credentials go in the environment)")
-
-
-def _plain_url(url: str) -> str | None:
-    """`url` as a queue's base URL is kept, if it is a plain http(s) URL (no user info, query or fragment, a
-    port that is a port); else None."""
-    try:
-        checked = Provider(base_url=url, auth_scheme="Key", credential="checked-here").base_url
-        return checked if urlsplit(checked).port != 0 else None
-    except (ValidationError, ValueError):  # urllib's complaint about a port quotes the URL
-        return None
-
-
-def _describe_invalid(exc: ValidationError, scheme: Literal["Key", "Bearer"]) -> str:
-    """pydantic's complaint without the value it refused (a URL with a password, a credential)."""
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        what = "--base-url" if error["loc"] == ("base_url",) else CREDENTIAL_ENV[scheme]
-        problems.append(f"{what}: {error['msg'].removeprefix('Value error, ')}")
-    hint = " (credentials go in FAL_KEY or WAN_BATCH_GATEWAY_TOKEN, never in the URL)"
-    return "; ".join(problems) + hint
-
-
 def batch_id_for(manifest: Path) -> str:
     """The batch id of a manifest: its file name without extension, made safe for paths and keys."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", manifest.stem).strip("-.") or "batch"
@@ -303,15 +164,16 @@ class Prepared:
 
 
 def price_batch(ledger: Ledger | None, request: RunRequest, jobs: Sequence[Job], provider: Provider,
-                http: httpx.Client) -> tuple[PriceList, Estimate]:  # fmt: skip
-    """The prices of the jobs' endpoints and what one attempt of each costs; raises UsageError for a bad `--price`,
-    or for a cost cap (given, or kept by a rerun) that some job's unknown cost would pass unseen."""
+                http: httpx.Client) -> Priced:  # fmt: skip
+    """The prices of the jobs' endpoints, what one attempt of each costs and the batch's cap (given, or kept by a
+    rerun); raises UsageError for a bad `--price`. `check_cap` says whether the cap can hold."""
     options = price_options(request.prices)
     prices = prices_for({job.endpoint for job in jobs}, options, provider, api_url_of(request, provider), http, ledger)
     found = estimate_jobs(jobs, prices)
     existing = check_rerun(ledger, request, provider) if ledger is not None else None
-    check_cap(cap_nusd(request.max_cost, existing), found)
-    return prices, found
+    cap = cap_nusd(request.max_cost, existing)
+    spent = ledger.spent_nusd(existing.id) if ledger is not None and existing is not None else 0
+    return Priced(prices, found, cap, cap_kept=cap is not None and request.max_cost is None, spent_nusd=spent)
 
 
 def record_batch(
@@ -336,7 +198,8 @@ def record_batch(
         webhook_url=request.webhook_url,
         images=images_mode(request, provider),
         storage_url=prepared.storage or (existing.storage_url if existing else None),  # a rerun that uploaded nothing
-        prices=prepared.prices.stored(), max_cost_nusd=cap_nusd(request.max_cost, existing),
+        prices={**(existing.prices if existing else {}), **prepared.prices.stored()},  # a trial prices only its own
+        max_cost_nusd=cap_nusd(request.max_cost, existing),
     )  # fmt: skip
     BatchImages(ledger.redis, ledger.keys).save(batch_id, prepared.images)  # before a job can be sent
     ledger.save_batch(info)
@@ -371,42 +234,6 @@ def check_rerun(ledger: Ledger, request: RunRequest, provider: Provider) -> Batc
     return existing
 
 
-def check_same_provider(existing: BatchInfo, provider: Provider, sim: bool) -> None:
-    """Raise UsageError unless a rerun of `existing` goes to the provider that holds its requests.
-
-    A `--sim` rerun of a simulator batch passes: the simulator's port changes
-    every run. The message names URLs and credential variables, never a credential.
-    """
-    if not existing.provider_url:
-        return
-    if sim and is_sim_url(existing.provider_url):
-        return
-    if (existing.provider_url.rstrip("/"), existing.auth_scheme) == (provider.base_url, provider.auth_scheme):
-        return
-    was = f"{shown_url(existing.provider_url)} ({CREDENTIAL_ENV[existing.auth_scheme]})"
-    now = "the simulator (--sim)" if sim else f"{provider.base_url} ({CREDENTIAL_ENV[provider.auth_scheme]})"
-    hint = "; rerun it with --sim" if is_sim_url(existing.provider_url) and not sim else ""
-    raise UsageError(
-        f"batch {existing.id!r} was sent to {was}; its requests cannot be followed at {now}{hint}"
-        " (or pass --batch-id or another --out to start a new batch)"
-    )
-
-
-def is_sim_url(url: str) -> bool:
-    """Whether `url` looks like the address of a `--sim` run's simulator."""
-    parts = urlsplit(url)
-    return parts.scheme == "http" and parts.hostname == SimConfig().host
-
-
-def shown_url(url: str) -> str:
-    """`url` without user info, query or fragment (where passwords and tokens go); never raises."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(a URL that cannot be read)"
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
 def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: dict[str, int]) -> RunResult:
     """Write the batch's `report.csv` and `report.json` from its ledger."""
     records = list(ledger.records(info.id))
@@ -437,16 +264,18 @@ class Unattended:
 
 def enqueue_batch(
     context: Context, request: RunRequest, batch: Batch, provider: Provider, unattended: Unattended | None = None
-) -> tuple[BatchInfo, dict[str, int], PriceList]:
+) -> tuple[BatchInfo, dict[str, int], Priced]:
     """Record `batch` for workers (unattended): its jobs wait in the ledger, the window's first are due now.
 
-    It is priced first (raises as `price_batch`), then its local images are uploaded (raises as `prepare_images`).
-    Returns the batch, what recording its jobs did, and its prices.
+    It is priced first (raises as `price_batch` and `check_cap`), then its local images are uploaded (raises as
+    `prepare_images`).
+    Returns the batch, what recording its jobs did, and how it was priced.
     """
-    prices, _ = price_batch(context.ledger, request, batch.jobs, provider, context.http)
+    priced = price_batch(context.ledger, request, batch.jobs, provider, context.http)
+    check_cap(priced.cap_nusd, priced.estimate)
     batch, images, uploads = prepare_images(context.ledger, request, batch, provider, context.http)
-    prepared = Prepared(images, uploads.storage, prices)
+    prepared = Prepared(images, uploads.storage, priced.prices)
     info = record_batch(context.ledger, request, batch, provider, unattended or Unattended(), prepared)
     synced = context.ledger.sync_jobs(info.id, batch.jobs, time.time())
     resume_batch(context, info.id)
-    return info, dict(synced), prices
+    return info, dict(synced), priced

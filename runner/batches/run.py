@@ -23,29 +23,25 @@ from celery import Celery
 
 from jobs.errors import FolderInUseError, UsageError
 from jobs.manifest import Batch
-from jobs.pricing import Estimate
 from jobs.status import JobStatus
-from runner.batches.costs import price_options
+from runner.batches.costs import Priced, check_cap, price_options
 from runner.batches.intake import (
     Prepared,
-    RunRequest,
     RunResult,
-    api_url_of,
     batch_id_for,
-    check_storage_url,
     enqueue_batch,
     prepare_images,
     price_batch,
-    provider_for,
     record_batch,
     write_report,
 )
 from runner.batches.notifications import batch_notice, check_notify_url, notify_now
 from runner.batches.operations import resume_batch
+from runner.batches.providers import api_url_of, check_storage_url, provider_for
+from runner.batches.request import RunRequest
 from runner.batches.uploads import UploadProgress
 from runner.embedded.server import EmbeddedRedis
 from runner.embedded.worker import EmbeddedWorker
-from runner.fal.pricing import PriceList
 from runner.fal.providers import Provider
 from runner.ledger.batch_info import BatchInfo
 from runner.ledger.connection import redis_client
@@ -104,7 +100,7 @@ class Watchers:
     #: ends (`run --serve`).
     with_ledger: Callable[[Ledger, RunRequest], AbstractContextManager[object]] | None = None
     #: Called with the batch's estimate and prices once they are known, before anything is uploaded or sent.
-    on_estimate: Callable[[Estimate, PriceList], None] | None = None
+    on_estimate: Callable[[Priced], None] | None = None
 
 
 def check_run(request: RunRequest, dry: bool = False) -> None:
@@ -129,10 +125,11 @@ def check_run(request: RunRequest, dry: bool = False) -> None:
         check_writable(request.out, "--out")
 
 
-def dry_run_batch(request: RunRequest, batch: Batch) -> tuple[PriceList, Estimate]:
+def dry_run_batch(request: RunRequest, batch: Batch) -> Priced:
     """Price `batch` as `run` would, and nothing more: nothing is recorded, uploaded or sent.
 
-    With --sim, its simulator is started to be asked its prices. Raises UsageError as `check_run` and `price_batch`.
+    With --sim, its simulator is started to be asked its prices. Raises UsageError as `check_run` and `price_batch`
+    (whether its cap can hold is for the caller to ask `check_cap`, once it has shown the estimate).
     """
     check_run(request, dry=True)
     with ExitStack() as stack:
@@ -186,13 +183,14 @@ def run_batch(request: RunRequest, batch: Batch, make_app: AppFactory, watchers:
             stack.enter_context(watchers.with_ledger(ledger, request))
         _check_trial(ledger, request, batch)
         http = stack.enter_context(httpx.Client(timeout=HTTP_TIMEOUT))
-        prices, found = price_batch(ledger, request, batch.jobs, provider, http)
+        priced = price_batch(ledger, request, batch.jobs, provider, http)
         if watchers.on_estimate is not None:
-            watchers.on_estimate(found, prices)
+            watchers.on_estimate(priced)
+        check_cap(priced.cap_nusd, priced.estimate)
         batch, images, uploads = prepare_images(ledger, request, batch, provider, http, watchers.on_upload,
                                                 watchers.check_stop)  # fmt: skip
         watchers.check_stop()  # nothing is recorded yet: a stop now leaves nothing behind
-        info = record_batch(ledger, request, batch, provider, prepared=Prepared(images, uploads.storage, prices))
+        info = record_batch(ledger, request, batch, provider, prepared=Prepared(images, uploads.storage, priced.prices))
         synced = ledger.sync_jobs(info.id, batch.jobs, time.time())
         secret = provider.credential.get_secret_value()
         context = make_context(ledger, http, lambda _scheme: secret, settings)
@@ -369,7 +367,7 @@ def webhook_url_for(given: str | None, served_at: str | None) -> str | None:
     return f"{served_at}{given}"
 
 
-def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int], PriceList]:
+def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str, int], Priced]:
     """Record and enqueue a batch in a shared Redis for its workers, without waiting.
 
     With `request.notify`, the worker that ends it POSTs its summary there. Raises UsageError as `check_submit`.

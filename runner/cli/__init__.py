@@ -10,7 +10,7 @@ import click
 import redis
 
 from jobs.errors import UsageError, WanBatchError
-from runner.batches.intake import shown_url
+from runner.batches.providers import shown_url
 from runner.cli import batch, operate, schedule, sim, web
 from runner.settings import credential_from_env
 

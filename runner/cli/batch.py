@@ -14,23 +14,25 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from jobs.diagnostics import MAX_SHOWN_GROUPS, group_diagnostics, grouped_lines
 from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import ManifestError, UsageError, WanBatchError
 from jobs.manifest import Batch, ManifestOptions
-from jobs.pricing import Estimate, estimate
+from jobs.pricing import estimate
 from jobs.report import IMAGE_FIELDS
 from jobs.status import JobStatus
-from runner.batches.costs import price_options, prices_here
-from runner.batches.intake import RunRequest, RunResult, api_url_of, load_batch, shown_url, trial_jobs
+from runner.batches.costs import Priced, price_options, prices_here
+from runner.batches.intake import RunResult, load_batch, trial_jobs
 from runner.batches.manifests import load_manifest
 from runner.batches.notifications import shown_notify_url
+from runner.batches.providers import api_url_of, shown_url
+from runner.batches.request import RunRequest
 from runner.batches.run import (
     Watchers,
     as_checked_now,
     check_run,
-    dry_run_batch,
     open_ledger,
     report_batch,
     run_batch,
@@ -38,11 +40,10 @@ from runner.batches.run import (
 )
 from runner.batches.urlcheck import check_urls
 from runner.cli import options
-from runner.cli.costs import cap_lines, cost_summary_line, echo_estimate, estimate_lines
+from runner.cli.costs import cap_lines, cost_json, cost_summary_line, echo_estimate, estimate_lines, show_dry_run
 from runner.cli.progress import ProgressBar, failure_lines
 from runner.cli.sim import check_run_time
 from runner.cli.web import served_run
-from runner.fal.pricing import PriceList
 from runner.fal.providers import Provider
 from runner.settings import MIB, InputSettings, keep_days_from_env, worker_settings
 from runner.simulator.config import SIM_CONCURRENCY
@@ -102,11 +103,11 @@ def validate(manifest: Path, endpoint: str | None, max_image_mb: float, allowed:
         price_list = prices_here(batch.made.units, price_options(prices), checked_api_url)
         found = estimate(batch.made.units, price_list.prices)
         if as_json:
-            click.echo(json.dumps({**_batch_summary(batch), "cost": _cost_json(found, price_list)}, indent=2))
+            click.echo(json.dumps({**_batch_summary(batch), "cost": cost_json(found, price_list)}, indent=2))
         else:
             _print_validation(batch, max_errors)
             if batch.made.jobs:
-                echo_estimate(found, price_list)
+                echo_estimate(Priced(price_list, found))
     except (OSError, WanBatchError):
         raise  # a file that cannot be read, a known failure: said in one line by the command line's group
     except Exception as exc:  # a bug; exit 1 would blame the manifest
@@ -148,10 +149,6 @@ def _batch_summary(batch: Batch) -> dict[str, object]:
         "warnings": [d.to_dict() for d in batch.warnings],
         "groups": [group.to_dict() for group in group_diagnostics(batch.diagnostics)],
     }
-
-
-def _cost_json(found: Estimate, prices: PriceList) -> dict[str, Any]:
-    return {**found.to_dict(), "price_notes": prices.notes}
 
 
 def _print_validation(batch: Batch, max_groups: int = MAX_SHOWN_GROUPS) -> None:
@@ -225,17 +222,19 @@ def run(quiet: bool, as_json: bool, listen: str | None, dry_run: bool, **options
     Ctrl-C (exit 130) and SIGTERM (exit 143) stop it cleanly: requests
     already at fal are kept and the report is written; rerun to resume.
     """
+    if options["sim"] and click.get_current_context().get_parameter_source("api_url") is ParameterSource.ENVIRONMENT:
+        options["api_url"] = None  # FAL_API_URL names fal's: a --sim run asks its own simulator (unless --api-url)
     request = RunRequest(**options)
     batch = _batch_to_run(request, listen, dry_run)
     if dry_run:
-        _dry_run(request, batch, as_json)
+        show_dry_run(request, batch, as_json)
     try:
         with _stop_on_signals() as check_stop, ProgressBar(len(batch.jobs), enabled=not (quiet or as_json)) as bar:
             serving, served_at = served_run(listen, bar.note)  # bound now: a port in use is said before anything
             request = request.model_copy(update={"webhook_url": webhook_url_for(request.webhook_url, served_at)})
 
-            def show_estimate(found: Estimate, prices: PriceList) -> None:
-                for line in estimate_lines(found, prices) + cap_lines(request.max_cost, batch.jobs, prices, found):
+            def show_estimate(priced: Priced) -> None:
+                for line in estimate_lines(priced.estimate, priced.prices) + cap_lines(priced, batch.jobs):
                     bar.note(line)
 
             watchers = Watchers(bar.update, lambda idle_s: bar.note(_stall_hint(idle_s)), check_stop, bar.uploads,
@@ -276,20 +275,6 @@ def _batch_to_run(request: RunRequest, listen: str | None, dry_run: bool) -> Bat
         click.echo(f"trying {how} {len(batch.jobs)} of {total} job(s); the same command without it runs the rest",
                    err=True)  # fmt: skip
     return batch
-
-
-def _dry_run(request: RunRequest, batch: Batch, as_json: bool) -> NoReturn:
-    """Print what the batch would cost, then exit 0: nothing was uploaded, recorded or sent."""
-    try:
-        prices, found = dry_run_batch(request, batch)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps({"jobs": len(batch.jobs), "cost": _cost_json(found, prices), "dry_run": True}, indent=2))
-    else:
-        echo_estimate(found, prices, request.max_cost, batch.jobs)
-        click.echo(f"dry run: {len(batch.jobs)} job(s) priced; nothing was uploaded, recorded or sent", err=True)
-    sys.exit(0)
 
 
 class _Terminated(KeyboardInterrupt):

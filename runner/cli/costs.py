@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from jobs.errors import UsageError
 from jobs.job import Job
-from jobs.pricing import Estimate, shown_usd, to_nusd, usd
-from runner.batches.costs import NO_CAP, MaxCost, admitted_by_cap
+from jobs.manifest import Batch
+from jobs.pricing import Estimate, shown_usd, usd
+from runner.batches.costs import Priced, admitted_by_cap, check_cap
+from runner.batches.request import RunRequest
+from runner.batches.run import dry_run_batch
 from runner.fal.pricing import PriceList
 
 
@@ -31,21 +37,26 @@ def estimate_lines(found: Estimate, prices: PriceList) -> list[str]:
     return lines
 
 
-def cap_lines(max_cost: MaxCost, jobs: Sequence[Job], prices: PriceList, found: Estimate) -> list[str]:
-    """How a cap given now meets the estimate: whether every job fits, else about how many do."""
-    if not isinstance(max_cost, Decimal):
-        return ["  cost cap: none (--max-cost none)"] if max_cost == NO_CAP else []
-    cap = to_nusd(max_cost)
+def cap_lines(priced: Priced, jobs: Sequence[Job]) -> list[str]:
+    """How the batch's cap meets the estimate: whether every job fits, else about how many do."""
+    cap, found = priced.cap_nusd, priced.estimate
+    if cap is None:
+        return []
+    kept = " (its last run's; --max-cost none removes it)" if priced.cap_kept else ""
+    if priced.spent_nusd:  # a rerun: which of its jobs are left to send is the ledger's to say
+        left = shown_usd(usd(max(0, cap - priced.spent_nusd)))
+        return [f"  cost cap: {shown_usd(usd(cap))}{kept}: {shown_usd(usd(priced.spent_nusd))} charged by earlier runs,"
+                f" {left} left"]  # fmt: skip
     if found.total_nusd <= cap:
-        return [f"  cost cap: {shown_usd(max_cost)}: every job fits, with retries up to"
+        return [f"  cost cap: {shown_usd(usd(cap))}{kept}: every job fits, with retries up to"
                 f" {shown_usd(usd(cap - found.total_nusd))}"]  # fmt: skip
-    fits = admitted_by_cap(jobs, prices, cap)
-    return [f"  cost cap: {shown_usd(max_cost)}: about {fits} of {len(jobs)} job(s) fit; the rest would end"
+    fits = admitted_by_cap(jobs, priced.prices, cap)
+    return [f"  cost cap: {shown_usd(usd(cap))}{kept}: about {fits} of {len(jobs)} job(s) fit; the rest would end"
             " budget_exceeded (raise --max-cost to run them)"]
 
 
-def echo_estimate(found: Estimate, prices: PriceList, max_cost: MaxCost = None, jobs: Sequence[Job] = ()) -> None:
-    for line in estimate_lines(found, prices) + cap_lines(max_cost, jobs, prices, found):
+def echo_estimate(priced: Priced, jobs: Sequence[Job] = ()) -> None:
+    for line in estimate_lines(priced.estimate, priced.prices) + cap_lines(priced, jobs):
         click.echo(line, err=True)
 
 
@@ -62,3 +73,30 @@ def cost_summary_line(summary: dict[str, Any]) -> str | None:
     if cost.get("unpriced_jobs"):
         line += f"; {cost['unpriced_jobs']} job(s) of endpoints with no known price not counted"
     return line
+
+
+def cost_json(found: Estimate, prices: PriceList) -> dict[str, Any]:
+    return {**found.to_dict(), "price_notes": prices.notes}
+
+
+def show_dry_run(request: RunRequest, batch: Batch, as_json: bool) -> NoReturn:
+    """Print what the batch would cost, then exit 0: nothing was uploaded, recorded or sent."""
+    try:
+        priced = dry_run_batch(request, batch)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        cap = None if priced.cap_nusd is None else {"cap_usd": float(usd(priced.cap_nusd)),
+                                                    "jobs_that_fit": admitted_by_cap(batch.jobs, priced.prices,
+                                                                                     priced.cap_nusd)}  # fmt: skip
+        click.echo(json.dumps({"jobs": len(batch.jobs), "cost": {**cost_json(priced.estimate, priced.prices),
+                                                                 "cap": cap}, "dry_run": True}, indent=2))
+    else:
+        echo_estimate(priced, batch.jobs)
+    try:
+        check_cap(priced.cap_nusd, priced.estimate)
+    except UsageError as exc:
+        raise click.UsageError(f"{exc} (a run would be refused so)") from None
+    if not as_json:
+        click.echo(f"dry run: {len(batch.jobs)} job(s) priced; nothing was uploaded, recorded or sent", err=True)
+    sys.exit(0)

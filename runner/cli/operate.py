@@ -24,9 +24,10 @@ from jobs.pricing import shown_usd, usd
 from jobs.report import brief
 from jobs.status import JobStatus
 from runner.batches import operations
-from runner.batches.costs import MaxCost, cap_nusd, estimate_jobs
-from runner.batches.intake import RunRequest, load_batch
+from runner.batches.costs import MaxCost, cap_nusd
+from runner.batches.intake import load_batch
 from runner.batches.notifications import shown_notify_url
+from runner.batches.request import RunRequest
 from runner.batches.run import check_submit, open_ledger, submit_batch
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
@@ -91,14 +92,14 @@ def submit(manifest: Path, **options: Any) -> None:
     try:
         check_submit(request)  # before the manifest is read
         batch = load_batch(request)
-        info, synced, prices = submit_batch(request, batch)
+        info, synced, priced = submit_batch(request, batch)
     except ManifestError as exc:
         refuse_manifest(exc)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(info.id)
     click.echo(f"{info.jobs} job(s), {synced.get('added', 0)} new; watch it with `wan-batch watch {info.id}`", err=True)
-    echo_estimate(estimate_jobs(batch.jobs, prices), prices, request.max_cost, batch.jobs)
+    echo_estimate(priced, batch.jobs)
     if credential_from_env(info.auth_scheme) is None:
         click.echo(f"no {CREDENTIAL_ENV[info.auth_scheme]} here: the workers use their own credential", err=True)
     if info.images == "inline" and local_refs(batch.jobs):
@@ -238,8 +239,6 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
     ids = [line.strip() for line in ids_file if line.strip()] if ids_file else None
     with open_ledger(redis_url, out) as (ledger, _), httpx.Client() as http:
         view = _batch_view(ledger, batch_id)
-        if max_cost is not None:
-            ledger.set_cost_cap(batch_id, cap_nusd(max_cost, None))
         present = (set(view.failures) if "failed" in statuses else set()) | \
             ({"cancelled"} if "cancelled" in statuses else set())  # fmt: skip
         unknown = [error_type for error_type in error_types if error_type not in present]
@@ -247,13 +246,19 @@ def retry(batch_id: str, redis_url: str | None, out: Path, statuses: tuple[str, 
             known = ", ".join(f"{t} ({n})" for t, n in view.failures.items()) or "none: no job of it failed"
             click.echo(f"batch {batch_id}: no job failed as {', '.join(unknown)}; its error types: {known}", err=True)
             raise SystemExit(1)
+        if max_cost is not None:  # before any job is back in line: workers may send it at once
+            ledger.set_cost_cap(batch_id, cap_nusd(max_cost, None))
         requeued = operations.retry_jobs(_context(ledger, http), batch_id, [JobStatus(s) for s in statuses],
                                          error_types or None, ids)  # fmt: skip
         cap, spent = cap_nusd(max_cost, view.info), ledger.spent_nusd(batch_id)
     click.echo(f"batch {batch_id}: {len(requeued)} job(s) queued for a new attempt" + _next_step(redis_url))
-    if requeued and cap is not None and spent >= cap:
-        click.echo(f"  its cost cap of {shown_usd(usd(cap))} is spent: they will end budget_exceeded again unless"
-                   " it is raised (--max-cost)", err=True)  # fmt: skip
+    if max_cost is not None and redis_url is None:  # the run that sends them would set its own cap
+        shown = "none" if cap is None else shown_usd(usd(cap))
+        click.echo(f"  its cost cap is now {shown}: rerun without --max-cost to keep it", err=True)
+    if requeued and cap is not None and max_cost is None:
+        left = shown_usd(usd(max(0, cap - spent)))
+        click.echo(f"  cost cap {shown_usd(usd(cap))}: {shown_usd(usd(spent))} spent, {left} left; a job that does not"
+                   " fit ends budget_exceeded again (raise the cap: --max-cost)", err=True)  # fmt: skip
 
 
 @click.command()

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import click
 
-from jobs.pricing import parse_price_option, parse_usd
+from jobs.pricing import PriceOption, parse_price_option, parse_usd
 from runner.batches.costs import NO_CAP
-from runner.batches.intake import WINDOW_CAP
+from runner.batches.request import WINDOW_CAP
 from runner.batches.uploads import DEFAULT_UPLOAD_TTL_S
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m|s)?\s*")
@@ -100,12 +100,16 @@ def _max_cost(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(f"{exc}, or none") from None
 
 
-def _prices(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+def price_options(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[PriceOption]:
+    """`--price` values (ENDPOINT=USD[/UNIT]), parsed; a bad one is the option's error."""
     try:
-        for value in values:
-            parse_price_option(value)
+        return [parse_price_option(value) for value in values]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _prices(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    price_options(ctx, param, values)  # checked now; kept as given, as a batch or a schedule stores them
     return values
 
 

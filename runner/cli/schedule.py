@@ -18,9 +18,11 @@ from pydantic import ValidationError
 from jobs.errors import ManifestError, ScheduleError, UsageError
 from jobs.pricing import shown_usd, to_nusd
 from jobs.schedule import When
-from runner.batches.costs import check_cap, estimate_jobs, price_options, prices_here
-from runner.batches.intake import RunRequest, api_url_of, batch_id_for, check_storage_url, load_batch
+from runner.batches.costs import Priced, check_cap, estimate_jobs, price_options, prices_here
+from runner.batches.intake import batch_id_for, load_batch
 from runner.batches.notifications import check_notify_url, shown_notify_url
+from runner.batches.providers import api_url_of, check_storage_url
+from runner.batches.request import RunRequest
 from runner.cli import options
 from runner.cli.batch import refuse_manifest
 from runner.cli.costs import echo_estimate
@@ -107,7 +109,8 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
     prices = prices_here({job.endpoint for job in batch.jobs}, price_options(options["prices"]),
                          api_url_of(request, Provider.fal("checked-here")))  # fmt: skip
     found = estimate_jobs(batch.jobs, prices)
-    check_cap(None if options["max_cost"] is None else to_nusd(options["max_cost"]), found)
+    cap = None if options["max_cost"] is None else to_nusd(options["max_cost"])
+    check_cap(cap, found)  # each firing's batch has its own
     try:
         spec = ScheduleSpec(name=name, when=when.to_dict(), manifest=str(manifest.resolve()), out=str(out.resolve()),
                             notify=notify, created_at=now.timestamp(), **options)  # fmt: skip
@@ -117,7 +120,7 @@ def add(manifest: Path, cron: str | None, at: str | None, tz: str | None, name: 
     store.add(spec, data, replace=replace)
     beat.install(create_app(redis_url), name, when, QUEUE, since=now)
     click.echo(f"schedule {name}: {when.describe()}, {len(batch.jobs)} job(s) a firing, into {out.resolve() / name}/")
-    echo_estimate(found, prices, options["max_cost"], batch.jobs)
+    echo_estimate(Priced(prices, found, cap), batch.jobs)
     for moment in when.next_times(now, _NEXT_SHOWN):
         click.echo(f"  next: {_shown_time(moment, when.tz)}")
     click.echo("`wan-batch beat` fires it and the workers run it (docker compose up runs both)", err=True)

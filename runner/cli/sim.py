@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from jobs.pricing import PriceOption, parse_price_option
+from runner.cli.options import price_options
 from runner.simulator import FaultRates, SimConfig, parse_run_time, serve_until_interrupted
 from runner.simulator.config import SIM_CONCURRENCY, sim_prices
 
@@ -55,13 +55,6 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
-
-
-def check_prices(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[PriceOption]:
-    try:
-        return [parse_price_option(value) for value in values]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @click.command()
@@ -124,7 +117,7 @@ def check_prices(_ctx: click.Context, _param: click.Parameter, values: tuple[str
 @click.option("--storage-mb", type=click.FloatRange(min=0, min_open=True), default=_SIM_DEFAULTS.storage_mb,
               show_default=True, help="Uploaded files held in memory until they expire; past it an upload answers"
                                       " 507.")  # fmt: skip
-@click.option("--price", "prices", multiple=True, callback=check_prices, metavar="ENDPOINT=USD[/UNIT]",
+@click.option("--price", "prices", multiple=True, callback=price_options, metavar="ENDPOINT=USD[/UNIT]",
               help="Price an endpoint in the pricing API (repeatable), e.g. owner/app=0.04/megapixel; units: image "
                    "(the default), megapixel, second, request.")  # fmt: skip
 @_fault_options

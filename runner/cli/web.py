@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 import httpx
 
-from runner.batches.intake import RunRequest
+from runner.batches.request import RunRequest
 from runner.cli import options
 from runner.fal.webhooks import FAL_JWKS_URL, WebhookVerifier
 from runner.ledger.store import Ledger

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from jobs.errors import QueueAPIError
-from jobs.pricing import API_SOURCE, BUILT_IN_PRICES, OPTION_SOURCE, Price, PriceOption, Unit, parse_unit
+from jobs.pricing import API_SOURCE, BUILT_IN_PRICES, OPTION_SOURCE, Price, PriceOption, parse_unit
 from runner.fal.queue_api import FalHttp
 from runner.ledger.keys import Keys
 
@@ -126,19 +126,30 @@ def resolve_prices(endpoints: Iterable[str], options: Sequence[PriceOption], cli
     wanted = sorted(set(endpoints))
     listed = PriceList()
     given = {option.endpoint: option for option in options}
+    listed.notes += [f"--price {e}: no job here is of that endpoint" for e in sorted(set(given) - set(wanted))]
     asked = [e for e in wanted if e not in given or given[e].unit is None]  # an option without a unit takes fal's
     from_fal, unusable = _from_fal(asked, client, cache, listed, why_no_api)
     for endpoint in wanted:
-        known = from_fal.get(endpoint) or BUILT_IN_PRICES.get(endpoint)
+        # A price fal lists but that cannot be used is the account's all the same: the table's would be a guess.
+        known = from_fal.get(endpoint) or (None if endpoint in unusable else BUILT_IN_PRICES.get(endpoint))
         option = given.get(endpoint)
         if option is not None:
-            unit = option.unit or (known.unit if known is not None else Unit.REQUEST)
-            listed.prices[endpoint] = Price(endpoint, option.usd, unit, OPTION_SOURCE)
+            _priced_by_option(listed, option, known)
         elif known is not None:
             listed.prices[endpoint] = known
         else:
             listed.missing[endpoint] = unusable.get(endpoint, "no known price")
     return listed
+
+
+def _priced_by_option(listed: PriceList, option: PriceOption, known: Price | None) -> None:
+    """A `--price` in its unit, else in the unit known for the endpoint; with neither, the endpoint has no price."""
+    unit = option.unit or (known.unit if known is not None else None)
+    if unit is None:
+        listed.missing[option.endpoint] = f"--price names no unit, and none is known for it: give {option.endpoint}" \
+            "=USD/UNIT"
+    else:
+        listed.prices[option.endpoint] = Price(option.endpoint, option.usd, unit, OPTION_SOURCE)
 
 
 def _from_fal(endpoints: list[str], client: PricingClient | None, cache: PriceCache | None, listed: PriceList,

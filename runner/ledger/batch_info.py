@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from jobs.errors import UsageError
 from jobs.job import Job
-from jobs.pricing import Price, attempt_cost_nusd, units_of
+from jobs.pricing import Price, job_cost_nusd
 
 BatchState = Literal["open", "cancelled", "done"]
 #: How this version lays a batch out in Redis; a batch stored with none is of format 1 (before timers).
@@ -76,10 +76,10 @@ class BatchInfo(BaseModel):
         stored = self.prices.get(endpoint)
         return None if stored is None else Price.from_dict(stored)
 
-    def attempt_cost_nusd(self, job: Job) -> int:
-        """What one attempt of `job` is charged (nano-dollars): 0 where it has no price, or no count of units."""
+    def attempt_cost_nusd(self, job: Job) -> int | None:
+        """What one attempt of `job` is charged (nano-dollars); None when it has no price, or no count of units."""
         price = self.price_of(job.endpoint)
-        return 0 if price is None else attempt_cost_nusd(units_of(job.endpoint, job.input), price) or 0
+        return None if price is None else job_cost_nusd(job.endpoint, job.input, {job.endpoint: price})
 
     def check_format(self) -> None:
         """Raise UsageError for a batch an earlier version recorded: this one cannot read its jobs."""

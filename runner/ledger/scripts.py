@@ -140,9 +140,9 @@ if charge > 0 then
   local spent = redis.call('GET', c.spent) or '0'
   if cap and tonumber(spent) + charge > cap then return {0, current, 'over_budget', spent} end
 end
+if charge ~= 0 then redis.call('INCRBY', c.spent, c.charge) end  -- first: a write that fails leaves nothing half done
 enter_status(c, job_key, c.job_id, current, c.to, c.error_type)
 write_fields(c, job_key, c.job_id, c.fields)
-if charge ~= 0 then redis.call('INCRBY', c.spent, c.charge) end
 if c.slot == 'release' then redis.call('SREM', c.in_flight, c.job_id) end
 if c.slot == 'rejoin' then redis.call('SADD', c.in_flight, c.job_id) end
 if c.tally ~= '' then redis.call('HINCRBY', c.tallies, c.tally, 1) end

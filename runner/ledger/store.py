@@ -29,6 +29,7 @@ from jobs.record import JobRecord
 from jobs.status import ACTIVE, JobStatus
 from runner.ledger import scripts
 from runner.ledger.batch_info import BatchInfo
+from runner.ledger.batch_records import BatchRecords
 from runner.ledger.keys import Keys
 from runner.ledger.timers import Timer
 
@@ -42,12 +43,13 @@ _SIDE = ("job", "outputs", "history", "reconciled", "error_message", "last_log",
 _URLS = ("status_url", "response_url", "cancel_url")
 #: The fields of the job's own hash that hold JSON (`status` is its name, `fingerprint` hex, `applied_by` a token).
 _JSON_FIELDS = _RECORD_FIELDS - {"status", "job", *_SIDE}
-_RECENT_RUN_TIMES = 50
 _CHUNK = 1000
-#: What a job recorded again with a new input starts from: every field a move sets, at its default.
+#: What a job recorded again with a new input starts from: every field a move sets, at its default, but what it
+#: was charged (spent is spent: the batch's spend and the report keep agreeing).
 _RESET: dict[str, Any] = {
     f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
-    for f in fields(JobRecord) if f.name in JobUpdate.__dataclass_fields__ and f.name != "queued_at"
+    for f in fields(JobRecord)
+    if f.name in JobUpdate.__dataclass_fields__ and f.name not in ("queued_at", "charged_nusd")
 }
 
 @dataclass(frozen=True)
@@ -68,12 +70,11 @@ class OverBudget:
     cap_nusd: int
 
 
-class Ledger:
+class Ledger(BatchRecords):
     """Batches and job records in one Redis; every method is one round trip or a pipeline."""
 
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
-        self.redis = client
-        self.keys = keys or Keys()
+        super().__init__(client, keys or Keys())
         self._apply = client.register_script(scripts.APPLY)
         self._admit = client.register_script(scripts.ADMIT)
         self._record = client.register_script(scripts.RECORD)
@@ -96,16 +97,6 @@ class Ledger:
 
     def set_batch_state(self, batch_id: str, state: Literal["open", "cancelled"]) -> None:
         self.redis.hset(self.keys.batch(batch_id), "state", json.dumps(state))
-
-    def set_cost_cap(self, batch_id: str, cap_nusd: int | None) -> None:
-        """Set (None: remove) the batch's cost cap, leaving the rest of it as workers change it."""
-        if cap_nusd is None:
-            self.redis.hdel(self.keys.batch(batch_id), "max_cost_nusd")
-        else:
-            self.redis.hset(self.keys.batch(batch_id), "max_cost_nusd", json.dumps(cap_nusd))
-
-    def set_batch_summary(self, batch_id: str, summary: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.batch(batch_id), "summary", json.dumps(summary))
 
     def batch_ids(self) -> list[str]:
         """Every batch, oldest first."""
@@ -241,10 +232,6 @@ class Ledger:
         admitted, _ = self._admit(keys=[], args=[json.dumps(self._context(batch_id, time.time()))])
         return [_text(i) for i in admitted]
 
-    def spent_nusd(self, batch_id: str) -> int:
-        """The estimated cost charged so far for the batch's attempts that fal may bill (nano-dollars)."""
-        return int(self.redis.get(self.keys.spent(batch_id)) or 0)
-
     def in_flight(self, batch_id: str) -> int:
         return int(self.redis.scard(self.keys.in_flight(batch_id)))
 
@@ -255,58 +242,6 @@ class Ledger:
             return None
         batch_id, job_id = json.loads(raw)
         return batch_id, job_id
-
-    def note_run_time(self, batch_id: str, run_s: float) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.lpush(self.keys.run_times(batch_id), f"{run_s:.4f}")
-            pipe.ltrim(self.keys.run_times(batch_id), 0, _RECENT_RUN_TIMES - 1)
-            pipe.zadd(self.keys.longest_run(batch_id), {"run_s": run_s}, gt=True)
-            pipe.execute()
-
-    def longest_run_s(self, batch_id: str) -> float | None:
-        """The longest run the batch has seen, or None before its first."""
-        found = self.redis.zscore(self.keys.longest_run(batch_id), "run_s")
-        return None if found is None else float(found)
-
-    def save_skipped(self, batch_id: str, errors: Sequence[dict[str, Any]]) -> None:
-        """Keep the errors of the rows the latest run of the batch skipped as invalid (replacing earlier ones)."""
-        by_line: dict[str, list[dict[str, Any]]] = {}
-        for error in errors:  # one of the whole file (no line) is no row
-            if error.get("line") is not None:
-                by_line.setdefault(str(error["line"]), []).append(error)
-        with self.redis.pipeline() as pipe:
-            pipe.delete(self.keys.skipped(batch_id))
-            if by_line:
-                pipe.hset(self.keys.skipped(batch_id), mapping={k: json.dumps(v) for k, v in by_line.items()})
-            pipe.execute()
-
-    def skipped(self, batch_id: str) -> list[list[dict[str, Any]]]:
-        """The errors of each row skipped as invalid, in manifest order."""
-        found = self.redis.hgetall(self.keys.skipped(batch_id))
-        rows = [json.loads(errors) for errors in found.values()]
-        return sorted(rows, key=lambda errors: (errors[0].get("line") is None, errors[0].get("line") or 0))
-
-    def note_unknown_endpoint(self, batch_id: str, endpoint: str, message: str) -> None:
-        self.redis.hsetnx(self.keys.unknown_endpoints(batch_id), endpoint, message)
-
-    def forget_unknown_endpoints(self, batch_id: str) -> None:
-        """Ask fal again (a retry, a rerun): the app may exist now, or the 404 came from a proxy."""
-        self.redis.delete(self.keys.unknown_endpoints(batch_id))
-
-    def unknown_endpoint(self, batch_id: str, endpoint: str) -> str | None:
-        """Why fal said it has no app for `endpoint` (a 404 to a submit of this batch), or None."""
-        found = self.redis.hget(self.keys.unknown_endpoints(batch_id), endpoint)
-        return None if found is None else _text(found)
-
-    def tallies(self, batch_id: str) -> dict[str, int]:
-        """How the batch's latest cancel ended for its jobs so far (see `runner.batches.operations.cancel_batch`)."""
-        return {_text(k): int(v) for k, v in self.redis.hgetall(self.keys.tallies(batch_id)).items()}
-
-    def reset_tallies(self, batch_id: str) -> None:
-        self.redis.delete(self.keys.tallies(batch_id))
-
-    def recent_run_times(self, batch_id: str) -> list[float]:
-        return [float(v) for v in self.redis.lrange(self.keys.run_times(batch_id), 0, -1)]
 
     def _stored_fields(self, batch_id: str, plan: Plan) -> dict[str, str]:
         """The plan's fields as stored; a request's URLs are left out when they follow from its request_id."""

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from jobs.errors import ManifestError, WanBatchError
 from jobs.schedule import slot_label
-from runner.batches.intake import Unattended, enqueue_batch, load_batch, provider_for, write_report
+from runner.batches.intake import Unattended, enqueue_batch, load_batch, write_report
 from runner.batches.notifications import Notice, notify_try
 from runner.batches.operations import purge_batches
+from runner.batches.providers import provider_for
 from runner.schedules.store import STARTING_STALE_S, Firing, ScheduleSpec, ScheduleStore, Trigger
 from runner.settings import keep_days_from_env
 from runner.steps.context import Context

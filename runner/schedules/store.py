@@ -19,7 +19,7 @@ from redis.client import Pipeline
 
 from jobs.errors import UsageError
 from jobs.schedule import When
-from runner.batches.intake import WINDOW_CAP, RunRequest
+from runner.batches.request import WINDOW_CAP, RunRequest
 from runner.batches.uploads import DEFAULT_UPLOAD_TTL_S
 from runner.ledger.keys import Keys
 

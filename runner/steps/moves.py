@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jobs.decisions import Call, CallFailed, Decision, GiveUp, Reconcile, RetryLater, Seen, SubmitAgain, decide
 from jobs.errors import AuthError, QueueAPIError, ResultNotReadyError, SubmitUnconfirmedError
-from jobs.lifecycle import JobUpdate, Move, plan
+from jobs.lifecycle import JobUpdate, Move, plan, refunded
 from jobs.record import Attempt, JobRecord
 from jobs.report import brief
 from jobs.status import JobStatus
@@ -129,17 +129,19 @@ def submit_again(ctx: Context, batch: BatchInfo, record: JobRecord, again: Submi
         history=(*record.history, ended), request_id=None, status_url=None, response_url=None, cancel_url=None,
         error_type=again.error_type, error_message=again.message, queue_position=None,
     )  # fmt: skip
-    done = move(ctx, batch, record, Move.RESUBMIT, update)
+    done = move(ctx, batch, record, Move.RESUBMIT, refunded(update, record) if again.unbilled else update)
     if done.applied is not None:
         log.info("job %s attempt %d failed (%s); submitting again", record.job.id, record.attempts, again.error_type)
     return done
 
 
 def give_up(ctx: Context, batch: BatchInfo, record: JobRecord, why: GiveUp) -> Outcome:
-    """The job ends FAILED; a request of it that may still run at fal is cancelled there. A submit fal refused
-    is not charged."""
+    """The job ends FAILED; a request of it that may still run at fal is cancelled there. An attempt fal does not
+    bill (a submit it refused, a result it failed itself) is not charged."""
     update = JobUpdate(error_type=why.error_type, error_message=brief(why.message, 500), finished_at=ctx.clock())
-    refused = why.refused and record.status is JobStatus.SUBMITTING
+    refused = why.unbilled and record.status is JobStatus.SUBMITTING
+    if why.unbilled and not refused:
+        update = refunded(update, record)
     done = move(ctx, batch, record, Move.REFUSED if refused else Move.FAIL, update)
     if done.applied is not None and why.cancel_at_fal and record.cancel_url:
         cancel_quietly(ctx, batch, record.cancel_url)

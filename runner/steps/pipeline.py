@@ -97,6 +97,10 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     unsent = _not_to_send(ctx, batch, record)
     if unsent is not None:
         return unsent
+    cost = batch.attempt_cost_nusd(record.job)
+    beyond = _beyond_cap(ctx, batch, cost)
+    if beyond is not None:  # early, before its images are read; the charge at SEND stays the authority
+        return give_up(ctx, batch, record, GiveUp("budget_exceeded", beyond))
     try:
         body = _body(ctx, batch, record)
     except LocalImageError as exc:
@@ -108,10 +112,11 @@ def submit_job(ctx: Context, batch: BatchInfo, record: JobRecord, mark: str) -> 
     # What was sent, and when, is stored before it leaves: if its answer is lost, fal's history is searched for it.
     what = JobUpdate(attempts=record.attempts + 1, sent_at=ctx.clock(), sent_digest=input_digest(body),
                      sent_start_timeout_s=start_timeout_s(batch.priority, batch.start_timeout_s),
-                     sent_webhook=batch.webhook_url is not None, sent_cost_nusd=batch.attempt_cost_nusd(record.job))
+                     sent_webhook=batch.webhook_url is not None, sent_cost_nusd=cost or 0)
     sending = move(ctx, batch, record, Move.SEND, what, mark=mark)
     if sending.over_budget is not None:
-        return give_up(ctx, batch, record, GiveUp("budget_exceeded", over_budget_message(what, sending.over_budget)))
+        why = over_budget_message(cost or 0, sending.over_budget)
+        return give_up(ctx, batch, record, GiveUp("budget_exceeded", why))
     if sending.applied is None:
         return sending  # cancelled meanwhile
     sent = sending.applied.record
@@ -132,7 +137,7 @@ def _submit_failed(ctx: Context, batch: BatchInfo, sent: JobRecord, seen: CallFa
     if seen.status_code == 404:  # no such app: the batch's other jobs of this endpoint are not sent
         message = f"fal has no app {sent.job.endpoint!r} (check the endpoint id): {seen.message}"
         ctx.ledger.note_unknown_endpoint(batch.id, sent.job.endpoint, message)
-        return give_up(ctx, batch, sent, GiveUp("unknown_endpoint", message, refused=True))
+        return give_up(ctx, batch, sent, GiveUp("unknown_endpoint", message, unbilled=True))
     if seen.transient and not seen.unconfirmed:  # nothing left: back to ADMITTED, the same call later
         back = move(ctx, batch, sent, Move.UNSENT, JobUpdate(attempts=sent.attempts - 1), mark=mark)
         if back.applied is None:
@@ -141,10 +146,21 @@ def _submit_failed(ctx: Context, batch: BatchInfo, sent: JobRecord, seen: CallFa
     return decide_and_apply(ctx, batch, sent, seen)
 
 
-def over_budget_message(sending: JobUpdate, over: OverBudget) -> str:
+def _beyond_cap(ctx: Context, batch: BatchInfo, cost: int | None) -> str | None:
+    """Why an attempt costing `cost` is not to be sent under the batch's cost cap, or None (no cap, or it fits)."""
+    cap = batch.max_cost_nusd
+    if cap is None:
+        return None
+    if cost is None:
+        return ("not sent: its cost cannot be estimated (its endpoint has no price, or its input does not say how"
+                " many units it makes), so the batch's cost cap could not hold; give --price and retry it")
+    spent = ctx.ledger.spent_nusd(batch.id)
+    return None if spent + cost <= cap else over_budget_message(cost, OverBudget(spent, cap))
+
+
+def over_budget_message(cost_nusd: int, over: OverBudget) -> str:
     """Why a job was not sent: the batch's cost cap, with what it would cost and what was spent."""
-    cost = sending.sent_cost_nusd if isinstance(sending.sent_cost_nusd, int) else 0
-    return (f"not sent: its estimated cost ({shown_usd(usd(cost))}) would take the batch past its cost cap of"
+    return (f"not sent: its estimated cost ({shown_usd(usd(cost_nusd))}) would take the batch past its cost cap of"
             f" {shown_usd(usd(over.cap_nusd))} ({shown_usd(usd(over.spent_nusd))} charged so far); raise the cap"
             " (--max-cost) and retry it")
 
