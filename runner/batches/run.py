@@ -326,10 +326,18 @@ def _out_redis(out: Path, stack: ExitStack) -> tuple[redis.Redis, str]:
 
 
 @contextmanager
-def open_ledger(redis_url: str | None, out: Path) -> Iterator[tuple[Ledger, str]]:
-    """The ledger and broker URL of a shared Redis, or else of OUT's private one."""
+def open_ledger(redis_url: str | None, out: Path, wait_for_redis: bool = False) -> Iterator[tuple[Ledger, str]]:
+    """The ledger and broker URL of a shared Redis, or else of OUT's private one.
+
+    A shared Redis that does not answer at once raises redis.ConnectionError at once (a command's user is told in
+    a second, not after the 20 s its calls ride out a restart), unless `wait_for_redis` (a worker, started
+    before its Redis).
+    """
     with ExitStack() as stack:
         if redis_url is not None:
+            if not wait_for_redis:
+                with redis_client(redis_url, patient=False) as probe:
+                    probe.ping()
             yield Ledger(redis_client(redis_url)), redis_url
         else:
             client, broker_url = _out_redis(out, stack)
@@ -373,8 +381,8 @@ def submit_batch(request: RunRequest, batch: Batch) -> tuple[BatchInfo, dict[str
     With `request.notify`, the worker that ends it POSTs its summary there. Raises UsageError as `check_submit`.
     """
     check_submit(request)
+    # An unreachable Redis is the first thing to say (`open_ledger` asks it at once).
     with open_ledger(request.redis_url, request.out) as (ledger, _), httpx.Client(timeout=HTTP_TIMEOUT) as http:
-        ledger.redis.ping()  # an unreachable Redis is the first thing to say
         provider = provider_for(request, credential_needed=False)  # the workers hold it
         check_writable(request.out, "--out")
         # Only admission happens here: workers make every call to fal, with their own credentials.

@@ -357,7 +357,7 @@ def worker(redis_url: str | None, out: Path, concurrency: int, queues: str, logl
             api_url = api_url_of(RunRequest(manifest=Path("-"), api_url=api_url), Provider.fal("checked-here"))
     except (ValueError, UsageError) as exc:
         raise click.UsageError(str(exc)) from None
-    with open_ledger(redis_url, out) as (_, broker_url):
+    with open_ledger(redis_url, out, wait_for_redis=True) as (_, broker_url):
         app = create_app(broker_url, lambda: context_from_env(broker_url, api_url=api_url))
         worker = app.Worker(pool="threads", concurrency=concurrency, loglevel=loglevel, queues=queues.split(","))
         worker.start()
