@@ -170,12 +170,13 @@ def test_a_trial_of_a_batch_with_other_unfinished_jobs_is_refused(redis_client: 
     _check_trial(ledger, RunRequest(manifest=tmp_path / "m.csv"), Batch("m.csv", jobs, 3))  # a full run: fine
 
 
-def test_an_internal_error_is_one_line_exit_3_and_never_shows_a_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_internal_error_is_one_line_exit_3_and_never_shows_a_credential(monkeypatch: pytest.MonkeyPatch,
+                                                                          redis_server: Any) -> None:
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("boom with key fal-secret-123 in it\nsecond line")
 
     monkeypatch.setattr("runner.batches.operations.list_batches", broken)
-    result = CliRunner().invoke(main, ["batches", "--redis", "redis://127.0.0.1:1/0"],
+    result = CliRunner().invoke(main, ["batches", "--redis", redis_server.broker_url],
                                 env={"FAL_KEY": "fal-secret-123"})  # fmt: skip
     assert result.exit_code == 3 and "Traceback" not in result.output
     assert result.stderr.strip() == ("internal error: RuntimeError: boom with key [redacted] in it; please report it"
