@@ -3,8 +3,8 @@
     python bench/bench_costs.py [--sends 20000] [--threads 8] [--jobs 1000] [--concurrency 20] [--run-time 0.5]
 
 1. The ledger alone (a real redis-server): THREADS threads send SENDS admitted jobs (the SEND move, which
-   charges each attempt in the same Lua step), without a cap and then with a cap of exactly half of them;
-   moves per second each way, and whether exactly half went.
+   charges each attempt in the same Lua step), without a cap, under a cap they all fit in, and under a cap of
+   exactly half of them; moves per second each way, and whether exactly half went.
 2. `wan-batch run` end to end against the simulator (C requests at once, L seconds each): JOBS jobs with
    `--max-cost` of exactly half of them, against JOBS/2 jobs with no cap. The difference in wall time is what
    ending the other half `budget_exceeded` costs; the simulator's submits must be exactly JOBS/2.
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from jobs.endpoints import WAN25_I2I
@@ -38,7 +39,7 @@ CENTS_5 = 50_000_000
 
 def sends_per_s(ledger: Ledger, batch_id: str, jobs: int, threads: int, cap_nusd: int | None) -> tuple[float, int]:
     """Record and admit `jobs` jobs, send them all from `threads` threads; (moves per second, jobs sent)."""
-    price = Price(WAN25_I2I, __import__("decimal").Decimal("0.05"), Unit.IMAGE, "bench")
+    price = Price(WAN25_I2I, Decimal("0.05"), Unit.IMAGE, "bench")
     ledger.save_batch(BatchInfo(id=batch_id, manifest="m", folder="/tmp/bench", created_at=0.0, max_in_flight=jobs,
                                 prices={WAN25_I2I: price.to_dict()}, max_cost_nusd=cap_nusd))  # fmt: skip
     made = [Job(f"j{n}", WAN25_I2I, {"prompt": str(n)}, f"fp{n}", "m", n + 1, n) for n in range(jobs)]
@@ -93,9 +94,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as server:
         ledger = Ledger(redis_client(server.url))
         free, _ = sends_per_s(ledger, "free", args.sends, args.threads, None)
+        roomy, _ = sends_per_s(ledger, "roomy", args.sends, args.threads, args.sends * CENTS_5)
         capped, sent = sends_per_s(ledger, "capped", args.sends, args.threads, args.sends // 2 * CENTS_5)
-    print(f"ledger: {args.sends} sends from {args.threads} threads: {free:.0f}/s without a cap, {capped:.0f}/s with"
-          f" one of half of them; {sent} sent (exactly {args.sends // 2}: {sent == args.sends // 2})")  # fmt: skip
+    print(f"ledger: {args.sends} sends from {args.threads} threads: {free:.0f}/s without a cap, {roomy:.0f}/s under"
+          f" a cap all fit in, {capped:.0f}/s under one of half of them (the other half refused); {sent} sent"
+          f" (exactly {args.sends // 2}: {sent == args.sends // 2})")  # fmt: skip
 
     config = SimConfig(concurrency=args.concurrency, run_time=f"fixed:{args.run_time}", key=KEY, seed=1)
     half = args.jobs // 2

@@ -109,7 +109,7 @@ end
 #: none), keep_claim ("r:<token>" of the worker that runs the next step at once, or "") and lease_until.
 #: Applies the move if the job is still at `from` and `revision` (and, with keep_claim, if that worker still
 #: holds the job's step). Returns {1, old status, admitted job ids}, {0, current status} or {0, current
-#: status, "over_budget", spent}; a repeated call that was applied returns no admitted ids (their
+#: status, "over_budget", spent, cap}; a repeated call that was applied returns no admitted ids (their
 #: submits are due already). With `tally` (a name, or ""), counts the move in the batch's tallies.
 APPLY = (
     LIBRARY
@@ -136,9 +136,9 @@ if c.exclusive and c.request_id ~= '' then
 end
 local charge = tonumber(c.charge)
 if charge > 0 then
-  local cap = tonumber(redis.call('HGET', c.batch, 'max_cost_nusd') or '')
+  local cap = redis.call('HGET', c.batch, 'max_cost_nusd') or ''
   local spent = redis.call('GET', c.spent) or '0'
-  if cap and tonumber(spent) + charge > cap then return {0, current, 'over_budget', spent} end
+  if tonumber(cap) and tonumber(spent) + charge > tonumber(cap) then return {0, current, 'over_budget', spent, cap} end
 end
 if charge ~= 0 then redis.call('INCRBY', c.spent, c.charge) end  -- first: a write that fails leaves nothing half done
 enter_status(c, job_key, c.job_id, current, c.to, c.error_type)

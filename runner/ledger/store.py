@@ -217,8 +217,7 @@ class Ledger(BatchRecords):
         answer = self._apply(keys=[self.keys.job(batch_id, record.job.id)], args=[json.dumps(context)])
         if not answer[0]:
             if len(answer) > 2 and _text(answer[2]) == "over_budget":
-                info = self.batch(batch_id)
-                return OverBudget(int(_text(answer[3])), (info.max_cost_nusd or 0) if info else 0)
+                return OverBudget(int(_text(answer[3])), int(_text(answer[4])))
             return None
         frees = plan.slot is Slot.RELEASE or plan.target is S.WAITING
         admitted = [_text(job_id) for job_id in answer[2]] if frees else []
