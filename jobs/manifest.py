@@ -13,9 +13,10 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from jobs.batch import Batch, Tally
 from jobs.diagnostics import Diagnostic, Severity, dedupe
 from jobs.endpoints import Endpoint, FieldKind, close_known_endpoint, resolve_endpoint
 from jobs.formats import open_manifest
@@ -30,7 +31,6 @@ from jobs.job import (
     variant_name,
 )
 from jobs.manifest_file import Layer, ManifestFile, Record
-from jobs.pricing import Units, units_of
 from jobs.values import load_json, value_problem
 
 #: Separates the values of a list field (e.g. `image_urls`) in one CSV cell.
@@ -65,59 +65,6 @@ class ImageSite:
 
 #: What is wrong with a local image or data URI of the manifest (None: nothing), from I/O the caller does.
 ImageCheck = Callable[[ImageSite], "str | None"]
-
-
-@dataclass
-class Tally:
-    """What the jobs made of a manifest were, counted as they were made (they need not be kept)."""
-
-    jobs: int = 0
-    per_endpoint: Counter[str] = field(default_factory=Counter)
-    #: Rows a matrix made several jobs of, and the jobs it made of them.
-    expanded_rows: int = 0
-    expanded_jobs: int = 0
-    #: What one attempt of each job makes, per endpoint (`jobs.pricing`): few distinct ones, however many jobs.
-    units: dict[str, Counter[Units]] = field(default_factory=dict)
-
-    def add(self, job: Job) -> None:
-        self.jobs += 1
-        self.per_endpoint[job.endpoint] += 1
-        self.units.setdefault(job.endpoint, Counter())[units_of(job.endpoint, job.input)] += 1
-
-    def row_done(self, made: int) -> None:
-        """Note that `made` jobs were made of one row."""
-        if made > 1:
-            self.expanded_rows += 1
-            self.expanded_jobs += made
-
-
-@dataclass
-class Batch:
-    """The jobs of a manifest, the number of records read, and every problem found."""
-
-    file: str
-    #: The valid jobs, in manifest order (empty when parsed with `keep_jobs=False`: see `made`).
-    jobs: list[Job]
-    records: int
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    made: Tally = field(default_factory=Tally)
-    #: False when reading stopped before the end of the file: what was not read cannot be skipped, so none runs.
-    complete: bool = True
-
-    @property
-    def errors(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.severity is Severity.ERROR]
-
-    @property
-    def warnings(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.severity is Severity.WARNING]
-
-    def matrix_expansion(self) -> tuple[int, int]:
-        """(rows the matrix expanded, jobs it made of them); a matrix-only YAML counts as one row."""
-        return self.made.expanded_rows, self.made.expanded_jobs
-
-    def jobs_per_endpoint(self) -> dict[str, int]:
-        return dict(sorted(self.made.per_endpoint.items()))
 
 
 def parse_manifest(file: str, data: bytes | Iterable[bytes], options: ManifestOptions | None = None,

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from jobs.batch import Batch
 from jobs.diagnostics import Diagnostic
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.errors import LocalImageError
 from jobs.images import ImageRefKind, encode_data_uri
 from jobs.job import Job
-from jobs.manifest import Batch, ImageSite, ManifestOptions, parse_manifest
+from jobs.manifest import ImageSite, ManifestOptions, parse_manifest
 from runner.fal.local_images import image_checker, inline_local_images
 
 MakeImage = Callable[..., Path]

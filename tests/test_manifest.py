@@ -12,9 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jobs.batch import Batch
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
 from jobs.job import variant_job_id
-from jobs.manifest import Batch, ManifestOptions, parse_manifest
+from jobs.manifest import ManifestOptions, parse_manifest
 
 URL = "https://x.test/a.png"
 

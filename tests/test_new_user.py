@@ -151,9 +151,9 @@ def test_a_ctrl_c_while_the_command_line_loads_is_a_clean_exit(
 
 
 def test_a_trial_of_a_batch_with_other_unfinished_jobs_is_refused(redis_client: Any, tmp_path: Path) -> None:
+    from jobs.batch import Batch
     from jobs.errors import UsageError
     from jobs.job import Job
-    from jobs.manifest import Batch
     from runner.batches.request import RunRequest
     from runner.batches.run import _check_trial
     from runner.ledger.batch_info import BatchInfo

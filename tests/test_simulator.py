@@ -27,7 +27,8 @@ from runner.simulator import (
     SimConfig,
     run_simulator,
 )
-from runner.simulator.state import Outcome, RequestStore, Retention, Submission
+from runner.simulator.requests import Outcome, Retention, Submission
+from runner.simulator.state import RequestStore
 
 KEY = "test-id:test-secret"
 AUTH = {"Authorization": f"Key {KEY}"}

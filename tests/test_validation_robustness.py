@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from jobs.batch import Batch
 from jobs.diagnostics import Diagnostic, Severity, group_diagnostics, grouped_lines
 from jobs.endpoints import WAN22_I2I, WAN25_I2I
-from jobs.manifest import Batch, ManifestOptions
+from jobs.manifest import ManifestOptions
 from runner.batches.manifests import load_manifest
 from runner.cli import main
 from runner.settings import InputSettings

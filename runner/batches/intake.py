@@ -17,9 +17,11 @@ from typing import Any, Literal
 import httpx
 
 from jobs import window
+from jobs.batch import Batch
 from jobs.errors import ManifestError, StorageError, UsageError
 from jobs.job import Job
-from jobs.manifest import Batch, ManifestOptions
+from jobs.manifest import ManifestOptions
+from jobs.pricing import Price
 from jobs.reconcile import start_timeout_s
 from jobs.record import JobRecord
 from jobs.report import Costs
@@ -245,7 +247,7 @@ def write_report(ledger: Ledger, info: BatchInfo, wall_s: float | None, synced: 
             folder.write_sidecar(record)
     images = BatchImages(ledger.redis, ledger.keys).of(info.id)
     input_files = {ref: Path(info.manifest).parent / ref for ref in images}
-    costs = Costs([price for endpoint in info.prices if (price := info.price_of(endpoint))], info.max_cost_nusd)
+    costs = Costs([Price.from_dict(price) for price in info.prices.values()], info.max_cost_nusd)
     csv_path, json_path, summary = folder.write_reports(records, extra, ledger.skipped(info.id), image_sizes(images),
                                                         input_files, costs)  # fmt: skip
     failures = [r for r in records if r.status is JobStatus.FAILED]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.batch import Batch
 from jobs.diagnostics import Diagnostic
-from jobs.manifest import Batch, ManifestOptions, parse_manifest
+from jobs.manifest import ManifestOptions, parse_manifest
 from runner.fal.local_images import image_checker
 from runner.settings import InputSettings
 

@@ -21,8 +21,8 @@ import httpx
 import redis
 from celery import Celery
 
+from jobs.batch import Batch
 from jobs.errors import FolderInUseError, UsageError
-from jobs.manifest import Batch
 from jobs.status import JobStatus
 from runner.batches.costs import Priced, check_cap, price_options
 from runner.batches.intake import (

@@ -23,10 +23,10 @@ from typing import TypeVar
 from PIL import Image, UnidentifiedImageError
 
 from jobs.backoff import Backoff, backoff_delay_s
+from jobs.batch import Batch
 from jobs.diagnostics import Diagnostic, dedupe
 from jobs.errors import ManifestError, StorageError
 from jobs.job import Job
-from jobs.manifest import Batch
 from runner.fal.local_images import job_image_refs, local_refs
 from runner.fal.storage import StorageClient
 from runner.ledger.uploads import LocalImage, Upload, Uploads

@@ -16,10 +16,11 @@ from typing import Any, NoReturn
 import click
 from click.core import ParameterSource
 
+from jobs.batch import Batch
 from jobs.diagnostics import MAX_SHOWN_GROUPS, group_diagnostics, grouped_lines
 from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import ManifestError, UsageError, WanBatchError
-from jobs.manifest import Batch, ManifestOptions
+from jobs.manifest import ManifestOptions
 from jobs.pricing import estimate
 from jobs.report import IMAGE_FIELDS
 from jobs.status import JobStatus

@@ -10,9 +10,9 @@ from typing import Any, NoReturn
 
 import click
 
+from jobs.batch import Batch
 from jobs.errors import UsageError
 from jobs.job import Job
-from jobs.manifest import Batch
 from jobs.pricing import Estimate, shown_usd, usd
 from runner.batches.costs import Priced, admitted_by_cap, check_cap
 from runner.batches.request import RunRequest

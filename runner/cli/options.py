@@ -100,7 +100,7 @@ def _max_cost(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(f"{exc}, or none") from None
 
 
-def price_options(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[PriceOption]:
+def parsed_prices(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> list[PriceOption]:
     """`--price` values (ENDPOINT=USD[/UNIT]), parsed; a bad one is the option's error."""
     try:
         return [parse_price_option(value) for value in values]
@@ -109,7 +109,7 @@ def price_options(_ctx: click.Context, _param: click.Parameter, values: tuple[st
 
 
 def _prices(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    price_options(ctx, param, values)  # checked now; kept as given, as a batch or a schedule stores them
+    parsed_prices(ctx, param, values)  # checked now; kept as given, as a batch or a schedule stores them
     return values
 
 

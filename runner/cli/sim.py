@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from runner.cli.options import price_options
+from runner.cli.options import parsed_prices
 from runner.simulator import FaultRates, SimConfig, parse_run_time, serve_until_interrupted
 from runner.simulator.config import SIM_CONCURRENCY, sim_prices
 
@@ -117,7 +117,7 @@ def check_run_time(_ctx: click.Context, _param: click.Parameter, value: str) -> 
 @click.option("--storage-mb", type=click.FloatRange(min=0, min_open=True), default=_SIM_DEFAULTS.storage_mb,
               show_default=True, help="Uploaded files held in memory until they expire; past it an upload answers"
                                       " 507.")  # fmt: skip
-@click.option("--price", "prices", multiple=True, callback=price_options, metavar="ENDPOINT=USD[/UNIT]",
+@click.option("--price", "prices", multiple=True, callback=parsed_prices, metavar="ENDPOINT=USD[/UNIT]",
               help="Price an endpoint in the pricing API (repeatable), e.g. owner/app=0.04/megapixel; units: image "
                    "(the default), megapixel, second, request.")  # fmt: skip
 @_fault_options

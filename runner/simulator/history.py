@@ -24,8 +24,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.errors import HistoryQueryError
+from runner.simulator.requests import FinishedRequest, Outcome
 from runner.simulator.responses import FAILURES
-from runner.simulator.state import FinishedRequest, Outcome
 
 HISTORY_PATH = "/v1/models/requests/by-endpoint"
 #: The window a query without `start` looks back over.

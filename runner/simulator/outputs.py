@@ -22,7 +22,8 @@ from PIL import Image
 
 from jobs.endpoints import IMAGE_SIZE_PRESETS, KNOWN_ENDPOINTS, WAN22_I2I, WAN25_I2I
 from runner.simulator.imaging import FileSpec, ImageFormat, data_uri_bytes, decode_image, render_file
-from runner.simulator.state import RequestStore, SimRequest
+from runner.simulator.requests import SimRequest
+from runner.simulator.state import RequestStore
 
 ECHO_APP = "wan-batch-sim/echo"
 ECHO_SIZE_PX = 64

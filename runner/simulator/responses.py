@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from runner.simulator.state import Outcome, Phase, RequestView, SimRequest
+from runner.simulator.requests import Outcome, Phase, RequestView, SimRequest
 
 REQUEST_ID_HEADER = "x-fal-request-id"
 ERROR_TYPE_HEADER = "X-Fal-Error-Type"

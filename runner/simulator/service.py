@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import random
 import uuid
@@ -10,17 +9,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pydantic import SecretStr
-
 from jobs.endpoints import KNOWN_ENDPOINTS
 from jobs.errors import HistoryQueryError
 from runner.settings import MIB
+from runner.simulator.auth import auth_problem, is_bearer, platform_auth_problem
 from runner.simulator.config import SimConfig, parse_run_time
 from runner.simulator.faults import FaultInjector, FaultKind, nginx_error_page
 from runner.simulator.history import HISTORY_PATH, parse_query, render_page, select_page
 from runner.simulator.inputs import InputReader
 from runner.simulator.outputs import Outputs, result_size_bytes, serves, validation_detail
 from runner.simulator.pricing import PRICING_METHODS, answer_pricing
+from runner.simulator.requests import CancelResult, Outcome, Phase, Retention, SimRequest, Submission
 from runner.simulator.responses import (
     Delivery,
     Reply,
@@ -30,7 +29,7 @@ from runner.simulator.responses import (
     request_logs,
     status_body,
 )
-from runner.simulator.state import CancelResult, Outcome, Phase, RequestStore, Retention, SimRequest, Submission
+from runner.simulator.state import RequestStore
 from runner.simulator.stats import Counter, Stats
 from runner.simulator.storage import (
     CDN_PREFIX,
@@ -120,7 +119,7 @@ class Service:
             return fault
         # Before the queue's routes: they would take /v1/models/requests/... for a call of app v1/models.
         platform = call.parts[:1] == ["v1"]
-        authorize = _platform_auth_problem if platform else _auth_problem
+        authorize = platform_auth_problem if platform else auth_problem
         problem = authorize(call.headers.get("authorization"), self._config.key, self._config.token)
         if problem is not None:
             return json_reply(401, {"detail": problem})
@@ -271,9 +270,9 @@ class Service:
 
     def _storage_token(self, call: Call) -> Reply:
         header = call.headers.get("authorization")
-        if (header or "").strip().partition(" ")[0].lower() == "bearer":
+        if is_bearer(header):
             return json_reply(403, {"detail": GATEWAY_TOKEN_DETAIL})
-        problem = _auth_problem(header, self._config.key, self._config.token)
+        problem = auth_problem(header, self._config.key, self._config.token)
         if problem is not None:
             return json_reply(401, {"detail": problem})
         if call.query_value("storage_type") != STORAGE_TYPE:
@@ -386,24 +385,3 @@ def _positive_float(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and value > 0 else None
-
-
-def _platform_auth_problem(header: str | None, key: SecretStr | None, token: SecretStr | None) -> str | None:
-    """As `_auth_problem`, but a Bearer token is refused: a gateway's token cannot read fal's history."""
-    if (header or "").strip().partition(" ")[0].lower() == "bearer":
-        return "The Platform API takes a fal key ('Authorization: Key <FAL_KEY>'), not a Bearer token"
-    return _auth_problem(header, key, token)
-
-
-def _auth_problem(header: str | None, key: SecretStr | None, token: SecretStr | None) -> str | None:
-    """Why `Authorization` is refused, or None; the message never repeats the credential."""
-    scheme, _, credential = (header or "").strip().partition(" ")
-    credential = credential.strip()
-    if not scheme or scheme.lower() not in ("key", "bearer") or not credential:
-        return "Missing or malformed Authorization header: use 'Key <key>' or 'Bearer <token>'"
-    if key is None and token is None:
-        return None
-    expected = key if scheme.lower() == "key" else token
-    if expected is None or not hmac.compare_digest(credential.encode(), expected.get_secret_value().encode()):
-        return "Invalid credentials"
-    return None

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from jobs.webhooks import signed_message
-from runner.simulator.state import FinishedRequest, RequestStore, SimRequest
+from runner.simulator.requests import FinishedRequest, SimRequest
+from runner.simulator.state import RequestStore
 
 log = logging.getLogger(__name__)
 JWKS_PATH = "/.well-known/jwks.json"
